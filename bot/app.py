@@ -1,0 +1,77 @@
+"""The HTTP server: FastAPI with /healthz, on which each channel mounts its routes."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+import bot
+from bot.config import Settings
+from bot.runtime import Runtime
+
+if TYPE_CHECKING:
+    from bot.channel import Channel
+
+log = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]
+
+
+def enabled_channels(settings: Settings) -> list["Channel"]:
+    """The channels switched on by configuration (each channel issue adds its own here)."""
+    return []
+
+
+def create_app(
+    settings: Settings,
+    runtime_factory: RuntimeFactory | None = None,
+    channels: list["Channel"] | None = None,
+) -> FastAPI:
+    """Build the app; the runtime starts and stops with the server."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        factory = runtime_factory or Runtime.start
+        runtime = await factory(settings)
+        app.state.runtime = runtime
+        runtime.channels = list(channels if channels is not None else enabled_channels(settings))
+        for channel in runtime.channels:
+            channel.mount(app, runtime)
+            await channel.start()
+            log.info("channel %s started", channel.name)
+        try:
+            yield
+        finally:
+            for channel in runtime.channels:
+                await channel.stop()
+            await runtime.close()
+
+    app = FastAPI(title="Knowbot", version=bot.__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        runtime: Runtime = app.state.runtime
+        try:
+            async with runtime.store.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            database = "ok"
+        except Exception:  # noqa: BLE001 - health reports, never raises
+            log.warning("health check: database not answering", exc_info=True)
+            database = "unavailable"
+        body = {
+            "status": "ok" if database == "ok" else "degraded",
+            "version": bot.__version__,
+            "database": database,
+            "llm": "configured" if runtime.llm.configured else "none",
+            "channels": [c.name for c in runtime.channels],
+            "in_flight": runtime.dispatcher.in_flight,
+        }
+        return JSONResponse(body, status_code=200 if database == "ok" else 503)
+
+    return app

@@ -1,0 +1,150 @@
+"""The `knowbot` command: serve, chat, ask."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any, Coroutine, Optional
+
+import typer
+
+import bot
+from bot.config import Settings, load_settings
+from bot.errors import KnowbotError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Knowbot: a self-hosted knowledge assistant for the chat apps your team uses.",
+)
+
+log = logging.getLogger("knowbot")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"knowbot: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except KnowbotError as exc:
+        _fail(str(exc))
+        raise  # unreachable, keeps type checkers calm
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return asyncio.run(coro)
+    except KnowbotError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"knowbot {bot.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Knowbot: a self-hosted knowledge assistant for the chat apps your team uses."""
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1]."),
+    port: Optional[int] = typer.Option(None, help="Port to listen on [default: 8080]."),
+) -> None:
+    """Run the HTTP server that the messaging platforms call."""
+    import uvicorn
+
+    from bot.app import create_app
+
+    settings = _settings(host=host, port=port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host=settings.host, port=settings.port,
+            log_level=settings.log_level.lower(), timeout_graceful_shutdown=30,
+            proxy_headers=True,
+        )
+    )
+    _run(server.serve())
+
+
+async def _with_runtime(settings: Settings, work: Any) -> Any:
+    from bot.runtime import Runtime
+
+    runtime = await Runtime.start(settings)
+    try:
+        return await work(runtime)
+    finally:
+        await runtime.close()
+
+
+@app.command()
+def chat() -> None:
+    """Talk to Knowbot in the terminal (or pipe lines in: one answer per line)."""
+    from channels.console import ConsoleChannel
+
+    settings = _settings()
+
+    async def work(runtime: Any) -> None:
+        await ConsoleChannel(runtime).run()
+
+    _run(_with_runtime(settings, work))
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question."),
+    kb: Optional[str] = typer.Option(None, "--kb", help="Search only this knowledge base."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer and citations as JSON."),
+) -> None:
+    """Ask one question and print the answer with its sources."""
+    from channels.console import ConsoleChannel, render_plain
+
+    settings = _settings()
+
+    async def work(runtime: Any) -> Any:
+        console = ConsoleChannel(runtime)
+        message = console.message(question)
+        if question.strip().startswith("/"):
+            return await runtime.dispatcher.process(message)
+
+        async def handler(msg: Any) -> Any:
+            return await runtime.engine.answer(msg, question, kb=kb)
+
+        return await runtime.dispatcher.process(message, handler=handler)
+
+    reply = _run(_with_runtime(settings, work))
+    if as_json:
+        typer.echo(json.dumps(reply.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        typer.echo(render_plain(reply))
+    if reply.kind == "error":
+        raise typer.Exit(1)
+
+
+def run() -> None:
+    """Entry point of the console script."""
+    app()
+
+
+if __name__ == "__main__":
+    run()

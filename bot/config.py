@@ -1,0 +1,211 @@
+"""Settings: environment variables prefixed KNOWBOT_, and an optional knowbot.toml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from bot.errors import ConfigError
+
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+DEFAULT_PROVIDER = "default"
+
+
+class ProviderConfig(BaseModel):
+    """One OpenAI-compatible model endpoint."""
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str
+    timeout: float | None = None
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("KNOWBOT_CONFIG_FILE", "knowbot.toml"))
+
+
+class Settings(BaseSettings):
+    """Every Knowbot setting. Environment wins over knowbot.toml, which wins over defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KNOWBOT_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(Path("./data"), description="Where the embedded default keeps its files.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is a SQLite file in the data dir."
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    llm_base_url: str | None = Field(None, description="Base URL of the default model endpoint.")
+    llm_api_key: SecretStr | None = Field(None, description="API key of the default endpoint.")
+    llm_model: str | None = Field(None, description="Model name at the default endpoint.")
+    llm_providers: dict[str, ProviderConfig] = Field(
+        default_factory=dict, description="More named endpoints (knowbot.toml [llm_providers.NAME])."
+    )
+    llm_default: str = Field(DEFAULT_PROVIDER, description="Name of the provider tried first.")
+    llm_fallbacks: list[str] = Field(
+        default_factory=list, description="Providers tried in order when the default fails."
+    )
+    llm_timeout: float = Field(60.0, gt=0, description="Seconds allowed for one model call.")
+    llm_max_retries: int = Field(2, ge=0, le=10, description="Retries on 429/5xx per provider.")
+    llm_max_steps: int = Field(6, ge=1, le=50, description="Most model calls in one tool loop.")
+    llm_temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature.")
+
+    system_prompt: str = Field(
+        "You are Knowbot, a helpful assistant for a team. Answer from the team's documents when "
+        "they are relevant and cite them as [n]. Be concise.",
+        description="The assistant's standing instructions.",
+    )
+    memory_token_budget: int = Field(
+        2000, ge=200, description="Tokens of conversation history kept verbatim per conversation."
+    )
+    knowledge_top_k: int = Field(5, ge=1, le=50, description="Passages retrieved per question.")
+    max_quote_chars: int = Field(
+        1500, ge=100, description="Most characters quoted from the documents in one answer."
+    )
+    tool_timeout: float = Field(15.0, gt=0, description="Seconds one tool call may run.")
+    tool_max_output: int = Field(8000, ge=100, description="Characters of tool output kept.")
+    plugins_disabled: list[str] = Field(
+        default_factory=list, description="Names of tools to switch off."
+    )
+
+    redis_url: str | None = Field(
+        None, description="Redis for rate limits shared by several replicas."
+    )
+    rate_limit_per_minute: int = Field(20, ge=1, description="Messages per user per minute.")
+    admins: list[str] = Field(
+        default_factory=list, description="Knowbot admins, as CHANNEL:USER_ID."
+    )
+    timezone: str = Field("UTC", description="Default time zone (IANA name).")
+    host: str = Field("127.0.0.1", description="Address `knowbot serve` listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port `knowbot serve` listens on.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order: arguments, environment, knowbot.toml."""
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+        )
+
+    # ---- derived values -------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'knowbot.db').resolve()}"
+
+    def providers(self) -> dict[str, ProviderConfig]:
+        """All configured model providers, the default one included, by name."""
+        found = dict(self.llm_providers)
+        base_url = self.llm_base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = self.llm_api_key
+        if api_key is None and os.environ.get("OPENAI_API_KEY"):
+            api_key = SecretStr(os.environ["OPENAI_API_KEY"])
+        model = self.llm_model
+        if base_url or api_key or model:
+            if model is None:
+                if base_url and not api_key:
+                    raise ConfigError(
+                        "KNOWBOT_LLM_MODEL: required when KNOWBOT_LLM_BASE_URL is set "
+                        "(the model name your server serves)"
+                    )
+                model = DEFAULT_OPENAI_MODEL
+            found.setdefault(
+                DEFAULT_PROVIDER,
+                ProviderConfig(base_url=base_url, api_key=api_key, model=model),
+            )
+        return found
+
+    def provider_order(self) -> list[str]:
+        """Provider names in the order they are tried: the default, then the fallbacks."""
+        providers = self.providers()
+        if not providers:
+            return []
+        order: list[str] = []
+        first = self.llm_default if self.llm_default in providers else None
+        if first is None:
+            if self.llm_default != DEFAULT_PROVIDER:
+                raise ConfigError(
+                    f"KNOWBOT_LLM_DEFAULT: no provider named {self.llm_default!r} "
+                    f"(configured: {', '.join(sorted(providers))})"
+                )
+            first = next(iter(providers))
+        order.append(first)
+        for name in self.llm_fallbacks:
+            if name not in providers:
+                raise ConfigError(
+                    f"KNOWBOT_LLM_FALLBACKS: no provider named {name!r} "
+                    f"(configured: {', '.join(sorted(providers))})"
+                )
+            if name not in order:
+                order.append(name)
+        return order
+
+    def is_admin(self, channel: str, user_id: str) -> bool:
+        """True if the user is a configured Knowbot admin."""
+        return f"{channel}:{user_id}" in self.admins or "*" in self.admins
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    name = "KNOWBOT_" + "__".join(loc).upper() if loc else "KNOWBOT settings"
+    return f"{name}: {first.get('msg', 'invalid value')}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and check the settings; raise ConfigError with one clear line when one is bad."""
+    path = _config_file()
+    if "KNOWBOT_CONFIG_FILE" in os.environ and not path.is_file():
+        raise ConfigError(f"KNOWBOT_CONFIG_FILE: no such file {str(path)!r}")
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+    except ValueError as exc:  # a broken knowbot.toml
+        raise ConfigError(f"{path}: {exc}") from exc
+    settings.provider_order()  # raises ConfigError on a bad provider setup
+    return settings

@@ -1,0 +1,106 @@
+"""In front of the engine: dedupe, rate limits, one error boundary per message, tracked tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from bot.errors import KnowbotError, RateLimited
+from bot.ratelimit import RateLimiter
+from bot.store import Store
+from bot.types import InboundMessage, Reply
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[Reply], Awaitable[None]]
+Handler = Callable[[InboundMessage], Awaitable[Reply]]
+
+UNEXPECTED = "Sorry, something went wrong on my side while answering. Please try again."
+
+
+class Dispatcher:
+    """Takes messages from channels and runs each through the engine exactly once."""
+
+    def __init__(self, handler: Handler, store: Store, limiter: RateLimiter) -> None:
+        self.handler = handler
+        self.store = store
+        self.limiter = limiter
+        self._tasks: set[asyncio.Task[Reply | None]] = set()
+        self._closing = False
+
+    @property
+    def in_flight(self) -> int:
+        """How many messages are being answered now."""
+        return len(self._tasks)
+
+    async def process(
+        self, message: InboundMessage, handler: Handler | None = None
+    ) -> Reply | None:
+        """Answer a message now; None if it is a redelivery of one already taken."""
+        key = message.key
+        if message.message_id and not await self.store.claim_inbound(key, message.message_id):
+            log.info("duplicate delivery %s on %s ignored", message.message_id, key.channel)
+            return None
+        if not await self.limiter.allow(key.user_scope()):
+            log.info("rate limit hit by %s", key.user_scope())
+            await self._finish(message, "limited")
+            return Reply(RateLimited.user_message, kind="error")
+        reply = await self._guarded(message, handler or self.handler)
+        await self._finish(message, "failed" if reply.kind == "error" else "done")
+        return reply
+
+    async def _guarded(self, message: InboundMessage, handler: Handler) -> Reply:
+        try:
+            return await handler(message)
+        except KnowbotError as exc:
+            log.warning("message %s on %s failed: %s", message.message_id, message.key.channel,
+                        type(exc).__name__, exc_info=True)
+            return Reply(exc.user_message, kind="error")
+        except Exception:  # noqa: BLE001 - the one error boundary per message
+            log.exception("message %s on %s failed unexpectedly", message.message_id,
+                          message.key.channel)
+            return Reply(UNEXPECTED, kind="error")
+
+    async def _finish(self, message: InboundMessage, status: str) -> None:
+        if not message.message_id:
+            return
+        try:
+            await self.store.finish_inbound(message.key, message.message_id, status)
+        except KnowbotError:
+            log.warning("could not mark message %s as %s", message.message_id, status)
+
+    def submit(self, message: InboundMessage, deliver: Deliver) -> asyncio.Task[Reply | None]:
+        """Answer a message in a tracked background task and hand the reply to `deliver`."""
+        if self._closing:
+            raise KnowbotError("Knowbot is shutting down")
+
+        async def run() -> Reply | None:
+            try:
+                reply = await self.process(message)
+            except KnowbotError:
+                log.exception("could not take message %s", message.message_id)
+                reply = Reply(UNEXPECTED, kind="error")
+            if reply is not None:
+                try:
+                    await deliver(reply)
+                except Exception:  # noqa: BLE001 - a failed send must not kill the task set
+                    log.exception("could not deliver the reply to %s", message.message_id)
+            return reply
+
+        task = asyncio.create_task(run(), name=f"knowbot:{message.key.channel}:{message.message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self, timeout: float = 30.0) -> int:
+        """Stop taking messages and wait for those in flight; return how many were unfinished."""
+        self._closing = True
+        pending = set(self._tasks)
+        if not pending:
+            return 0
+        log.info("waiting for %d message(s) in flight", len(pending))
+        done, still = await asyncio.wait(pending, timeout=timeout)
+        for task in still:
+            task.cancel()
+        return len(still)

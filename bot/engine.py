@@ -1,0 +1,184 @@
+"""The conversation core: one message in, one Reply out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Protocol
+from zoneinfo import ZoneInfo
+
+from bot.citations import select_citations
+from bot.commands import CommandSet, builtin_commands, parse_command
+from bot.config import Settings
+from bot.errors import KnowbotError, LLMError
+from bot.knowledge import KnowledgeSearch, NoKnowledge
+from bot.llm import LLMRouter
+from bot.memory import Memory, summary_prompt
+from bot.prompt import build_messages
+from bot.store import StoredMessage, Store
+from bot.toolloop import run_tool_loop
+from bot.types import Attachment, Citation, InboundMessage, Passage, Reply, utcnow
+from plugins import ToolContext, ToolRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Ingestor(Protocol):
+    """Takes documents sent in chat into the knowledge base (the knowledge package implements it)."""
+
+    async def ingest(self, message: InboundMessage, attachment: Attachment) -> Reply:
+        """Ingest one attachment for the conversation and return a receipt."""
+        ...
+
+
+@dataclass
+class EngineDeps:
+    """What the engine needs, passed in so tests can hand in local ones."""
+
+    settings: Settings
+    store: Store
+    llm: LLMRouter
+    registry: ToolRegistry
+    knowledge: KnowledgeSearch
+    ingestor: Ingestor | None = None
+    clock: Callable[[], datetime] = utcnow
+
+
+NO_MODEL_INTRO = (
+    "No language model is configured, so here are the best matching passages from your "
+    "documents, quoted as they are:"
+)
+MODEL_DOWN_INTRO = (
+    "The language model is not answering right now, so here are the best matching passages "
+    "from your documents, quoted as they are:"
+)
+
+
+def extractive_answer(
+    passages: list[Passage], max_chars: int, intro: str = NO_MODEL_INTRO
+) -> tuple[str, tuple[Citation, ...]]:
+    """An answer made only of quoted passages, each cited, within a quote budget."""
+    lines = [intro, ""]
+    citations: list[Citation] = []
+    budget = max_chars
+    for passage in passages:
+        if budget <= 0:
+            break
+        text = " ".join(passage.text.split())
+        if len(text) > budget:
+            text = text[: max(0, budget - 1)].rstrip() + "…"
+        budget -= len(text)
+        citations.append(Citation(passage.source, passage.location, passage.text[:200], passage.url))
+        lines.append(f"> {text} [{len(citations)}]")
+        lines.append("")
+    return "\n".join(lines).rstrip(), tuple(citations)
+
+
+NOTHING_FOUND = (
+    "I could not find anything about that in the knowledge base. Send me a document "
+    "(PDF, Word, Excel, Markdown, HTML or text) or a link to add one, or ask an admin to."
+)
+
+
+class Engine:
+    """Answers messages: commands, uploads, and questions through memory, knowledge and the model."""
+
+    def __init__(self, deps: EngineDeps) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.memory = Memory(
+            deps.store,
+            deps.settings.memory_token_budget,
+            self._summarise if deps.llm.configured else None,
+        )
+        self.commands: CommandSet = builtin_commands(self)
+
+    @property
+    def llm_configured(self) -> bool:
+        """True when a model provider is configured."""
+        return self.deps.llm.configured
+
+    def tool_context(self, message: InboundMessage) -> ToolContext:
+        """The context a tool sees when called from this message."""
+        return ToolContext(
+            key=message.key,
+            knowledge=self.deps.knowledge,
+            timezone=self.settings.timezone,
+            is_admin=message.is_admin
+            or self.settings.is_admin(message.key.channel, message.key.user_id),
+            clock=self.deps.clock,
+        )
+
+    async def handle(self, message: InboundMessage) -> Reply:
+        """Answer one message; KnowbotErrors propagate to the dispatcher's error boundary."""
+        text = message.text.strip()
+        files = [a for a in message.attachments if a.kind == "file"]
+        if files:
+            return await self._ingest(message, files)
+        if not text:
+            return Reply("Send me a question, or /help to see what I can do.", kind="notice")
+        parsed = parse_command(text)
+        if parsed is not None:
+            return await self.commands.run(parsed[0], parsed[1], message)
+        return await self.answer(message, text)
+
+    async def _ingest(self, message: InboundMessage, files: list[Attachment]) -> Reply:
+        if self.deps.ingestor is None:
+            return Reply(
+                "Adding documents is not switched on in this Knowbot, so I did not keep "
+                f"{files[0].name or 'the file'}.",
+                kind="notice",
+            )
+        receipts = [await self.deps.ingestor.ingest(message, f) for f in files]
+        if len(receipts) == 1:
+            return receipts[0]
+        return Reply("\n\n".join(r.text for r in receipts), kind="notice")
+
+    async def answer(self, message: InboundMessage, question: str, kb: str | None = None) -> Reply:
+        """Answer a question from memory, the knowledge base and the model."""
+        key = message.key
+        passages = await self.deps.knowledge.search(
+            key, question, top_k=self.settings.knowledge_top_k, kb=kb
+        )
+        if not self.llm_configured:
+            if passages:
+                text, citations = extractive_answer(passages, self.settings.max_quote_chars)
+            else:
+                text, citations = NOTHING_FOUND, ()
+            await self.memory.remember(key, question, text, user_id=key.user_id)
+            return Reply(text, citations)
+
+        summary, history = await self.memory.recall(key)
+        now = self.deps.clock().astimezone(ZoneInfo(self.settings.timezone))
+        messages = build_messages(
+            self.settings.system_prompt, now, summary, history, passages, question
+        )
+        ctx = self.tool_context(message)
+        ctx.citations.extend(
+            Citation(p.source, p.location, p.text[:200], p.url) for p in passages
+        )
+        try:
+            result = await run_tool_loop(
+                self.deps.llm, messages, self.deps.registry, ctx,
+                max_steps=self.settings.llm_max_steps, conversation_id=key.conversation_id(),
+            )
+        except LLMError:
+            log.warning("every model provider failed for %s", key.conversation_id())
+            if passages:
+                text, citations = extractive_answer(
+                    passages, self.settings.max_quote_chars, MODEL_DOWN_INTRO
+                )
+                return Reply(text, citations, kind="error")
+            raise
+        text, citations = select_citations(result.text, ctx.citations)
+        await self.memory.remember(key, question, text, user_id=key.user_id)
+        return Reply(text, citations)
+
+    async def _summarise(self, previous: str, turns: list[StoredMessage]) -> str:
+        limit = max(100, self.settings.memory_token_budget // 4)
+        completion = await self.deps.llm.complete(summary_prompt(previous, turns, limit))
+        if not completion.content:
+            raise LLMError("the model returned an empty summary")
+        return completion.content
+

@@ -1,0 +1,101 @@
+"""Per-conversation memory: recent turns within a token budget, older turns in a summary."""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+from bot.errors import KnowbotError
+from bot.store import StoredMessage, Store
+from bot.tokens import count_tokens, message_tokens
+from bot.types import ConversationKey
+
+log = logging.getLogger(__name__)
+
+# (previous summary, turns to fold in) -> new summary
+Summarizer = Callable[[str, list[StoredMessage]], Awaitable[str]]
+
+
+class Memory:
+    """Loads what a conversation remembers and folds old turns into a running summary."""
+
+    def __init__(self, store: Store, budget: int, summarizer: Summarizer | None = None) -> None:
+        self.store = store
+        self.budget = budget
+        self.summarizer = summarizer
+
+    async def recall(self, key: ConversationKey) -> tuple[str, list[StoredMessage]]:
+        """The running summary and the recent turns that fit in the budget, oldest first."""
+        state = await self.store.state(key)
+        window = max(50, self.budget // 4)
+        turns = await self.store.messages_after(key, state.summarized_upto, limit=window)
+        total = sum(t.token_count for t in turns)
+        if total <= self.budget:
+            return state.summary, turns
+        keep = self._newest_within(turns, self.budget // 2)
+        start = len(turns) - len(keep)
+        # Do not split an exchange: keep the question of a kept answer when it fits.
+        if keep and keep[0].role == "assistant" and start > 0:
+            if sum(t.token_count for t in keep) + turns[start - 1].token_count <= self.budget:
+                start -= 1
+                keep = turns[start:]
+        fold = turns[:start]
+        if self.summarizer is not None and fold:
+            try:
+                summary = await self.summarizer(state.summary, fold)
+            except KnowbotError:
+                log.warning("could not summarise %d old turns; will try again", len(fold))
+            else:
+                summary = summary.strip()
+                await self.store.set_summary(key, summary, count_tokens(summary), fold[-1].id)
+                return summary, keep
+        # No model to summarise with (or it failed): the prompt holds only what fits; nothing
+        # is marked as summarised, so the older turns stay stored and are folded in later.
+        return state.summary, self._newest_within(turns, self.budget)
+
+    @staticmethod
+    def _newest_within(turns: list[StoredMessage], budget: int) -> list[StoredMessage]:
+        kept: list[StoredMessage] = []
+        used = 0
+        for turn in reversed(turns):
+            if used + turn.token_count > budget and kept:
+                break
+            kept.append(turn)
+            used += turn.token_count
+        kept.reverse()
+        return kept
+
+    async def remember(
+        self, key: ConversationKey, question: str, answer: str, user_id: str = ""
+    ) -> None:
+        """Store one exchange (the question and the answer, never retrieved passages)."""
+        await self.store.add_messages(
+            key,
+            [("user", question, message_tokens("user", question)),
+             ("assistant", answer, message_tokens("assistant", answer))],
+            user_id=user_id,
+        )
+
+    async def forget(self, key: ConversationKey) -> int:
+        """Forget everything about the conversation; return how many turns were removed."""
+        return await self.store.reset(key)
+
+
+def summary_prompt(previous: str, turns: list[StoredMessage], limit_tokens: int) -> list[dict[str, str]]:
+    """The messages asking a model to fold turns into the running summary."""
+    transcript = "\n".join(f"{t.role}: {t.content}" for t in turns)
+    return [
+        {
+            "role": "system",
+            "content": (
+                "You maintain the memory of a chat assistant. Merge the earlier summary and the "
+                "new turns into one updated summary: facts the user stated, decisions, open "
+                "questions, names and numbers. Write in the conversation's language, plain prose, "
+                f"at most about {limit_tokens} tokens. Output only the summary."
+            ),
+        },
+        {
+            "role": "user",
+            "content": f"Earlier summary:\n{previous or '(none)'}\n\nNew turns:\n{transcript}",
+        },
+    ]

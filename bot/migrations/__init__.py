@@ -1,0 +1,1 @@
+"""Alembic migrations of Knowbot's database; they run at start-up."""

@@ -1,0 +1,81 @@
+"""SQLModel tables: conversations, messages, processed inbound ids, usage records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from bot.types import utcnow
+
+
+def _ts(**kwargs: object) -> Column:  # type: ignore[type-arg]
+    return Column(DateTime(timezone=True), nullable=False, **kwargs)  # type: ignore[arg-type]
+
+
+class Conversation(SQLModel, table=True):
+    """One conversation, with its running summary of turns older than the memory budget."""
+
+    __tablename__ = "conversation"
+
+    id: str = Field(primary_key=True, max_length=512)
+    channel: str = Field(max_length=32)
+    tenant: str = Field(max_length=128)
+    chat_id: str = Field(max_length=256)
+    thread_id: Optional[str] = Field(default=None, max_length=256)
+    summary: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    summary_tokens: int = 0
+    summarized_upto: int = Field(default=0, description="Id of the last message in the summary.")
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Message(SQLModel, table=True):
+    """One turn of a conversation: what a person said or what Knowbot answered."""
+
+    __tablename__ = "message"
+    __table_args__ = (Index("ix_message_conversation_id_id", "conversation_id", "id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    conversation_id: str = Field(max_length=512)
+    role: str = Field(max_length=16)
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    token_count: int = 0
+    user_id: str = Field(default="", max_length=256)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+
+
+class ProcessedInbound(SQLModel, table=True):
+    """A platform message id already taken: a redelivery of it is never answered twice."""
+
+    __tablename__ = "processed_inbound"
+    __table_args__ = (
+        UniqueConstraint("channel", "tenant", "message_id", name="uq_processed_inbound"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=32)
+    tenant: str = Field(max_length=128)
+    message_id: str = Field(max_length=256)
+    conversation_id: str = Field(max_length=512)
+    status: str = Field(default="processing", max_length=16)
+    received_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+
+
+class UsageRecord(SQLModel, table=True):
+    """One call to a model provider: tokens, latency and outcome."""
+
+    __tablename__ = "usage_record"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+    provider: str = Field(max_length=64)
+    model: str = Field(max_length=128)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    outcome: str = Field(max_length=32)
+    conversation_id: str = Field(default="", max_length=512)
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))

@@ -1,0 +1,94 @@
+"""Wiring: builds the store, model router, tools, knowledge, engine and dispatcher from settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bot.config import Settings
+from bot.dispatcher import Dispatcher
+from bot.engine import Engine, EngineDeps, Ingestor
+from bot.knowledge import KnowledgeSearch, NoKnowledge
+from bot.llm import LLMRouter, UsageEvent
+from bot.ratelimit import MemoryRateLimiter, RateLimiter
+from bot.store import Store
+from plugins import ToolRegistry, load_registry
+
+if TYPE_CHECKING:
+    from bot.channel import Channel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything a running Knowbot holds; channels get it when they mount."""
+
+    settings: Settings
+    store: Store
+    llm: LLMRouter
+    registry: ToolRegistry
+    knowledge: KnowledgeSearch
+    engine: Engine
+    dispatcher: Dispatcher
+    limiter: RateLimiter
+    channels: list["Channel"] = field(default_factory=list)
+
+    @classmethod
+    async def start(
+        cls,
+        settings: Settings,
+        *,
+        knowledge: KnowledgeSearch | None = None,
+        ingestor: Ingestor | None = None,
+        registry: ToolRegistry | None = None,
+        llm: LLMRouter | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> "Runtime":
+        """Open the database (migrating it) and build every component."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(settings.resolved_database_url)
+
+        async def record(event: UsageEvent) -> None:
+            await store.record_usage(event)
+
+        if llm is None:
+            llm = LLMRouter.from_settings(settings, usage_sink=record)
+        if registry is None:
+            registry = load_registry(
+                timeout=settings.tool_timeout,
+                max_output=settings.tool_max_output,
+                disabled=settings.plugins_disabled,
+            )
+        if limiter is None:
+            if settings.redis_url:
+                from bot.ratelimit import RedisRateLimiter
+
+                limiter = RedisRateLimiter(settings.redis_url, settings.rate_limit_per_minute)
+            else:
+                limiter = MemoryRateLimiter(settings.rate_limit_per_minute)
+        knowledge = knowledge or NoKnowledge()
+        engine = Engine(
+            EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
+                       knowledge=knowledge, ingestor=ingestor)
+        )
+        dispatcher = Dispatcher(engine.handle, store, limiter)
+        log.info(
+            "Knowbot ready: database %s, %s, %d tools",
+            store.dialect,
+            f"model providers {', '.join(llm.order)}" if llm.configured else "no language model",
+            len(registry),
+        )
+        return cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter)
+
+    async def close(self, drain_timeout: float = 30.0) -> None:
+        """Finish the messages in flight, then close every connection."""
+        unfinished = await self.dispatcher.drain(drain_timeout)
+        if unfinished:
+            log.warning("%d message(s) were still unfinished at shutdown", unfinished)
+        await self.llm.close()
+        close = getattr(self.limiter, "close", None)
+        if close is not None:
+            await close()
+        await self.store.close()

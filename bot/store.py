@@ -1,0 +1,246 @@
+"""Knowbot's persistent state: conversations, messages, dedupe and usage (SQLModel)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, AsyncIterator
+
+from contextlib import asynccontextmanager
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.db import open_engine
+from bot.errors import StorageError
+from bot.models import Conversation, Message, ProcessedInbound, UsageRecord
+from bot.types import ConversationKey, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One remembered turn."""
+
+    id: int
+    role: str
+    content: str
+    token_count: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ConversationState:
+    """A conversation's running summary and where it ends."""
+
+    id: str
+    summary: str
+    summary_tokens: int
+    summarized_upto: int
+
+
+class Store:
+    """Async access to Knowbot's database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> "Store":
+        """Migrate the database at `url` and open it."""
+        return cls(await open_engine(url))
+
+    async def close(self) -> None:
+        """Release every connection."""
+        await self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session whose database errors become StorageError."""
+        try:
+            async with self._sessions() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {type(exc).__name__}") from exc
+
+    # ---- dedupe ---------------------------------------------------------
+
+    async def claim_inbound(self, key: ConversationKey, message_id: str) -> bool:
+        """Record a platform message id; False if it was already taken (a redelivery)."""
+        row = ProcessedInbound(
+            channel=key.channel, tenant=key.tenant, message_id=message_id,
+            conversation_id=key.conversation_id(),
+        )
+        try:
+            async with self._sessions() as session:
+                session.add(row)
+                await session.commit()
+        except IntegrityError:
+            return False
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {type(exc).__name__}") from exc
+        return True
+
+    async def finish_inbound(self, key: ConversationKey, message_id: str, status: str) -> None:
+        """Mark a claimed message as done or failed."""
+        async with self.session() as session:
+            await session.exec(  # type: ignore[call-overload]
+                update(ProcessedInbound)
+                .where(ProcessedInbound.channel == key.channel)  # type: ignore[arg-type]
+                .where(ProcessedInbound.tenant == key.tenant)  # type: ignore[arg-type]
+                .where(ProcessedInbound.message_id == message_id)  # type: ignore[arg-type]
+                .values(status=status)
+            )
+            await session.commit()
+
+    async def inbound_status(self, key: ConversationKey, message_id: str) -> str | None:
+        """The status of a claimed message id, or None if it was never seen."""
+        async with self.session() as session:
+            result = await session.exec(  # type: ignore[call-overload]
+                select(ProcessedInbound.status)
+                .where(ProcessedInbound.channel == key.channel)  # type: ignore[arg-type]
+                .where(ProcessedInbound.tenant == key.tenant)  # type: ignore[arg-type]
+                .where(ProcessedInbound.message_id == message_id)  # type: ignore[arg-type]
+            )
+            return result.scalar_one_or_none()
+
+    # ---- conversations and messages --------------------------------------
+
+    async def _ensure_conversation(self, session: AsyncSession, key: ConversationKey) -> str:
+        conv_id = key.conversation_id()
+        if await session.get(Conversation, conv_id) is None:
+            session.add(
+                Conversation(id=conv_id, channel=key.channel, tenant=key.tenant,
+                             chat_id=key.chat_id, thread_id=key.thread_id)
+            )
+            try:
+                await session.flush()
+            except IntegrityError:  # created at the same moment by another task
+                await session.rollback()
+        return conv_id
+
+    async def add_messages(
+        self, key: ConversationKey, turns: list[tuple[str, str, int]], user_id: str = ""
+    ) -> list[int]:
+        """Append (role, content, token_count) turns to the conversation; return their ids."""
+        async with self.session() as session:
+            conv_id = await self._ensure_conversation(session, key)
+            rows = [
+                Message(conversation_id=conv_id, role=role, content=content,
+                        token_count=tokens, user_id=user_id)
+                for role, content, tokens in turns
+            ]
+            session.add_all(rows)
+            await session.flush()
+            ids = [int(r.id) for r in rows]  # type: ignore[arg-type]
+            await session.exec(  # type: ignore[call-overload]
+                update(Conversation).where(Conversation.id == conv_id)  # type: ignore[arg-type]
+                .values(updated_at=utcnow())
+            )
+            await session.commit()
+            return ids
+
+    async def state(self, key: ConversationKey) -> ConversationState:
+        """The conversation's summary state (empty for a new conversation)."""
+        conv_id = key.conversation_id()
+        async with self.session() as session:
+            conv = await session.get(Conversation, conv_id)
+            if conv is None:
+                return ConversationState(conv_id, "", 0, 0)
+            return ConversationState(conv_id, conv.summary, conv.summary_tokens,
+                                     conv.summarized_upto)
+
+    async def messages_after(
+        self, key: ConversationKey, after_id: int, limit: int = 200
+    ) -> list[StoredMessage]:
+        """The newest `limit` messages with id above `after_id`, oldest first."""
+        async with self.session() as session:
+            result = await session.exec(  # type: ignore[call-overload]
+                select(Message.id, Message.role, Message.content, Message.token_count,
+                       Message.created_at)
+                .where(Message.conversation_id == key.conversation_id())  # type: ignore[arg-type]
+                .where(Message.id > after_id)  # type: ignore[arg-type,operator]
+                .order_by(Message.id.desc())  # type: ignore[union-attr]
+                .limit(limit)
+            )
+            rows = [StoredMessage(*row) for row in result.all()]
+        rows.reverse()
+        return rows
+
+    async def set_summary(
+        self, key: ConversationKey, summary: str, tokens: int, upto_id: int
+    ) -> None:
+        """Store a new running summary covering every message up to `upto_id`."""
+        async with self.session() as session:
+            conv_id = await self._ensure_conversation(session, key)
+            await session.exec(  # type: ignore[call-overload]
+                update(Conversation).where(Conversation.id == conv_id)  # type: ignore[arg-type]
+                .values(summary=summary, summary_tokens=tokens, summarized_upto=upto_id,
+                        updated_at=utcnow())
+            )
+            await session.commit()
+
+    async def reset(self, key: ConversationKey) -> int:
+        """Forget the conversation: its messages and summary. Returns the messages removed."""
+        conv_id = key.conversation_id()
+        async with self.session() as session:
+            result = await session.exec(  # type: ignore[call-overload]
+                delete(Message).where(Message.conversation_id == conv_id)  # type: ignore[arg-type]
+            )
+            await session.exec(  # type: ignore[call-overload]
+                delete(Conversation).where(Conversation.id == conv_id)  # type: ignore[arg-type]
+            )
+            await session.commit()
+            return int(result.rowcount or 0)
+
+    async def count_messages(self, key: ConversationKey) -> int:
+        """How many messages the conversation has stored."""
+        async with self.session() as session:
+            result = await session.exec(  # type: ignore[call-overload]
+                select(func.count()).select_from(Message)
+                .where(Message.conversation_id == key.conversation_id())  # type: ignore[arg-type]
+            )
+            return int(result.scalar_one())
+
+    # ---- usage ----------------------------------------------------------
+
+    async def record_usage(self, event: Any) -> None:
+        """Store one model call's usage (a bot.llm.UsageEvent)."""
+        async with self.session() as session:
+            session.add(
+                UsageRecord(
+                    provider=event.provider, model=event.model,
+                    prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
+                    latency_ms=event.latency_ms, outcome=event.outcome,
+                    conversation_id=event.conversation_id, error=event.error[:2000],
+                )
+            )
+            await session.commit()
+
+    async def usage(self, since: datetime | None = None) -> list[UsageRecord]:
+        """Usage records, oldest first, optionally since a time."""
+        async with self.session() as session:
+            query = select(UsageRecord).order_by(UsageRecord.id)  # type: ignore[arg-type]
+            if since is not None:
+                query = query.where(UsageRecord.created_at >= since)  # type: ignore[arg-type]
+            result = await session.exec(query)  # type: ignore[call-overload]
+            return list(result.scalars().all())
+
+    async def prune_inbound(self, older_than: timedelta) -> int:
+        """Drop dedupe records older than a bound (platform retries end within minutes)."""
+        cutoff = utcnow() - older_than
+        async with self.session() as session:
+            result = await session.exec(  # type: ignore[call-overload]
+                delete(ProcessedInbound).where(ProcessedInbound.received_at < cutoff)  # type: ignore[arg-type]
+            )
+            await session.commit()
+            return int(result.rowcount or 0)

@@ -1,0 +1,1 @@
+"""Messaging platforms: one file per platform, each implementing bot.channel.Channel."""

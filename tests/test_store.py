@@ -1,0 +1,102 @@
+"""Storage on SQLite and on PostgreSQL: migrations, messages, summaries, dedupe, usage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from bot.db import migrate, sync_url
+from bot.llm import UsageEvent
+from bot.store import Store
+from bot.types import ConversationKey
+
+KEY = ConversationKey("test", "team-1", "chat-1", "alice")
+OTHER = ConversationKey("test", "team-1", "chat-2", "bob")
+
+
+@pytest.fixture
+async def store(db_url: str):
+    s = await Store.open(db_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_migrations_create_every_table_and_are_idempotent(db_url: str) -> None:
+    migrate(db_url)
+    migrate(db_url)  # a second start-up changes nothing
+    engine = create_engine(sync_url(db_url))
+    try:
+        tables = set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
+    finally:
+        engine.dispose()
+    assert {"conversation", "message", "processed_inbound", "usage_record"} <= tables
+    assert version == "0001"
+
+
+async def test_messages_are_kept_per_conversation_in_order(store: Store) -> None:
+    await store.add_messages(KEY, [("user", "hello", 5), ("assistant", "hi there", 6)])
+    await store.add_messages(OTHER, [("user", "someone else", 7)])
+    await store.add_messages(KEY, [("user", "second", 5)])
+    turns = await store.messages_after(KEY, 0)
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "hello"), ("assistant", "hi there"), ("user", "second")]
+    assert await store.count_messages(OTHER) == 1
+    newest = await store.messages_after(KEY, 0, limit=2)
+    assert [t.content for t in newest] == ["hi there", "second"]
+
+
+async def test_summary_state_and_reset(store: Store) -> None:
+    ids = await store.add_messages(KEY, [("user", "a", 5), ("assistant", "b", 5)])
+    await store.set_summary(KEY, "they said a and b", 6, ids[-1])
+    state = await store.state(KEY)
+    assert (state.summary, state.summarized_upto) == ("they said a and b", ids[-1])
+    assert await store.messages_after(KEY, state.summarized_upto) == []
+    assert await store.reset(KEY) == 2
+    state = await store.state(KEY)
+    assert (state.summary, state.summarized_upto) == ("", 0)
+    assert await store.count_messages(KEY) == 0
+
+
+async def test_an_inbound_id_is_claimed_once_even_concurrently(store: Store) -> None:
+    results = await asyncio.gather(*(store.claim_inbound(KEY, "evt-1") for _ in range(8)))
+    assert sorted(results) == [False] * 7 + [True]
+    # the same id on another tenant is a different message
+    assert await store.claim_inbound(ConversationKey("test", "team-2", "c", "u"), "evt-1")
+    await store.finish_inbound(KEY, "evt-1", "done")
+    assert await store.inbound_status(KEY, "evt-1") == "done"
+    assert await store.inbound_status(KEY, "never") is None
+
+
+async def test_dedupe_survives_a_restart(db_url: str) -> None:
+    first = await Store.open(db_url)
+    assert await first.claim_inbound(KEY, "update-42")
+    await first.close()
+    second = await Store.open(db_url)
+    try:
+        assert not await second.claim_inbound(KEY, "update-42")
+    finally:
+        await second.close()
+
+
+async def test_usage_records_are_stored(store: Store) -> None:
+    await store.record_usage(UsageEvent(
+        provider="default", model="m1", prompt_tokens=12, completion_tokens=3, latency_ms=4.5,
+        outcome="ok", conversation_id="c1", error=""))
+    await store.record_usage(UsageEvent(
+        provider="backup", model="m2", prompt_tokens=0, completion_tokens=0, latency_ms=1.0,
+        outcome="rate_limited", conversation_id="c1", error="429"))
+    rows = await store.usage()
+    assert [(r.provider, r.outcome, r.prompt_tokens) for r in rows] == [
+        ("default", "ok", 12), ("backup", "rate_limited", 0)]
+
+
+async def test_chinese_text_round_trips(store: Store) -> None:
+    await store.add_messages(KEY, [("user", "报销流程是什么？", 9)])
+    (turn,) = await store.messages_after(KEY, 0)
+    assert turn.content == "报销流程是什么？"

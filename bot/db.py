@@ -79,7 +79,11 @@ def migrate(url: str) -> None:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
-        raise StorageError(f"KNOWBOT_DATABASE_URL: could not migrate the database: {exc}") from exc
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = make_url(url).render_as_string(hide_password=True)
+        raise StorageError(
+            f"KNOWBOT_DATABASE_URL: could not open the database {where}: {reason}"
+        ) from exc
     finally:
         engine.dispose()
 

@@ -92,3 +92,4 @@ class Runtime:
         if close is not None:
             await close()
         await self.store.close()
+        log.info("Knowbot stopped")

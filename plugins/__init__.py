@@ -134,7 +134,7 @@ def build_tool(func: Callable[..., Any], name: str | None = None, origin: str = 
     context_param = None
     for pname, param in inspect.signature(func).parameters.items():
         annotation = hints.get(pname, str)
-        if annotation is ToolContext:
+        if annotation is ToolContext or ToolContext in get_args(annotation):
             context_param = pname
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

@@ -1,0 +1,129 @@
+"""The `knowbot` command as a user runs it: ask, chat from a pipe, serve, bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fake_openai import FakeOpenAI, reply
+
+KNOWBOT = str(Path(sys.executable).parent / "knowbot")
+
+
+def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("KNOWBOT_", "OPENAI_"))}
+    full_env.update(env or {})
+    return subprocess.run([KNOWBOT, *args], env=full_env, input=stdin, capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip().startswith("knowbot 0.")
+
+
+def test_ask_with_no_model_prints_json(tmp_path: Path) -> None:
+    result = run("ask", "what is the refund policy?", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert set(body) == {"answer", "citations"}
+    assert "could not find anything" in body["answer"]
+    assert body["citations"] == []
+    assert (tmp_path / "data" / "knowbot.db").is_file()  # the embedded default lives in ./data
+
+
+def test_ask_through_a_model(tmp_path: Path) -> None:
+    with FakeOpenAI() as model:
+        model.script(reply("Hello from the model."))
+        result = run("ask", "hello", env={"KNOWBOT_LLM_BASE_URL": model.base_url,
+                                          "KNOWBOT_LLM_MODEL": "m"}, cwd=tmp_path)
+        assert model.requests[0]["messages"][-1]["content"] == "hello"
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Hello from the model."
+
+
+def test_openai_environment_variables_are_honoured(tmp_path: Path) -> None:
+    with FakeOpenAI() as model:
+        model.script(reply("via OPENAI_BASE_URL"))
+        result = run("ask", "hi", env={"OPENAI_BASE_URL": model.base_url,
+                                       "OPENAI_API_KEY": "sk-test-123"}, cwd=tmp_path)
+        headers = model.request_headers[0]
+    assert result.stdout.strip() == "via OPENAI_BASE_URL"
+    assert headers.get("authorization") == "Bearer sk-test-123"
+    assert "sk-test-123" not in result.stderr
+
+
+def test_chat_reads_lines_from_a_pipe(tmp_path: Path) -> None:
+    result = run("chat", stdin="/calculate 6*7\n\n/calculate 2**8\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    answers = [a for a in result.stdout.split("\n\n") if a.strip()]
+    assert answers == ["6*7 = 42", "2**8 = 256\n"] or [a.strip() for a in answers] == ["6*7 = 42", "2**8 = 256"]
+
+
+def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    result = run("ask", "hi", env={"KNOWBOT_MEMORY_TOKEN_BUDGET": "lots"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "knowbot: KNOWBOT_MEMORY_TOKEN_BUDGET: Input should be a valid integer, unable to parse "
+        "string as an integer"]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("mysql://nobody@127.0.0.1:1/x", "unsupported database 'mysql'"),
+    ("postgresql://nobody:hunter2@127.0.0.1:1/x", "could not open the database"),
+])
+def test_a_bad_database_is_one_line(tmp_path: Path, url: str, reason: str) -> None:
+    result = run("ask", "hi", env={"KNOWBOT_DATABASE_URL": url}, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("knowbot: KNOWBOT_DATABASE_URL: ")
+    assert reason in lines[0]
+    assert "hunter2" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_healthz_and_shuts_down_cleanly(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KNOWBOT_", "OPENAI_"))}
+    proc = subprocess.Popen([KNOWBOT, "serve", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        body = None
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                body = response.json()
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None:
+                    pytest.fail(proc.stderr.read())
+                time.sleep(0.2)
+        assert body is not None, "the server did not come up"
+        assert response.status_code == 200
+        assert body["status"] == "ok" and body["database"] == "ok" and body["llm"] == "none"
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal after its graceful shutdown, as a server should
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Knowbot stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

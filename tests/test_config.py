@@ -66,3 +66,12 @@ def test_a_broken_toml_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "knowbot.toml").write_text("port = = 3\n")
     with pytest.raises(ConfigError, match="knowbot.toml"):
         load_settings()
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from bot.config import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [f"KNOWBOT_{name.upper()}" for name in Settings.model_fields
+               if f"`KNOWBOT_{name.upper()}`" not in readme]
+    assert missing == []

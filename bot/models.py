@@ -79,3 +79,38 @@ class UsageRecord(SQLModel, table=True):
     outcome: str = Field(max_length=32)
     conversation_id: str = Field(default="", max_length=512)
     error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+
+
+class KnowledgeBase(SQLModel, table=True):
+    """A named collection of sources owned by a tenant; shared ones are read by all its chats."""
+
+    __tablename__ = "knowledge_base"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_knowledge_base_tenant_name"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=200, index=True)
+    name: str = Field(max_length=200)
+    shared: bool = False
+    chat_id: str = Field(default="", max_length=256, description="The chat a private KB belongs to.")
+    created_by: str = Field(default="", max_length=256)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Source(SQLModel, table=True):
+    """One ingested document or page: where it came from, its hash and its chunks."""
+
+    __tablename__ = "source"
+    __table_args__ = (UniqueConstraint("kb_id", "origin", name="uq_source_kb_origin"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    kb_id: int = Field(foreign_key="knowledge_base.id", index=True)
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    origin: str = Field(max_length=1024, description="File name or URL.")
+    kind: str = Field(max_length=16)
+    content_hash: str = Field(max_length=64, index=True)
+    version: str = Field(max_length=64)
+    chunk_count: int = 0
+    pages: Optional[int] = None
+    added_by: str = Field(default="", max_length=256)
+    added_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())

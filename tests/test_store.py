@@ -35,8 +35,13 @@ async def test_migrations_create_every_table_and_are_idempotent(db_url: str) -> 
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
     finally:
         engine.dispose()
-    assert {"conversation", "message", "processed_inbound", "usage_record"} <= tables
-    assert version == "0001"
+    from alembic.script import ScriptDirectory
+
+    from bot.db import alembic_config
+
+    assert {"conversation", "message", "processed_inbound", "usage_record", "knowledge_base",
+            "source"} <= tables
+    assert version == ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
 
 
 async def test_messages_are_kept_per_conversation_in_order(store: Store) -> None:

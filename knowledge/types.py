@@ -1,0 +1,68 @@
+"""Value types of the knowledge pipeline: loaded documents, blocks, chunks, stored points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+BlockKind = Literal["heading", "paragraph", "row", "table", "list", "code"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One structural unit a loader found: a heading, a paragraph, a table row."""
+
+    text: str
+    kind: BlockKind = "paragraph"
+    location: str = ""  # "page 3", "sheet Prices, row 7", "slide 2", "Setup > VPN"
+    heading_path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    """What a loader made of one file or page."""
+
+    title: str
+    kind: str  # pdf, docx, xlsx, csv, pptx, markdown, html, text
+    blocks: tuple[Block, ...]
+    origin: str = ""  # the file name or URL it came from
+    pages: int | None = None  # pages, slides or sheets, when the format has them
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document sized for the embedding model, with where it came from."""
+
+    text: str
+    location: str
+    ordinal: int
+    tokens: int
+    heading_path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """A BM25 sparse vector: term indices and weights."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One chunk as stored in the vector store."""
+
+    id: str
+    dense: tuple[float, ...]
+    sparse: SparseVector
+    payload: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result from the vector store."""
+
+    id: str
+    score: float
+    payload: dict[str, object]

@@ -1,0 +1,53 @@
+"""The VectorStore interface: one schema, two Qdrant backends (embedded Edge and server).
+
+Every point carries a payload with `tenant`, `kb`, `source_id`, `version`, `ready`, `title`,
+`location`, `text`, `url` and `ordinal`. Searches only ever see points whose `ready` is true and
+whose tenant and knowledge base are in the caller's scope; ingest writes a new version's points
+unready, publishes them in one step, then removes the old version: all of a source or none.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from knowledge.types import Hit, Point, SparseVector
+
+
+class VectorStore(Protocol):
+    """Dense + sparse vectors with payload filters; blocking calls (callers use to_thread)."""
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        """Write points (new ones arrive with payload ready=False)."""
+        ...
+
+    def publish(self, tenant: str, kb: str, source_id: str, version: str) -> None:
+        """Make one version of a source visible to searches (ready=True)."""
+        ...
+
+    def delete(self, tenant: str, kb: str, source_id: str | None = None,
+               version: str | None = None, keep_version: str | None = None) -> None:
+        """Delete a knowledge base's points, or a source's, or one version, or all but one."""
+        ...
+
+    def delete_unready(self, tenant: str | None = None) -> None:
+        """Remove points of ingests that never finished (run at start-up)."""
+        ...
+
+    def search_dense(self, vector: Sequence[float], tenant: str, kbs: Sequence[str],
+                     limit: int) -> list[Hit]:
+        """Nearest ready points by cosine, within the tenant's listed knowledge bases."""
+        ...
+
+    def search_sparse(self, vector: SparseVector, tenant: str, kbs: Sequence[str],
+                      limit: int) -> list[Hit]:
+        """Best ready points by BM25 (IDF applied by the engine), within the scope."""
+        ...
+
+    def count(self, tenant: str | None = None, kb: str | None = None,
+              source_id: str | None = None, ready_only: bool = True) -> int:
+        """How many points match."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the store."""
+        ...

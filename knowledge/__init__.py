@@ -1,0 +1,1 @@
+"""The knowledge base: loaders -> chunking -> embedding -> vector store -> search with citations."""

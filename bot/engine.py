@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Protocol
@@ -12,7 +13,7 @@ from bot.citations import select_citations
 from bot.commands import CommandSet, builtin_commands, parse_command
 from bot.config import Settings
 from bot.errors import KnowbotError, LLMError
-from bot.knowledge import KnowledgeSearch, NoKnowledge
+from bot.knowledge import KnowledgeSearch
 from bot.llm import LLMRouter
 from bot.memory import Memory, summary_prompt
 from bot.prompt import build_messages
@@ -81,6 +82,28 @@ NOTHING_FOUND = (
 )
 
 
+URL_ONLY = re.compile(r"^\s*(https?://\S+)\s*$", re.I)
+
+_WHOLE_EN = re.compile(
+    r"\b(print|show|dump|give|send|output|paste|copy|reproduce|export|read out|type out)\b"
+    r".{0,40}\b(whole|entire|full|complete|all of|every (word|line|page)|verbatim|word for word)\b"
+    r".{0,40}\b(document|doc|file|pdf|text|content|contents|knowledge base|handbook|manual|source)s?\b",
+    re.I | re.S,
+)
+_ZH_WHOLE = r"(全文|整篇|整个文档|整份|完整的?(内容|文档|文件|原文)|全部(内容|原文)|所有(内容|原文))"
+_ZH_VERB = r"(发给我|给我|发我|输出|打印|显示|复制|粘贴|导出|贴出|逐字)"
+_WHOLE_ZH = re.compile(f"{_ZH_VERB}.{{0,12}}{_ZH_WHOLE}|{_ZH_WHOLE}.{{0,12}}{_ZH_VERB}", re.S)
+WHOLE_DOCUMENT = (
+    "I don't hand out whole documents from the knowledge base. Ask me a specific question and I "
+    "will answer it with short quotes and their sources."
+)
+
+
+def asks_for_whole_document(text: str) -> bool:
+    """True when a message asks to print or dump a whole document rather than ask about it."""
+    return bool(_WHOLE_EN.search(text) or _WHOLE_ZH.search(text))
+
+
 class Engine:
     """Answers messages: commands, uploads, and questions through memory, knowledge and the model."""
 
@@ -113,7 +136,10 @@ class Engine:
     async def handle(self, message: InboundMessage) -> Reply:
         """Answer one message; KnowbotErrors propagate to the dispatcher's error boundary."""
         text = message.text.strip()
-        files = [a for a in message.attachments if a.kind == "file"]
+        files = [a for a in message.attachments if a.kind in ("file", "link")]
+        link = URL_ONLY.match(text)
+        if not files and link and self.deps.ingestor is not None:
+            files = [Attachment(kind="link", url=link.group(1), name=link.group(1))]
         if files:
             return await self._ingest(message, files)
         if not text:
@@ -138,6 +164,8 @@ class Engine:
     async def answer(self, message: InboundMessage, question: str, kb: str | None = None) -> Reply:
         """Answer a question from memory, the knowledge base and the model."""
         key = message.key
+        if asks_for_whole_document(question):
+            return Reply(WHOLE_DOCUMENT, kind="notice")
         passages = await self.deps.knowledge.search(
             key, question, top_k=self.settings.knowledge_top_k, kb=kb
         )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from bot.config import Settings
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine, EngineDeps, Ingestor
-from bot.knowledge import KnowledgeSearch, NoKnowledge
+from bot.knowledge import KnowledgeSearch
 from bot.llm import LLMRouter, UsageEvent
 from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
@@ -17,8 +17,27 @@ from plugins import ToolRegistry, load_registry
 
 if TYPE_CHECKING:
     from bot.channel import Channel
+    from knowledge.service import KnowledgeService
 
 log = logging.getLogger(__name__)
+
+
+DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
+
+
+def build_knowledge(settings: Settings, store: Store) -> "KnowledgeService":
+    """The knowledge base on the configured embedder and vector store (both opened lazily)."""
+    from knowledge.service import KnowledgeService, open_vectors
+
+    def embedder() -> object:
+        from knowledge.embedder import Embedder
+
+        if settings.embedding_model == DEFAULT_EMBEDDING_MODEL:
+            return Embedder.default(settings.data_dir)
+        return Embedder.from_name(settings.embedding_model, settings.data_dir / "models")
+
+    dim = 384 if settings.embedding_model == DEFAULT_EMBEDDING_MODEL else None
+    return KnowledgeService(settings, store, lambda d: open_vectors(settings, d), embedder, dim=dim)
 
 
 @dataclass
@@ -68,7 +87,9 @@ class Runtime:
                 limiter = RedisRateLimiter(settings.redis_url, settings.rate_limit_per_minute)
             else:
                 limiter = MemoryRateLimiter(settings.rate_limit_per_minute)
-        knowledge = knowledge or NoKnowledge()
+        if knowledge is None:
+            service = build_knowledge(settings, store)
+            knowledge, ingestor = service, ingestor or service
         engine = Engine(
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
                        knowledge=knowledge, ingestor=ingestor)
@@ -87,6 +108,9 @@ class Runtime:
         unfinished = await self.dispatcher.drain(drain_timeout)
         if unfinished:
             log.warning("%d message(s) were still unfinished at shutdown", unfinished)
+        close_knowledge = getattr(self.knowledge, "close", None)
+        if close_knowledge is not None:
+            await close_knowledge()
         await self.llm.close()
         close = getattr(self.limiter, "close", None)
         if close is not None:

@@ -127,3 +127,40 @@ def test_serve_answers_healthz_and_shuts_down_cleanly(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ingest_a_folder_then_ask_and_manage_it(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (docs / "it").mkdir(parents=True)
+    (docs / "it" / "vpn.md").write_text(
+        "# VPN\n\n## Reset\n\nTo reset your VPN password, open the self-service portal and enter "
+        "your staff number. The new password arrives by SMS.\n")
+    (docs / "报销.txt").write_text("报销流程：员工在每月二十五日前提交发票，财务部在十个工作日内完成审核并打款。\n")
+    (docs / ".hidden.md").write_text("# secret\n\nnot for ingest\n")
+    (docs / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+
+    first = run("ingest", str(docs), "--json", cwd=tmp_path)
+    assert first.returncode == 1  # the PNG is refused, the rest goes in
+    results = {Path(r["item"]).name: r for r in json.loads(first.stdout)}
+    assert set(results) == {"vpn.md", "报销.txt", "logo.png"}
+    assert results["vpn.md"]["ok"] and results["vpn.md"]["status"] == "added"
+    assert results["报销.txt"]["ok"] and results["报销.txt"]["chunks"] == 1
+    assert not results["logo.png"]["ok"] and "PDF, Word" in results["logo.png"]["message"]
+
+    again = run("ingest", str(docs / "it"), cwd=tmp_path)
+    assert again.returncode == 0 and "unchanged" in again.stdout
+
+    answer = run("ask", "How do I reset my VPN password?", "--json", cwd=tmp_path)
+    body = json.loads(answer.stdout)
+    assert "self-service portal" in body["answer"]
+    assert body["citations"][0]["source"] == "VPN"
+    assert body["citations"][0]["location"] == "VPN > Reset"
+    chinese = json.loads(run("ask", "报销多久能到账？", "--json", cwd=tmp_path).stdout)
+    assert chinese["citations"][0]["source"] == "报销.txt"
+
+    listing = run("kb", "list", cwd=tmp_path)
+    assert "default" in listing.stdout and "2" in listing.stdout
+    deleted = run("kb", "delete", "default", "VPN", "--yes", cwd=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    gone = json.loads(run("ask", "How do I reset my VPN password?", "--json", cwd=tmp_path).stdout)
+    assert gone["citations"] == []

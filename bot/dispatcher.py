@@ -39,10 +39,15 @@ class Dispatcher:
     ) -> Reply | None:
         """Answer a message now; None if it is a redelivery of one already taken."""
         key = message.key
-        if message.message_id and not await self.store.claim_inbound(key, message.message_id):
-            log.info("duplicate delivery %s on %s ignored", message.message_id, key.channel)
-            return None
-        if not await self.limiter.allow(key.user_scope()):
+        try:
+            if message.message_id and not await self.store.claim_inbound(key, message.message_id):
+                log.info("duplicate delivery %s on %s ignored", message.message_id, key.channel)
+                return None
+            allowed = await self.limiter.allow(key.user_scope())
+        except KnowbotError as exc:
+            log.error("could not take message %s on %s: %s", message.message_id, key.channel, exc)
+            return Reply(exc.user_message, kind="error")
+        if not allowed:
             log.info("rate limit hit by %s", key.user_scope())
             await self._finish(message, "limited")
             return Reply(RateLimited.user_message, kind="error")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Protocol
+from typing import Any, Callable, Coroutine, Protocol
 from zoneinfo import ZoneInfo
 
 from bot.citations import select_citations
@@ -110,12 +111,34 @@ class Engine:
     def __init__(self, deps: EngineDeps) -> None:
         self.deps = deps
         self.settings = deps.settings
+        self._tasks: set[asyncio.Task[None]] = set()
         self.memory = Memory(
             deps.store,
             deps.settings.memory_token_budget,
             self._summarise if deps.llm.configured else None,
+            spawn=self.spawn,
         )
         self.commands: CommandSet = builtin_commands(self)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run follow-up work (such as folding memory) after the reply, tracked until shutdown."""
+        task = asyncio.create_task(self._contained(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _contained(coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except Exception:  # noqa: BLE001 - background work must not die silently
+            log.exception("background work failed")
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait for background work to finish (at shutdown, or in tests)."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
 
     @property
     def llm_configured(self) -> bool:

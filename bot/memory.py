@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 from bot.errors import KnowbotError
 from bot.store import StoredMessage, Store
@@ -19,16 +19,18 @@ Summarizer = Callable[[str, list[StoredMessage]], Awaitable[str]]
 class Memory:
     """Loads what a conversation remembers and folds old turns into a running summary."""
 
-    def __init__(self, store: Store, budget: int, summarizer: Summarizer | None = None) -> None:
+    def __init__(self, store: Store, budget: int, summarizer: Summarizer | None = None,
+                 spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None) -> None:
         self.store = store
         self.budget = budget
         self.summarizer = summarizer
+        self.spawn = spawn  # runs a fold after the reply instead of before it
+        self._folding: set[str] = set()
 
     async def recall(self, key: ConversationKey) -> tuple[str, list[StoredMessage]]:
         """The running summary and the recent turns that fit in the budget, oldest first."""
-        state = await self.store.state(key)
         window = max(50, self.budget // 4)
-        turns = await self.store.messages_after(key, state.summarized_upto, limit=window)
+        state, turns = await self.store.recall(key, limit=window)
         total = sum(t.token_count for t in turns)
         if total <= self.budget:
             return state.summary, turns
@@ -41,17 +43,34 @@ class Memory:
                 keep = turns[start:]
         fold = turns[:start]
         if self.summarizer is not None and fold:
-            try:
-                summary = await self.summarizer(state.summary, fold)
-            except KnowbotError:
-                log.warning("could not summarise %d old turns; will try again", len(fold))
-            else:
-                summary = summary.strip()
-                await self.store.set_summary(key, summary, count_tokens(summary), fold[-1].id)
+            if self.spawn is not None:
+                # Fold after replying: this answer sees the recent turns within the budget and
+                # the previous summary; the next one sees the new summary.
+                conv = key.conversation_id()
+                if conv not in self._folding:
+                    self._folding.add(conv)
+                    self.spawn(self._fold(key, state.summary, fold))
+                return state.summary, self._newest_within(turns, self.budget)
+            summary = await self._fold(key, state.summary, fold)
+            if summary is not None:
                 return summary, keep
         # No model to summarise with (or it failed): the prompt holds only what fits; nothing
         # is marked as summarised, so the older turns stay stored and are folded in later.
         return state.summary, self._newest_within(turns, self.budget)
+
+    async def _fold(self, key: ConversationKey, previous: str, fold: list[StoredMessage]
+                    ) -> str | None:
+        """Summarise `fold` into the running summary and store it; None if the model failed."""
+        assert self.summarizer is not None
+        try:
+            summary = (await self.summarizer(previous, fold)).strip()
+        except KnowbotError:
+            log.warning("could not summarise %d old turns; will try again", len(fold))
+            return None
+        finally:
+            self._folding.discard(key.conversation_id())
+        await self.store.set_summary(key, summary, count_tokens(summary), fold[-1].id)
+        return summary
 
     @staticmethod
     def _newest_within(turns: list[StoredMessage], budget: int) -> list[StoredMessage]:

@@ -10,9 +10,10 @@ from bot.config import Settings
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine, EngineDeps, Ingestor
 from bot.knowledge import KnowledgeSearch
-from bot.llm import LLMRouter, UsageEvent
+from bot.llm import LLMRouter
 from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
+from bot.usage import UsageRecorder
 from plugins import ToolRegistry, load_registry
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Runtime:
     engine: Engine
     dispatcher: Dispatcher
     limiter: RateLimiter
+    usage: UsageRecorder
     channels: list["Channel"] = field(default_factory=list)
 
     @classmethod
@@ -69,11 +71,9 @@ class Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(settings.resolved_database_url)
 
-        async def record(event: UsageEvent) -> None:
-            await store.record_usage(event)
-
+        usage = UsageRecorder(store)
         if llm is None:
-            llm = LLMRouter.from_settings(settings, usage_sink=record)
+            llm = LLMRouter.from_settings(settings, usage_sink=usage)
         if registry is None:
             registry = load_registry(
                 timeout=settings.tool_timeout,
@@ -101,13 +101,15 @@ class Runtime:
             f"model providers {', '.join(llm.order)}" if llm.configured else "no language model",
             len(registry),
         )
-        return cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter)
+        return cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage)
 
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Finish the messages in flight, then close every connection."""
         unfinished = await self.dispatcher.drain(drain_timeout)
         if unfinished:
             log.warning("%d message(s) were still unfinished at shutdown", unfinished)
+        await self.engine.drain(drain_timeout)
+        await self.usage.close()
         close_knowledge = getattr(self.knowledge, "close", None)
         if close_knowledge is not None:
             await close_knowledge()

@@ -8,7 +8,9 @@ from datetime import datetime, timedelta
 from typing import Any, AsyncIterator
 
 from contextlib import asynccontextmanager
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -19,6 +21,16 @@ from bot.models import Conversation, Message, ProcessedInbound, UsageRecord
 from bot.types import ConversationKey, utcnow
 
 log = logging.getLogger(__name__)
+
+_INBOUND = ProcessedInbound.__table__  # type: ignore[attr-defined]
+_CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
+_MESSAGE = Message.__table__  # type: ignore[attr-defined]
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """A one-line description of a database error (the driver's message, no SQL or parameters)."""
+    reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
+    return f"database error: {type(exc).__name__}: {reason[0] if reason else ''}"[:300]
 
 
 @dataclass(frozen=True)
@@ -70,37 +82,35 @@ class Store:
             async with self._sessions() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {type(exc).__name__}") from exc
+            raise StorageError(_describe(exc)) from exc
 
     # ---- dedupe ---------------------------------------------------------
 
     async def claim_inbound(self, key: ConversationKey, message_id: str) -> bool:
         """Record a platform message id; False if it was already taken (a redelivery)."""
-        row = ProcessedInbound(
+        statement = insert(_INBOUND).values(
             channel=key.channel, tenant=key.tenant, message_id=message_id,
-            conversation_id=key.conversation_id(),
+            conversation_id=key.conversation_id(), status="processing", received_at=utcnow(),
         )
         try:
-            async with self._sessions() as session:
-                session.add(row)
-                await session.commit()
+            async with self.engine.begin() as conn:
+                await conn.execute(statement)
         except IntegrityError:
             return False
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {type(exc).__name__}") from exc
+            raise StorageError(_describe(exc)) from exc
         return True
 
     async def finish_inbound(self, key: ConversationKey, message_id: str, status: str) -> None:
         """Mark a claimed message as done or failed."""
-        async with self.session() as session:
-            await session.exec(  # type: ignore[call-overload]
-                update(ProcessedInbound)
-                .where(ProcessedInbound.channel == key.channel)  # type: ignore[arg-type]
-                .where(ProcessedInbound.tenant == key.tenant)  # type: ignore[arg-type]
-                .where(ProcessedInbound.message_id == message_id)  # type: ignore[arg-type]
-                .values(status=status)
-            )
-            await session.commit()
+        statement = (
+            update(_INBOUND)
+            .where(_INBOUND.c.channel == key.channel, _INBOUND.c.tenant == key.tenant,
+                   _INBOUND.c.message_id == message_id)
+            .values(status=status)
+        )
+        async with self._connection(write=True) as conn:
+            await conn.execute(statement)
 
     async def inbound_status(self, key: ConversationKey, message_id: str) -> str | None:
         """The status of a claimed message id, or None if it was never seen."""
@@ -128,26 +138,65 @@ class Store:
                 await session.rollback()
         return conv_id
 
+    def _upsert_conversation(self, key: ConversationKey, now: datetime) -> Any:
+        values = dict(id=key.conversation_id(), channel=key.channel, tenant=key.tenant,
+                      chat_id=key.chat_id, thread_id=key.thread_id, summary="", summary_tokens=0,
+                      summarized_upto=0, created_at=now, updated_at=now)
+        dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = dialect_insert(_CONVERSATION).values(**values)
+        return statement.on_conflict_do_update(index_elements=["id"],
+                                               set_={"updated_at": now})
+
     async def add_messages(
         self, key: ConversationKey, turns: list[tuple[str, str, int]], user_id: str = ""
     ) -> list[int]:
         """Append (role, content, token_count) turns to the conversation; return their ids."""
-        async with self.session() as session:
-            conv_id = await self._ensure_conversation(session, key)
-            rows = [
-                Message(conversation_id=conv_id, role=role, content=content,
-                        token_count=tokens, user_id=user_id)
-                for role, content, tokens in turns
-            ]
-            session.add_all(rows)
-            await session.flush()
-            ids = [int(r.id) for r in rows]  # type: ignore[arg-type]
-            await session.exec(  # type: ignore[call-overload]
-                update(Conversation).where(Conversation.id == conv_id)  # type: ignore[arg-type]
-                .values(updated_at=utcnow())
+        now = utcnow()
+        conv_id = key.conversation_id()
+        rows = [dict(conversation_id=conv_id, role=role, content=content, token_count=tokens,
+                     user_id=user_id, created_at=now) for role, content, tokens in turns]
+        async with self._connection(write=True) as conn:
+            await conn.execute(self._upsert_conversation(key, now))
+            result = await conn.execute(
+                insert(_MESSAGE).returning(_MESSAGE.c.id, sort_by_parameter_order=True), rows)
+            return [int(row[0]) for row in result.all()]
+
+    async def recall(self, key: ConversationKey, limit: int = 200
+                     ) -> tuple[ConversationState, list[StoredMessage]]:
+        """The summary state and the newest `limit` unsummarised messages, oldest first."""
+        conv_id = key.conversation_id()
+        async with self._connection() as conn:
+            row = (await conn.execute(
+                select(_CONVERSATION.c.summary, _CONVERSATION.c.summary_tokens,
+                       _CONVERSATION.c.summarized_upto).where(_CONVERSATION.c.id == conv_id)
+            )).first()
+            state = (ConversationState(conv_id, row[0], row[1], row[2]) if row is not None
+                     else ConversationState(conv_id, "", 0, 0))
+            if row is None:
+                return state, []
+            result = await conn.execute(
+                select(_MESSAGE.c.id, _MESSAGE.c.role, _MESSAGE.c.content,
+                       _MESSAGE.c.token_count, _MESSAGE.c.created_at)
+                .where(_MESSAGE.c.conversation_id == conv_id,
+                       _MESSAGE.c.id > state.summarized_upto)
+                .order_by(_MESSAGE.c.id.desc()).limit(limit)
             )
-            await session.commit()
-            return ids
+            turns = [StoredMessage(*r) for r in result.all()]
+        turns.reverse()
+        return state, turns
+
+    @asynccontextmanager
+    async def _connection(self, write: bool = False) -> AsyncIterator[Any]:
+        """A Core connection (a transaction when writing); database errors become StorageError."""
+        try:
+            if write:
+                async with self.engine.begin() as conn:
+                    yield conn
+            else:
+                async with self.engine.connect() as conn:
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise StorageError(_describe(exc)) from exc
 
     async def state(self, key: ConversationKey) -> ConversationState:
         """The conversation's summary state (empty for a new conversation)."""
@@ -225,6 +274,18 @@ class Store:
                 )
             )
             await session.commit()
+
+    async def record_usage_many(self, events: list[Any]) -> None:
+        """Store many model calls' usage in one transaction."""
+        if not events:
+            return
+        now = utcnow()
+        rows = [dict(created_at=now, provider=e.provider, model=e.model,
+                     prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens,
+                     latency_ms=e.latency_ms, outcome=e.outcome,
+                     conversation_id=e.conversation_id, error=e.error[:2000]) for e in events]
+        async with self._connection(write=True) as conn:
+            await conn.execute(insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
 
     async def usage(self, since: datetime | None = None) -> list[UsageRecord]:
         """Usage records, oldest first, optionally since a time."""

@@ -171,6 +171,7 @@ async def test_memory_budget_folds_old_turns_into_a_summary(
     try:
         for i in range(8):
             await chat.say(f"topic {i}: " + "detail " * 60)
+            await chat.runtime.engine.drain()  # folds run after the reply
         state = await chat.runtime.store.state(chat.key())
         assert state.summary.startswith("SUMMARY")
         assert state.summarized_upto > 0
@@ -180,7 +181,8 @@ async def test_memory_budget_folds_old_turns_into_a_summary(
     summary_requests = [r for r in model.requests if "maintain the memory" in r["messages"][0]["content"]]
     assert summary_requests, "old turns must be summarised by the model"
     assert "topic 0" in summary_requests[0]["messages"][1]["content"]
-    last = model.requests[-1]["messages"]
+    answers = [r for r in model.requests if "maintain the memory" not in r["messages"][0]["content"]]
+    last = answers[-1]["messages"]
     assert "SUMMARY: user talked about" in _system_text({"messages": last})
     history = [m["content"] for m in last if m["role"] in ("user", "assistant")]
     assert not any(c.startswith("topic 0:") for c in history)
@@ -223,6 +225,7 @@ async def _usage(tmp_path: Path):
 async def test_usage_is_recorded_for_every_call(llm_bot: ChatBot, model: FakeOpenAI) -> None:
     model.script(reply("hi", prompt_tokens=33, completion_tokens=2))
     await llm_bot.say("hello")
+    await llm_bot.runtime.usage.flush()  # usage is written off the reply path
     (row,) = await llm_bot.runtime.store.usage()
     assert (row.provider, row.model, row.prompt_tokens, row.completion_tokens, row.outcome) == (
         "default", "test-model", 33, 2, "ok")

@@ -115,10 +115,10 @@ def instrument(runtime: Any) -> None:
     llm = runtime.llm
     llm.complete = _timed_model(llm.complete)  # the engine and the summarizer share this object
     store = runtime.store
-    for name in ("claim_inbound", "finish_inbound", "state", "messages_after", "add_messages",
-                 "set_summary"):
+    for name in ("claim_inbound", "finish_inbound", "recall", "add_messages", "set_summary"):
         setattr(store, name, _timed(getattr(store, name), _add_db(name)))
-    store.record_usage = _timed(store.record_usage, lambda a, s: setattr(a, "usage", a.usage + s))
+    store.record_usage_many = _timed(store.record_usage_many,
+                                     lambda a, s: setattr(a, "usage", a.usage + s))
     knowledge = runtime.engine.deps.knowledge
     knowledge.search = _timed(
         knowledge.search, lambda a, s: setattr(a, "knowledge", a.knowledge + s)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -16,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bot.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -103,3 +106,53 @@ async def open_engine(url: str) -> AsyncEngine:
     """Migrate the database, then return an async engine for it."""
     await asyncio.to_thread(migrate, url)
     return make_engine(url)
+
+
+class DatabaseLane:
+    """Blocking SQLAlchemy Core work on dedicated threads, one thread hop per operation.
+
+    SQLite gets one thread (it has one writer anyway, and a single connection needs no locking
+    between threads); PostgreSQL gets a small pool.
+    """
+
+    def __init__(self, url: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _ensure_sqlite_dir(url)
+        self.url = sync_url(url)
+        self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        workers = 1 if self.is_sqlite else 8
+        if self.is_sqlite:
+            self.engine = create_engine(self.url, pool_size=1, max_overflow=0)
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(self.url, pool_size=workers, max_overflow=0,
+                                        pool_pre_ping=True)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knowbot-db")
+
+    async def _run(self, fn: "Callable[[Connection], T]", write: bool) -> "T":
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, write)
+
+    def _call(self, fn: "Callable[[Connection], T]", write: bool) -> "T":
+        try:
+            with (self.engine.begin() if write else self.engine.connect()) as conn:
+                return fn(conn)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
+            raise StorageError(
+                f"database error: {type(exc).__name__}: {reason[0] if reason else ''}"[:300]
+            ) from exc
+
+    async def read(self, fn: "Callable[[Connection], T]") -> "T":
+        """Run a read on the lane."""
+        return await self._run(fn, write=False)
+
+    async def write(self, fn: "Callable[[Connection], T]") -> "T":
+        """Run a write in one transaction on the lane."""
+        return await self._run(fn, write=True)
+
+    def close(self) -> None:
+        """Stop the threads and close the connections."""
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from bot.errors import KnowbotError, RateLimited
 from bot.ratelimit import RateLimiter
@@ -52,8 +53,14 @@ class Dispatcher:
             await self._finish(message, "limited")
             return Reply(RateLimited.user_message, kind="error")
         reply = await self._guarded(message, handler or self.handler)
-        await self._finish(message, "failed" if reply.kind == "error" else "done")
+        # Recording the outcome is bookkeeping: it runs after the reply is handed back.
+        self._track(self._finish(message, "failed" if reply.kind == "error" else "done"))
         return reply
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.create_task(coro, context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _guarded(self, message: InboundMessage, handler: Handler) -> Reply:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 from dataclasses import dataclass
@@ -122,7 +123,8 @@ class Engine:
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run follow-up work (such as folding memory) after the reply, tracked until shutdown."""
-        task = asyncio.create_task(self._contained(coro))
+        # a fresh context: follow-up work belongs to no request
+        task = asyncio.create_task(self._contained(coro), context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -8,14 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any, AsyncIterator
 
 from contextlib import asynccontextmanager
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.db import open_engine
+from bot.db import DatabaseLane, open_engine
 from bot.errors import StorageError
 from bot.models import Conversation, Message, ProcessedInbound, UsageRecord
 from bot.types import ConversationKey, utcnow
@@ -25,6 +25,24 @@ log = logging.getLogger(__name__)
 _INBOUND = ProcessedInbound.__table__  # type: ignore[attr-defined]
 _CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
 _MESSAGE = Message.__table__  # type: ignore[attr-defined]
+
+# Hot-path statements built once; each call only binds its values.
+_CLAIM = insert(_INBOUND)
+_FINISH = (
+    update(_INBOUND)
+    .where(_INBOUND.c.channel == bindparam("k_channel"), _INBOUND.c.tenant == bindparam("k_tenant"),
+           _INBOUND.c.message_id == bindparam("k_message_id"))
+    .values(status=bindparam("status"))
+)
+_ADD_MESSAGES = insert(_MESSAGE).returning(_MESSAGE.c.id, sort_by_parameter_order=True)
+_RECALL_HEAD = select(_CONVERSATION.c.summary, _CONVERSATION.c.summary_tokens,
+                      _CONVERSATION.c.summarized_upto).where(_CONVERSATION.c.id == bindparam("conv"))
+_RECALL_TURNS = (
+    select(_MESSAGE.c.id, _MESSAGE.c.role, _MESSAGE.c.content, _MESSAGE.c.token_count,
+           _MESSAGE.c.created_at)
+    .where(_MESSAGE.c.conversation_id == bindparam("conv"), _MESSAGE.c.id > bindparam("after"))
+    .order_by(_MESSAGE.c.id.desc()).limit(bindparam("limit"))
+)
 
 
 def _describe(exc: SQLAlchemyError) -> str:
@@ -57,18 +75,23 @@ class ConversationState:
 class Store:
     """Async access to Knowbot's database."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, url: str | None = None) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        # The per-message hot path (dedupe, memory, usage) runs as plain blocking SQLAlchemy Core
+        # on dedicated threads: one thread hop per operation instead of one per driver call,
+        # which on SQLite is several times cheaper than the asyncio adapter.
+        self._lane = DatabaseLane(url or engine.url.render_as_string(hide_password=False))
 
     @classmethod
     async def open(cls, url: str) -> "Store":
         """Migrate the database at `url` and open it."""
-        return cls(await open_engine(url))
+        return cls(await open_engine(url), url)
 
     async def close(self) -> None:
         """Release every connection."""
         await self.engine.dispose()
+        self._lane.close()
 
     @property
     def dialect(self) -> str:
@@ -88,29 +111,25 @@ class Store:
 
     async def claim_inbound(self, key: ConversationKey, message_id: str) -> bool:
         """Record a platform message id; False if it was already taken (a redelivery)."""
-        statement = insert(_INBOUND).values(
-            channel=key.channel, tenant=key.tenant, message_id=message_id,
-            conversation_id=key.conversation_id(), status="processing", received_at=utcnow(),
-        )
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(statement)
-        except IntegrityError:
-            return False
-        except SQLAlchemyError as exc:
-            raise StorageError(_describe(exc)) from exc
-        return True
+        row = dict(channel=key.channel, tenant=key.tenant, message_id=message_id,
+                   conversation_id=key.conversation_id(), status="processing",
+                   received_at=utcnow())
+
+        def claim(conn: Connection) -> bool:
+            try:
+                with conn.begin_nested():
+                    conn.execute(_CLAIM, row)
+            except IntegrityError:
+                return False
+            return True
+
+        return await self._lane.write(claim)
 
     async def finish_inbound(self, key: ConversationKey, message_id: str, status: str) -> None:
         """Mark a claimed message as done or failed."""
-        statement = (
-            update(_INBOUND)
-            .where(_INBOUND.c.channel == key.channel, _INBOUND.c.tenant == key.tenant,
-                   _INBOUND.c.message_id == message_id)
-            .values(status=status)
-        )
-        async with self._connection(write=True) as conn:
-            await conn.execute(statement)
+        params = dict(k_channel=key.channel, k_tenant=key.tenant, k_message_id=message_id,
+                      status=status)
+        await self._lane.write(lambda conn: conn.execute(_FINISH, params))
 
     async def inbound_status(self, key: ConversationKey, message_id: str) -> str | None:
         """The status of a claimed message id, or None if it was never seen."""
@@ -155,48 +174,31 @@ class Store:
         conv_id = key.conversation_id()
         rows = [dict(conversation_id=conv_id, role=role, content=content, token_count=tokens,
                      user_id=user_id, created_at=now) for role, content, tokens in turns]
-        async with self._connection(write=True) as conn:
-            await conn.execute(self._upsert_conversation(key, now))
-            result = await conn.execute(
-                insert(_MESSAGE).returning(_MESSAGE.c.id, sort_by_parameter_order=True), rows)
-            return [int(row[0]) for row in result.all()]
+        upsert = self._upsert_conversation(key, now)
+
+        def write(conn: Connection) -> list[int]:
+            conn.execute(upsert)
+            return [int(row[0]) for row in conn.execute(_ADD_MESSAGES, rows).all()]
+
+        return await self._lane.write(write)
 
     async def recall(self, key: ConversationKey, limit: int = 200
                      ) -> tuple[ConversationState, list[StoredMessage]]:
         """The summary state and the newest `limit` unsummarised messages, oldest first."""
         conv_id = key.conversation_id()
-        async with self._connection() as conn:
-            row = (await conn.execute(
-                select(_CONVERSATION.c.summary, _CONVERSATION.c.summary_tokens,
-                       _CONVERSATION.c.summarized_upto).where(_CONVERSATION.c.id == conv_id)
-            )).first()
-            state = (ConversationState(conv_id, row[0], row[1], row[2]) if row is not None
-                     else ConversationState(conv_id, "", 0, 0))
-            if row is None:
-                return state, []
-            result = await conn.execute(
-                select(_MESSAGE.c.id, _MESSAGE.c.role, _MESSAGE.c.content,
-                       _MESSAGE.c.token_count, _MESSAGE.c.created_at)
-                .where(_MESSAGE.c.conversation_id == conv_id,
-                       _MESSAGE.c.id > state.summarized_upto)
-                .order_by(_MESSAGE.c.id.desc()).limit(limit)
-            )
-            turns = [StoredMessage(*r) for r in result.all()]
-        turns.reverse()
-        return state, turns
 
-    @asynccontextmanager
-    async def _connection(self, write: bool = False) -> AsyncIterator[Any]:
-        """A Core connection (a transaction when writing); database errors become StorageError."""
-        try:
-            if write:
-                async with self.engine.begin() as conn:
-                    yield conn
-            else:
-                async with self.engine.connect() as conn:
-                    yield conn
-        except SQLAlchemyError as exc:
-            raise StorageError(_describe(exc)) from exc
+        def read(conn: Connection) -> tuple[ConversationState, list[StoredMessage]]:
+            row = conn.execute(_RECALL_HEAD, {"conv": conv_id}).first()
+            if row is None:
+                return ConversationState(conv_id, "", 0, 0), []
+            state = ConversationState(conv_id, row[0], row[1], row[2])
+            result = conn.execute(_RECALL_TURNS, {"conv": conv_id, "after": state.summarized_upto,
+                                                  "limit": limit})
+            turns = [StoredMessage(*r) for r in result.all()]
+            turns.reverse()
+            return state, turns
+
+        return await self._lane.read(read)
 
     async def state(self, key: ConversationKey) -> ConversationState:
         """The conversation's summary state (empty for a new conversation)."""
@@ -284,8 +286,8 @@ class Store:
                      prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens,
                      latency_ms=e.latency_ms, outcome=e.outcome,
                      conversation_id=e.conversation_id, error=e.error[:2000]) for e in events]
-        async with self._connection(write=True) as conn:
-            await conn.execute(insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
+        statement = insert(UsageRecord.__table__)  # type: ignore[attr-defined]
+        await self._lane.write(lambda conn: conn.execute(statement, rows))
 
     async def usage(self, since: datetime | None = None) -> list[UsageRecord]:
         """Usage records, oldest first, optionally since a time."""

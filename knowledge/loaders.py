@@ -57,8 +57,8 @@ def load_bytes(
         check_zip(data, name, kind, max_unpacked)
     try:
         title, blocks, pages = _LOADERS[kind](data, name, mime)
-    except IngestError:
-        raise
+    except (IngestError, ImportError):
+        raise  # an ImportError is a broken installation, not a damaged file
     except Exception as exc:  # noqa: BLE001 - the parser boundary: no traceback reaches the user
         log.warning("could not parse %s as %s", name, kind, exc_info=True)
         raise damaged_error(name, kind_label(kind)) from exc

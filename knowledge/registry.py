@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot.errors import StorageError
 from bot.models import KnowledgeBase, Source
 from bot.store import Store
 from bot.types import ConversationKey, utcnow
@@ -77,7 +78,7 @@ class Registry:
                 session.add(row)
                 await session.commit()
                 return int(row.id)  # type: ignore[arg-type]
-        except Exception:  # noqa: BLE001 - created concurrently: read it back
+        except StorageError:  # created at the same moment elsewhere: read it back
             found = await self._kb_id(tenant, name)
             if found is None:
                 raise

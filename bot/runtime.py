@@ -94,6 +94,10 @@ class Runtime:
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
                        knowledge=knowledge, ingestor=ingestor)
         )
+        if hasattr(knowledge, "registry"):  # the real knowledge service: chat can manage it
+            from knowledge.commands import kb_command
+
+            engine.commands.add(kb_command(engine, knowledge))  # type: ignore[arg-type]
         dispatcher = Dispatcher(engine.handle, store, limiter)
         log.info(
             "Knowbot ready: database %s, %s, %d tools",

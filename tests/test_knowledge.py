@@ -372,3 +372,36 @@ async def test_a_document_sent_in_chat_is_then_used_to_answer(tmp_path: Path, em
     bob_system = "\n".join(m["content"] for m in model.requests[1]["messages"] if m["role"] == "system")
     assert "refund within 14 days" not in bob_system
     assert elsewhere.citations == ()
+
+
+async def test_kb_command_lists_searches_and_deletes(tmp_path: Path, embedder: Embedder) -> None:
+    from bot.runtime import Runtime
+    from conftest import ChatBot
+
+    settings = make_settings(tmp_path)
+    store = await Store.open(settings.resolved_database_url)
+    service = KnowledgeService(settings, store, _vectors("edge", tmp_path), lambda: embedder,
+                               dim=embedder.dim)
+    runtime = await Runtime.start(settings, knowledge=service, ingestor=service)
+    chat = ChatBot(runtime, chat="group-1", user="bob")
+    try:
+        tenant = tenant_of(chat.key())
+        await service.ingest_bytes(tenant, chat_kb_name(chat.key()), MARKDOWN, "vpn.md")
+        listing = await chat.say("/kb")
+        found = await chat.say("/kb search VPN password")
+        group_msg = InboundMessage(key=chat.key(), message_id="g1", text="/kb delete VPN",
+                                   is_group=True)
+        refused = await runtime.dispatcher.process(group_msg)
+        admin_msg = InboundMessage(key=chat.key(), message_id="g2", text="/kb delete VPN",
+                                   is_group=True, is_admin=True)
+        deleted = await runtime.dispatcher.process(admin_msg)
+        empty = await chat.say("/kb")
+    finally:
+        await runtime.close()
+        await service.close()
+        await store.close()
+    assert "this chat** (1 sources)" in listing.text and "VPN (markdown" in listing.text
+    assert "1. **VPN**, VPN > Reset" in found.text
+    assert refused is not None and "Only the admins" in refused.text
+    assert deleted is not None and "Deleted “VPN”" in deleted.text
+    assert "empty" in empty.text

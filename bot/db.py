@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -108,12 +110,21 @@ async def open_engine(url: str) -> AsyncEngine:
     return make_engine(url)
 
 
+def _storage_error(exc: SQLAlchemyError) -> StorageError:
+    reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
+    return StorageError(f"database error: {type(exc).__name__}: {reason[0] if reason else ''}"[:300])
+
+
 class DatabaseLane:
     """Blocking SQLAlchemy Core work on dedicated threads, one thread hop per operation.
 
-    SQLite gets one thread (it has one writer anyway, and a single connection needs no locking
-    between threads); PostgreSQL gets a small pool.
+    On SQLite one thread owns one connection and commits in groups: the operations queued while
+    it was busy run together, each in its own savepoint (so one failing does not undo another),
+    under a single commit, and only then are their results handed back. On PostgreSQL a small
+    pool of threads runs one transaction per operation.
     """
+
+    MAX_GROUP = 256
 
     def __init__(self, url: str) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -121,28 +132,66 @@ class DatabaseLane:
         _ensure_sqlite_dir(url)
         self.url = sync_url(url)
         self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
-        workers = 1 if self.is_sqlite else 8
         if self.is_sqlite:
             self.engine = create_engine(self.url, pool_size=1, max_overflow=0)
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            self._queue: "queue.SimpleQueue[tuple | None]" = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._serve, name="knowbot-db", daemon=True)
+            self._thread.start()
         else:
-            self.engine = create_engine(self.url, pool_size=workers, max_overflow=0,
-                                        pool_pre_ping=True)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knowbot-db")
+            self.engine = create_engine(self.url, pool_size=8, max_overflow=0, pool_pre_ping=True)
+            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="knowbot-db")
 
     async def _run(self, fn: "Callable[[Connection], T]", write: bool) -> "T":
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn, write)
+        if not self.is_sqlite:
+            return await loop.run_in_executor(self._executor, self._call, fn, write)
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, future, loop))
+        return await future
 
     def _call(self, fn: "Callable[[Connection], T]", write: bool) -> "T":
         try:
             with (self.engine.begin() if write else self.engine.connect()) as conn:
                 return fn(conn)
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
-            raise StorageError(
-                f"database error: {type(exc).__name__}: {reason[0] if reason else ''}"[:300]
-            ) from exc
+            raise _storage_error(exc) from exc
+
+    def _serve(self) -> None:
+        """The SQLite thread: take what is queued, run it as one group, commit once."""
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < self.MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # finish this group, then stop
+                    break
+                group.append(item)
+            self._run_group(group)
+
+    def _run_group(self, group: list[tuple]) -> None:
+        outcomes: list[tuple[bool, object]] = []
+        try:
+            with self.engine.begin() as conn:
+                for fn, _future, _loop in group:
+                    try:
+                        with conn.begin_nested():
+                            outcomes.append((True, fn(conn)))
+                    except SQLAlchemyError as exc:
+                        outcomes.append((False, _storage_error(exc)))
+                    except Exception as exc:  # noqa: BLE001 - handed back to its caller
+                        outcomes.append((False, exc))
+        except SQLAlchemyError as exc:  # the commit itself failed: every operation failed
+            error = _storage_error(exc)
+            outcomes = [(False, error)] * len(group)
+        for (_fn, future, loop), (ok, value) in zip(group, outcomes):
+            loop.call_soon_threadsafe(_settle, future, ok, value)
 
     async def read(self, fn: "Callable[[Connection], T]") -> "T":
         """Run a read on the lane."""
@@ -154,5 +203,18 @@ class DatabaseLane:
 
     def close(self) -> None:
         """Stop the threads and close the connections."""
-        self._executor.shutdown(wait=True)
+        if self.is_sqlite:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+        else:
+            self._executor.shutdown(wait=True)
         self.engine.dispose()
+
+
+def _settle(future: "asyncio.Future[object]", ok: bool, value: object) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)  # type: ignore[arg-type]

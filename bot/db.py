@@ -110,7 +110,8 @@ async def open_engine(url: str) -> AsyncEngine:
     return make_engine(url)
 
 
-def _storage_error(exc: SQLAlchemyError) -> StorageError:
+def storage_error(exc: SQLAlchemyError) -> StorageError:
+    """A one-line StorageError from a database error (the driver's message, no SQL)."""
     reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
     return StorageError(f"database error: {type(exc).__name__}: {reason[0] if reason else ''}"[:300])
 
@@ -155,7 +156,7 @@ class DatabaseLane:
             with (self.engine.begin() if write else self.engine.connect()) as conn:
                 return fn(conn)
         except SQLAlchemyError as exc:
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
 
     def _serve(self) -> None:
         """The SQLite thread: take what is queued, run it as one group, commit once."""
@@ -184,11 +185,11 @@ class DatabaseLane:
                         with conn.begin_nested():
                             outcomes.append((True, fn(conn)))
                     except SQLAlchemyError as exc:
-                        outcomes.append((False, _storage_error(exc)))
+                        outcomes.append((False, storage_error(exc)))
                     except Exception as exc:  # noqa: BLE001 - handed back to its caller
                         outcomes.append((False, exc))
         except SQLAlchemyError as exc:  # the commit itself failed: every operation failed
-            error = _storage_error(exc)
+            error = storage_error(exc)
             outcomes = [(False, error)] * len(group)
         for (_fn, future, loop), (ok, value) in zip(group, outcomes):
             loop.call_soon_threadsafe(_settle, future, ok, value)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.db import DatabaseLane, open_engine
+from bot.db import DatabaseLane, open_engine, storage_error
 from bot.errors import StorageError
 from bot.models import Conversation, Message, ProcessedInbound, UsageRecord
 from bot.types import ConversationKey, utcnow
@@ -43,12 +43,6 @@ _RECALL_TURNS = (
     .where(_MESSAGE.c.conversation_id == bindparam("conv"), _MESSAGE.c.id > bindparam("after"))
     .order_by(_MESSAGE.c.id.desc()).limit(bindparam("limit"))
 )
-
-
-def _describe(exc: SQLAlchemyError) -> str:
-    """A one-line description of a database error (the driver's message, no SQL or parameters)."""
-    reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
-    return f"database error: {type(exc).__name__}: {reason[0] if reason else ''}"[:300]
 
 
 @dataclass(frozen=True)
@@ -105,7 +99,7 @@ class Store:
             async with self._sessions() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StorageError(_describe(exc)) from exc
+            raise storage_error(exc) from exc
 
     # ---- dedupe ---------------------------------------------------------
 

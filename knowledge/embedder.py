@@ -255,13 +255,21 @@ class Embedder:
     # ------------------------------------------------------------------ use
 
     def embed_passages(self, texts: list[str], batch_size: int = 32) -> list[list[float]]:
-        """Embed documents (chunks) into unit vectors, one per text, in order."""
+        """Embed documents (chunks) into unit vectors, one per text, in order.
+
+        Texts are batched by length (shortest first) so that a batch pads little; padding is
+        masked out, so each vector is the same as when embedded alone. Order is restored.
+        """
         if not texts:
             return []
-        prefixed = [self.passage_prefix + text for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        prefixed = [self.passage_prefix + texts[i] for i in order]
         with self._lock:
             vectors = list(self._model.embed(prefixed, batch_size=batch_size))
-        return [vector.tolist() for vector in vectors]
+        result: list[list[float]] = [[] for _ in texts]
+        for position, vector in zip(order, vectors):
+            result[position] = vector.tolist()
+        return result
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one search query into a unit vector."""

@@ -46,11 +46,16 @@ def _shingles(text: str) -> set[str]:
     return {flat[i : i + 5] for i in range(len(flat) - 4)}
 
 
-def collapse_near_duplicates(candidates: Sequence[Candidate], threshold: float = 0.85
-                             ) -> list[Candidate]:
-    """Drop candidates whose text nearly repeats a better one (Jaccard of 5-gram shingles)."""
+def collapse_near_duplicates(candidates: Sequence[Candidate], threshold: float = 0.85,
+                             limit: int | None = None) -> list[Candidate]:
+    """Drop candidates whose text nearly repeats a better one (Jaccard of 5-gram shingles).
+
+    Stops once `limit` distinct candidates are kept.
+    """
     kept: list[tuple[Candidate, set[str]]] = []
     for cand in candidates:
+        if limit is not None and len(kept) >= limit:
+            break
         grams = _shingles(str(cand.hit.payload.get("text", "")))
         duplicate = False
         for _, other in kept:

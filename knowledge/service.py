@@ -27,7 +27,8 @@ from knowledge.vectorstore import VectorStore
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
-EMBED_BATCH = 32
+EMBED_BATCH = 32  # texts per model call
+EMBED_GROUP = 128  # chunks handed to the embedder at once (it batches them by length)
 _URL_ONLY = re.compile(r"^\s*(https?://\S+)\s*$", re.I)
 
 
@@ -137,10 +138,22 @@ class KnowledgeService:
                            ) -> list[Passage]:
         """Hybrid search within explicit knowledge bases of one tenant."""
         query = query.strip()
-        if not query or not kbs or not await self.registry.has_sources(tenant, list(kbs)):
+        if not query or not kbs:
             return []
-        embedder = await self.embedder()
-        dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
+        if self._embedder is None:
+            # nothing loaded yet: don't load the model for a scope with nothing in it
+            if not await self.registry.has_sources(tenant, list(kbs)):
+                return []
+            embedder = await self.embedder()
+            dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
+        else:
+            # is there anything to search? asked while the query is being embedded
+            has_sources, dense_q = await asyncio.gather(
+                self.registry.has_sources(tenant, list(kbs)),
+                asyncio.to_thread(self._embedder.embed_query, query),  # type: ignore[attr-defined]
+            )
+            if not has_sources:
+                return []
         sparse_q = self.sparse.encode_query(query)
         pool = max(20, top_k * 4)
         vectors = await self.vectors()
@@ -155,7 +168,7 @@ class KnowledgeService:
         current = await self._current_versions(tenant, fused)
         fused = [c for c in fused
                  if current.get(str(c.hit.payload.get("source_id"))) == c.hit.payload.get("version")]
-        fused = collapse_near_duplicates(fused)[:top_k]
+        fused = collapse_near_duplicates(fused, limit=top_k)
         return [
             Passage(
                 text=str(c.hit.payload.get("text", "")),
@@ -277,8 +290,9 @@ class KnowledgeService:
                             version: str, doc: LoadedDocument, chunks: list[Chunk],
                             progress: Progress | None) -> None:
         total = len(chunks)
-        for start in range(0, total, EMBED_BATCH):
-            batch = chunks[start : start + EMBED_BATCH]
+        group = max(EMBED_GROUP, EMBED_BATCH)
+        for start in range(0, total, group):
+            batch = chunks[start : start + group]
             texts = [c.text for c in batch]
             dense = await asyncio.to_thread(embedder.embed_passages, texts, EMBED_BATCH)
             points = [

@@ -236,6 +236,7 @@ async def test_a_failure_mid_ingest_keeps_the_old_version_whole(kb: KnowledgeSer
 
     monkeypatch.setattr(vectors, "upsert", failing_upsert)
     monkeypatch.setattr("knowledge.service.EMBED_BATCH", 1)
+    monkeypatch.setattr("knowledge.service.EMBED_GROUP", 1)
     long_doc = MARKDOWN + b"\n\n## More\n\n" + b"\n\n".join(
         f"Paragraph {i} about printers and toner cartridges.".encode() for i in range(5))
     with pytest.raises(OSError):

@@ -124,7 +124,7 @@ def _split_by_tokens(
 
 # --- locations -------------------------------------------------------------------------------
 
-_ROW_SUFFIX = re.compile(r"(?:,\s*|\s+|^)rows?\s+\d+(?:\s*[-–]\s*\d+)?\s*$", re.IGNORECASE)
+_ROW_SUFFIX = re.compile(r"(?:,\s*|\s+|^)(?:rows?|lines?)\s+\d+(?:\s*[-–]\s*\d+)?\s*$", re.IGNORECASE)
 _NUMBERED = re.compile(r"^(?P<pre>.*?)(?P<word>[^\W\d_]+?)s?\s+(?P<a>\d+)(?:\s*[-–]\s*(?P<b>\d+))?$")
 
 

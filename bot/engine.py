@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from bot.citations import select_citations
 from bot.commands import CommandSet, builtin_commands, parse_command
 from bot.config import Settings
-from bot.errors import KnowbotError, LLMError
+from bot.errors import LLMError
 from bot.knowledge import KnowledgeSearch
 from bot.llm import LLMRouter
 from bot.memory import Memory, summary_prompt

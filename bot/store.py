@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.db import DatabaseLane, open_engine, storage_error
-from bot.errors import StorageError
 from bot.models import Conversation, Message, ProcessedInbound, UsageRecord
 from bot.types import ConversationKey, utcnow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from contextlib import asynccontextmanager
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
@@ -20,6 +20,8 @@ from bot.models import Conversation, Message, ProcessedInbound, UsageRecord
 from bot.types import ConversationKey, utcnow
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _INBOUND = ProcessedInbound.__table__  # type: ignore[attr-defined]
 _CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
@@ -90,6 +92,10 @@ class Store:
     def dialect(self) -> str:
         """'sqlite' or 'postgresql'."""
         return self.engine.dialect.name
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run a blocking Core read on the database lane (for hot read paths elsewhere)."""
+        return await self._lane.read(fn)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

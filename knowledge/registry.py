@@ -94,29 +94,26 @@ class Registry:
 
     async def readable(self, key: ConversationKey) -> list[str]:
         """Names of the knowledge bases a conversation may read: its chat's own and the shared ones."""
-        tenant = tenant_of(key)
-        async with self.store.session() as session:
-            result = await session.exec(  # type: ignore[call-overload]
-                select(KnowledgeBase.name)
-                .where(KnowledgeBase.tenant == tenant)  # type: ignore[arg-type]
-                .where(or_(KnowledgeBase.shared == True,  # type: ignore[arg-type]  # noqa: E712
-                           KnowledgeBase.name == chat_kb_name(key)))  # type: ignore[arg-type]
-                .order_by(KnowledgeBase.name)
-            )
-            return list(result.scalars().all())
+        statement = (
+            select(KnowledgeBase.name)
+            .where(KnowledgeBase.tenant == tenant_of(key))  # type: ignore[arg-type]
+            .where(or_(KnowledgeBase.shared == True,  # type: ignore[arg-type]  # noqa: E712
+                       KnowledgeBase.name == chat_kb_name(key)))  # type: ignore[arg-type]
+            .order_by(KnowledgeBase.name)
+        )
+        return await self.store.read(lambda conn: list(conn.execute(statement).scalars().all()))
 
     async def has_sources(self, tenant: str, kbs: list[str]) -> bool:
         """True if any of these knowledge bases holds a source."""
         if not kbs:
             return False
-        async with self.store.session() as session:
-            result = await session.exec(  # type: ignore[call-overload]
-                select(func.count()).select_from(Source)
-                .join(KnowledgeBase, Source.kb_id == KnowledgeBase.id)  # type: ignore[arg-type]
-                .where(KnowledgeBase.tenant == tenant)  # type: ignore[arg-type]
-                .where(KnowledgeBase.name.in_(kbs))  # type: ignore[attr-defined]
-            )
-            return int(result.scalar_one()) > 0
+        statement = (
+            select(Source.id).join(KnowledgeBase, Source.kb_id == KnowledgeBase.id)  # type: ignore[arg-type]
+            .where(KnowledgeBase.tenant == tenant)  # type: ignore[arg-type]
+            .where(KnowledgeBase.name.in_(kbs))  # type: ignore[attr-defined]
+            .limit(1)
+        )
+        return await self.store.read(lambda conn: conn.execute(statement).first() is not None)
 
     async def list_kbs(self, tenant: str | None = None) -> list[KBInfo]:
         """Knowledge bases, of one tenant or all, with their source counts."""
@@ -218,11 +215,11 @@ class Registry:
         """The current version of each of these sources (those still registered) in the tenant."""
         if not source_ids:
             return {}
-        async with self.store.session() as session:
-            result = await session.exec(  # type: ignore[call-overload]
-                select(Source.id, Source.version)
-                .join(KnowledgeBase, Source.kb_id == KnowledgeBase.id)  # type: ignore[arg-type]
-                .where(KnowledgeBase.tenant == tenant)  # type: ignore[arg-type]
-                .where(Source.id.in_(sorted(source_ids)))  # type: ignore[attr-defined]
-            )
-            return {sid: version for sid, version in result.all()}
+        statement = (
+            select(Source.id, Source.version)
+            .join(KnowledgeBase, Source.kb_id == KnowledgeBase.id)  # type: ignore[arg-type]
+            .where(KnowledgeBase.tenant == tenant)  # type: ignore[arg-type]
+            .where(Source.id.in_(sorted(source_ids)))  # type: ignore[attr-defined]
+        )
+        return await self.store.read(
+            lambda conn: {sid: version for sid, version in conn.execute(statement).all()})

@@ -20,11 +20,11 @@ class Memory:
     """Loads what a conversation remembers and folds old turns into a running summary."""
 
     def __init__(self, store: Store, budget: int, summarizer: Summarizer | None = None,
-                 spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None) -> None:
+                 *, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.store = store
         self.budget = budget
         self.summarizer = summarizer
-        self.spawn = spawn  # runs a fold after the reply instead of before it
+        self.spawn = spawn  # runs a fold after the reply
         self._folding: set[str] = set()
 
     async def recall(self, key: ConversationKey) -> tuple[str, list[StoredMessage]]:
@@ -43,34 +43,27 @@ class Memory:
                 keep = turns[start:]
         fold = turns[:start]
         if self.summarizer is not None and fold:
-            if self.spawn is not None:
-                # Fold after replying: this answer sees the recent turns within the budget and
-                # the previous summary; the next one sees the new summary.
-                conv = key.conversation_id()
-                if conv not in self._folding:
-                    self._folding.add(conv)
-                    self.spawn(self._fold(key, state.summary, fold))
-                return state.summary, self._newest_within(turns, self.budget)
-            summary = await self._fold(key, state.summary, fold)
-            if summary is not None:
-                return summary, keep
-        # No model to summarise with (or it failed): the prompt holds only what fits; nothing
-        # is marked as summarised, so the older turns stay stored and are folded in later.
+            # Fold after replying: this answer sees the recent turns within the budget and the
+            # previous summary; the next one sees the new summary.
+            conv = key.conversation_id()
+            if conv not in self._folding:
+                self._folding.add(conv)
+                self.spawn(self._fold(key, state.summary, fold))
+        # Until a fold is stored (or with no model to fold with) the prompt holds only what fits;
+        # nothing is marked as summarised, so the older turns stay stored.
         return state.summary, self._newest_within(turns, self.budget)
 
-    async def _fold(self, key: ConversationKey, previous: str, fold: list[StoredMessage]
-                    ) -> str | None:
-        """Summarise `fold` into the running summary and store it; None if the model failed."""
+    async def _fold(self, key: ConversationKey, previous: str, fold: list[StoredMessage]) -> None:
+        """Summarise `fold` into the running summary and store it (retried later if the model fails)."""
         assert self.summarizer is not None
         try:
             summary = (await self.summarizer(previous, fold)).strip()
         except KnowbotError:
             log.warning("could not summarise %d old turns; will try again", len(fold))
-            return None
+            return
         finally:
             self._folding.discard(key.conversation_id())
         await self.store.set_summary(key, summary, count_tokens(summary), fold[-1].id)
-        return summary
 
     @staticmethod
     def _newest_within(turns: list[StoredMessage], budget: int) -> list[StoredMessage]:

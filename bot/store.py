@@ -143,19 +143,6 @@ class Store:
 
     # ---- conversations and messages --------------------------------------
 
-    async def _ensure_conversation(self, session: AsyncSession, key: ConversationKey) -> str:
-        conv_id = key.conversation_id()
-        if await session.get(Conversation, conv_id) is None:
-            session.add(
-                Conversation(id=conv_id, channel=key.channel, tenant=key.tenant,
-                             chat_id=key.chat_id, thread_id=key.thread_id)
-            )
-            try:
-                await session.flush()
-            except IntegrityError:  # created at the same moment by another task
-                await session.rollback()
-        return conv_id
-
     def _upsert_conversation(self, key: ConversationKey, now: datetime) -> Any:
         values = dict(id=key.conversation_id(), channel=key.channel, tenant=key.tenant,
                       chat_id=key.chat_id, thread_id=key.thread_id, summary="", summary_tokens=0,
@@ -199,45 +186,23 @@ class Store:
 
         return await self._lane.read(read)
 
-    async def state(self, key: ConversationKey) -> ConversationState:
-        """The conversation's summary state (empty for a new conversation)."""
-        conv_id = key.conversation_id()
-        async with self.session() as session:
-            conv = await session.get(Conversation, conv_id)
-            if conv is None:
-                return ConversationState(conv_id, "", 0, 0)
-            return ConversationState(conv_id, conv.summary, conv.summary_tokens,
-                                     conv.summarized_upto)
-
-    async def messages_after(
-        self, key: ConversationKey, after_id: int, limit: int = 200
-    ) -> list[StoredMessage]:
-        """The newest `limit` messages with id above `after_id`, oldest first."""
-        async with self.session() as session:
-            result = await session.exec(  # type: ignore[call-overload]
-                select(Message.id, Message.role, Message.content, Message.token_count,
-                       Message.created_at)
-                .where(Message.conversation_id == key.conversation_id())  # type: ignore[arg-type]
-                .where(Message.id > after_id)  # type: ignore[arg-type,operator]
-                .order_by(Message.id.desc())  # type: ignore[union-attr]
-                .limit(limit)
-            )
-            rows = [StoredMessage(*row) for row in result.all()]
-        rows.reverse()
-        return rows
-
     async def set_summary(
         self, key: ConversationKey, summary: str, tokens: int, upto_id: int
     ) -> None:
         """Store a new running summary covering every message up to `upto_id`."""
-        async with self.session() as session:
-            conv_id = await self._ensure_conversation(session, key)
-            await session.exec(  # type: ignore[call-overload]
-                update(Conversation).where(Conversation.id == conv_id)  # type: ignore[arg-type]
-                .values(summary=summary, summary_tokens=tokens, summarized_upto=upto_id,
-                        updated_at=utcnow())
-            )
-            await session.commit()
+        now = utcnow()
+        upsert = self._upsert_conversation(key, now)
+        change = (
+            update(_CONVERSATION).where(_CONVERSATION.c.id == key.conversation_id())
+            .values(summary=summary, summary_tokens=tokens, summarized_upto=upto_id,
+                    updated_at=now)
+        )
+
+        def write(conn: Connection) -> None:
+            conn.execute(upsert)
+            conn.execute(change)
+
+        await self._lane.write(write)
 
     async def reset(self, key: ConversationKey) -> int:
         """Forget the conversation: its messages and summary. Returns the messages removed."""
@@ -262,19 +227,6 @@ class Store:
             return int(result.scalar_one())
 
     # ---- usage ----------------------------------------------------------
-
-    async def record_usage(self, event: Any) -> None:
-        """Store one model call's usage (a bot.llm.UsageEvent)."""
-        async with self.session() as session:
-            session.add(
-                UsageRecord(
-                    provider=event.provider, model=event.model,
-                    prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                    latency_ms=event.latency_ms, outcome=event.outcome,
-                    conversation_id=event.conversation_id, error=event.error[:2000],
-                )
-            )
-            await session.commit()
 
     async def record_usage_many(self, events: list[Any]) -> None:
         """Store many model calls' usage in one transaction."""

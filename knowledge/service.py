@@ -6,7 +6,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
 EMBED_BATCH = 32  # texts per model call
 EMBED_GROUP = 128  # chunks handed to the embedder at once (it batches them by length)
-_URL_ONLY = re.compile(r"^\s*(https?://\S+)\s*$", re.I)
 
 
 @dataclass(frozen=True)
@@ -339,12 +337,6 @@ def _load(data: bytes, filename: str, mime: str, url: str, max_bytes: int) -> Lo
     from knowledge.loaders import load_bytes
 
     return load_bytes(data, filename, mime=mime, max_bytes=max_bytes, url=url)
-
-
-def link_in(text: str) -> str | None:
-    """The URL when a message is nothing but a link."""
-    match = _URL_ONLY.match(text)
-    return match.group(1) if match else None
 
 
 def open_vectors(settings: Settings, dim: int) -> VectorStore:

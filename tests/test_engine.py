@@ -172,7 +172,7 @@ async def test_memory_budget_folds_old_turns_into_a_summary(
         for i in range(8):
             await chat.say(f"topic {i}: " + "detail " * 60)
             await chat.runtime.engine.drain()  # folds run after the reply
-        state = await chat.runtime.store.state(chat.key())
+        state, _ = await chat.runtime.store.recall(chat.key())
         assert state.summary.startswith("SUMMARY")
         assert state.summarized_upto > 0
         await chat.say("what do you remember?")

@@ -48,22 +48,22 @@ async def test_messages_are_kept_per_conversation_in_order(store: Store) -> None
     await store.add_messages(KEY, [("user", "hello", 5), ("assistant", "hi there", 6)])
     await store.add_messages(OTHER, [("user", "someone else", 7)])
     await store.add_messages(KEY, [("user", "second", 5)])
-    turns = await store.messages_after(KEY, 0)
+    _, turns = await store.recall(KEY)
     assert [(t.role, t.content) for t in turns] == [
         ("user", "hello"), ("assistant", "hi there"), ("user", "second")]
     assert await store.count_messages(OTHER) == 1
-    newest = await store.messages_after(KEY, 0, limit=2)
+    _, newest = await store.recall(KEY, limit=2)
     assert [t.content for t in newest] == ["hi there", "second"]
 
 
 async def test_summary_state_and_reset(store: Store) -> None:
     ids = await store.add_messages(KEY, [("user", "a", 5), ("assistant", "b", 5)])
     await store.set_summary(KEY, "they said a and b", 6, ids[-1])
-    state = await store.state(KEY)
+    state, unsummarised = await store.recall(KEY)
     assert (state.summary, state.summarized_upto) == ("they said a and b", ids[-1])
-    assert await store.messages_after(KEY, state.summarized_upto) == []
+    assert unsummarised == []
     assert await store.reset(KEY) == 2
-    state = await store.state(KEY)
+    state, _ = await store.recall(KEY)
     assert (state.summary, state.summarized_upto) == ("", 0)
     assert await store.count_messages(KEY) == 0
 
@@ -90,12 +90,12 @@ async def test_dedupe_survives_a_restart(db_url: str) -> None:
 
 
 async def test_usage_records_are_stored(store: Store) -> None:
-    await store.record_usage(UsageEvent(
-        provider="default", model="m1", prompt_tokens=12, completion_tokens=3, latency_ms=4.5,
-        outcome="ok", conversation_id="c1", error=""))
-    await store.record_usage(UsageEvent(
-        provider="backup", model="m2", prompt_tokens=0, completion_tokens=0, latency_ms=1.0,
-        outcome="rate_limited", conversation_id="c1", error="429"))
+    await store.record_usage_many([
+        UsageEvent(provider="default", model="m1", prompt_tokens=12, completion_tokens=3,
+                   latency_ms=4.5, outcome="ok", conversation_id="c1", error=""),
+        UsageEvent(provider="backup", model="m2", prompt_tokens=0, completion_tokens=0,
+                   latency_ms=1.0, outcome="rate_limited", conversation_id="c1", error="429"),
+    ])
     rows = await store.usage()
     assert [(r.provider, r.outcome, r.prompt_tokens) for r in rows] == [
         ("default", "ok", 12), ("backup", "rate_limited", 0)]
@@ -103,5 +103,5 @@ async def test_usage_records_are_stored(store: Store) -> None:
 
 async def test_chinese_text_round_trips(store: Store) -> None:
     await store.add_messages(KEY, [("user", "报销流程是什么？", 9)])
-    (turn,) = await store.messages_after(KEY, 0)
+    _, (turn,) = await store.recall(KEY)
     assert turn.content == "报销流程是什么？"

@@ -23,8 +23,21 @@ RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]
 
 
 def enabled_channels(settings: Settings) -> list["Channel"]:
-    """The channels switched on by configuration (each channel issue adds its own here)."""
-    return []
+    """The channels switched on by configuration: each one whose credentials are set."""
+    found: list["Channel"] = []
+    if settings.telegram_token is not None:
+        from channels.telegram import TelegramChannel
+
+        found.append(TelegramChannel(settings))
+    if settings.slack_bot_token is not None or settings.slack_client_id:
+        from channels.slack import SlackChannel
+
+        found.append(SlackChannel(settings))
+    if settings.wechat_token is not None:
+        from channels.wechat import WeChatChannel
+
+        found.append(WeChatChannel(settings))
+    return found
 
 
 def create_app(
@@ -44,6 +57,8 @@ def create_app(
             channel.mount(app, runtime)
             await channel.start()
             log.info("channel %s started", channel.name)
+        if runtime.channels:
+            runtime.outbox.start()
         try:
             yield
         finally:

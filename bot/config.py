@@ -120,6 +120,53 @@ class Settings(BaseSettings):
         default_factory=list, description="Knowbot admins, as CHANNEL:USER_ID."
     )
     timezone: str = Field("UTC", description="Default time zone (IANA name).")
+    public_url: str | None = Field(
+        None, description="The address people reach this server at (for signed links)."
+    )
+    secret_key: SecretStr | None = Field(
+        None, description="Signs links; default is a random key kept in the data dir."
+    )
+
+    telegram_token: SecretStr | None = Field(None, description="Telegram bot token (BotFather).")
+    telegram_api_base: str | None = Field(
+        None, description="Another Bot API server, e.g. a local telegram-bot-api."
+    )
+    telegram_webhook_url: str | None = Field(
+        None, description="Public URL of POST /telegram/webhook; default is long polling."
+    )
+    telegram_webhook_secret: SecretStr | None = Field(
+        None, description="Webhook secret token; default is derived from the bot token."
+    )
+
+    slack_bot_token: SecretStr | None = Field(None, description="Slack bot token (xoxb-...).")
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="Slack signing secret; every HTTP request is checked against it."
+    )
+    slack_app_token: SecretStr | None = Field(
+        None, description="Slack app-level token (xapp-...): switches on Socket Mode."
+    )
+    slack_api_base: str | None = Field(
+        None, description="Base URL of Slack's Web API (GovSlack, tests)."
+    )
+    slack_client_id: str | None = Field(None, description="OAuth client id (multi-workspace).")
+    slack_client_secret: SecretStr | None = Field(None, description="OAuth client secret.")
+    slack_ask_command: str = Field("/ask", description="Slash command that asks a question.")
+    slack_kb_command: str = Field("/kb", description="Slash command that manages knowledge.")
+
+    wechat_token: SecretStr | None = Field(
+        None, description="WeChat Official Account server token (signature check)."
+    )
+    wechat_app_id: str | None = Field(None, description="WeChat AppID.")
+    wechat_app_secret: SecretStr | None = Field(None, description="WeChat AppSecret.")
+    wechat_aes_key: SecretStr | None = Field(
+        None, description="EncodingAESKey, for compatible and safe (encrypted) mode."
+    )
+    wechat_api_base: str | None = Field(
+        None, description="Base URL of the WeChat API (a proxy, tests)."
+    )
+    wechat_verified: bool = Field(
+        False, description="The account is verified and may send customer-service messages."
+    )
     host: str = Field("127.0.0.1", description="Address `knowbot serve` listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port `knowbot serve` listens on.")
 

@@ -42,7 +42,15 @@ class RateLimited(KnowbotError):
 
 
 class ChannelSendError(KnowbotError):
-    """A reply could not be delivered through a channel."""
+    """A reply could not be delivered through a channel.
+
+    `retryable` says whether sending the same reply later may work (a network failure, a 5xx,
+    a rate limit), as opposed to never (the chat is gone, the bot was blocked).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class IngestError(KnowbotError):

@@ -114,3 +114,33 @@ class Source(SQLModel, table=True):
     added_by: str = Field(default="", max_length=256)
     added_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class StateEntry(SQLModel, table=True):
+    """A small piece of shared state (tokens, pending answers, quotas), with a version for CAS."""
+
+    __tablename__ = "state_entry"
+
+    namespace: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=512)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    version: int = 1
+    expires_at: Optional[datetime] = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True, index=True)
+    )
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class OutboxEntry(SQLModel, table=True):
+    """A reply that could not be sent yet: retried until it goes out, across restarts."""
+
+    __tablename__ = "outbox_entry"
+
+    id: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(max_length=32, index=True)
+    key: str = Field(sa_column=Column(Text, nullable=False))
+    reply: str = Field(sa_column=Column(Text, nullable=False))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))

@@ -10,7 +10,9 @@ from bot.config import Settings
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine, EngineDeps, Ingestor
 from bot.knowledge import KnowledgeSearch
+from bot.kv import StateStore
 from bot.llm import LLMRouter
+from bot.outbox import Outbox
 from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
 from bot.usage import UsageRecorder
@@ -26,11 +28,17 @@ log = logging.getLogger(__name__)
 DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
 
 
-def build_knowledge(settings: Settings, store: Store) -> "KnowledgeService":
-    """The knowledge base on the configured embedder and vector store (both opened lazily)."""
+def build_knowledge(settings: Settings, store: Store, model: object | None = None
+                    ) -> "KnowledgeService":
+    """The knowledge base on the configured embedder and vector store (both opened lazily).
+
+    `model` hands in an embedder already loaded (tests share one across many runtimes).
+    """
     from knowledge.service import KnowledgeService, open_vectors
 
     def embedder() -> object:
+        if model is not None:
+            return model
         from knowledge.embedder import Embedder
 
         if settings.embedding_model == DEFAULT_EMBEDDING_MODEL:
@@ -38,6 +46,8 @@ def build_knowledge(settings: Settings, store: Store) -> "KnowledgeService":
         return Embedder.from_name(settings.embedding_model, settings.data_dir / "models")
 
     dim = 384 if settings.embedding_model == DEFAULT_EMBEDDING_MODEL else None
+    if model is not None:
+        dim = model.dim  # type: ignore[attr-defined]
     return KnowledgeService(settings, store, lambda d: open_vectors(settings, d), embedder, dim=dim)
 
 
@@ -54,7 +64,13 @@ class Runtime:
     dispatcher: Dispatcher
     limiter: RateLimiter
     usage: UsageRecorder
+    state: StateStore
+    outbox: Outbox
     channels: list["Channel"] = field(default_factory=list)
+
+    def channel(self, name: str) -> "Channel | None":
+        """The running channel called `name`, if any."""
+        return next((c for c in self.channels if c.name == name), None)
 
     @classmethod
     async def start(
@@ -66,6 +82,7 @@ class Runtime:
         registry: ToolRegistry | None = None,
         llm: LLMRouter | None = None,
         limiter: RateLimiter | None = None,
+        embedder: object | None = None,
     ) -> "Runtime":
         """Open the database (migrating it) and build every component."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +105,7 @@ class Runtime:
             else:
                 limiter = MemoryRateLimiter(settings.rate_limit_per_minute)
         if knowledge is None:
-            service = build_knowledge(settings, store)
+            service = build_knowledge(settings, store, embedder)
             knowledge, ingestor = service, ingestor or service
         engine = Engine(
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
@@ -105,10 +122,14 @@ class Runtime:
             f"model providers {', '.join(llm.order)}" if llm.configured else "no language model",
             len(registry),
         )
-        return cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage)
+        runtime = cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage,
+                      StateStore(store), Outbox(store, lambda: []))
+        runtime.outbox = Outbox(store, lambda: runtime.channels)
+        return runtime
 
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Finish the messages in flight, then close every connection."""
+        await self.outbox.close()
         unfinished = await self.dispatcher.drain(drain_timeout)
         if unfinished:
             log.warning("%d message(s) were still unfinished at shutdown", unfinished)

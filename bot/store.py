@@ -97,6 +97,10 @@ class Store:
         """Run a blocking Core read on the database lane (for hot read paths elsewhere)."""
         return await self._lane.read(fn)
 
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run a blocking Core write in one transaction on the database lane."""
+        return await self._lane.write(fn)
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session whose database errors become StorageError."""

@@ -31,6 +31,17 @@ class ConversationKey:
         """A stable string id for the user within this channel and tenant."""
         return f"{self.channel}:{self.tenant}:{self.user_id}"
 
+    def to_record(self) -> dict[str, str | None]:
+        """The key as plain JSON-ready data (for jobs and the outbox)."""
+        return {"channel": self.channel, "tenant": self.tenant, "chat_id": self.chat_id,
+                "user_id": self.user_id, "thread_id": self.thread_id}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "ConversationKey":
+        """Rebuild a key saved with `to_record`."""
+        return cls(record["channel"], record["tenant"], record["chat_id"], record["user_id"],
+                   record.get("thread_id"))
+
 
 @dataclass(frozen=True)
 class Attachment:
@@ -87,6 +98,26 @@ class Reply:
                 for c in self.citations
             ],
         }
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to rebuild the reply later (outbox, held answers); no file bytes."""
+        return {
+            "text": self.text,
+            "kind": self.kind,
+            "citations": [
+                {"source": c.source, "location": c.location, "snippet": c.snippet, "url": c.url}
+                for c in self.citations
+            ],
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Reply":
+        """Rebuild a reply saved with `to_record`."""
+        return cls(
+            text=record["text"],
+            kind=record.get("kind", "answer"),
+            citations=tuple(Citation(**c) for c in record.get("citations", ())),
+        )
 
 
 @dataclass(frozen=True)

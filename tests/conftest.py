@@ -158,6 +158,19 @@ async def bot(tmp_path: Path, knowledge: WordKnowledge) -> AsyncIterator[ChatBot
         await runtime.close()
 
 
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The real offline embedding model, built once per test run."""
+    from knowledge.embedder import Embedder
+
+    return Embedder.default(tmp_path_factory.mktemp("models"))
+
+
+async def start_knowledge_bot(tmp_path: Path, embedder: object, **overrides: object) -> Runtime:
+    """A Runtime with the real knowledge base (Qdrant Edge in the data dir, the real model)."""
+    return await Runtime.start(make_settings(tmp_path, **overrides), embedder=embedder)
+
+
 async def start_bot(tmp_path: Path, knowledge: KnowledgeSearch | None = None,
                     **overrides: object) -> ChatBot:
     """Start a Knowbot with the given settings (the caller closes bot.runtime)."""

@@ -31,11 +31,6 @@ TEAM = ConversationKey("telegram", "bot1", "group-team", "bob")
 OTHER_TENANT = ConversationKey("slack", "T999", "chat-alice", "alice")
 
 
-@pytest.fixture(scope="session")
-def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
-    return Embedder.default(tmp_path_factory.mktemp("models"))
-
-
 def _vectors(backend: str, path: Path):
     def factory(dim: int):
         if backend == "edge":

@@ -1,0 +1,169 @@
+"""Small shared state in the database: tokens, pending answers, quotas, one-time links.
+
+Every replica sees the same entries. Each entry has a version, so a writer that must not
+overwrite another's change (an access-token refresh, a quota count) uses `swap`, which succeeds
+only if the version it read is still current.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bot.models import StateEntry
+from bot.store import Store
+from bot.types import utcnow
+
+_STATE = StateEntry.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored value and the version it was read at."""
+
+    value: Any
+    version: int
+    expires_at: datetime | None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _expiry(ttl: float | timedelta | None, now: datetime) -> datetime | None:
+    if ttl is None:
+        return None
+    return now + (ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl))
+
+
+class StateStore:
+    """Namespaced JSON values with versions and optional expiry, on Knowbot's database."""
+
+    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self.clock = clock
+
+    def _live(self, row: Any, now: datetime) -> Entry | None:
+        if row is None:
+            return None
+        expires = _aware(row.expires_at)
+        if expires is not None and expires <= now:
+            return None
+        return Entry(json.loads(row.value), row.version, expires)
+
+    async def get(self, namespace: str, key: str) -> Entry | None:
+        """The live entry under `key`, or None when absent or expired."""
+        now = self.clock()
+        query = select(_STATE).where(_STATE.c.namespace == namespace, _STATE.c.key == key)
+        return await self.store.read(lambda conn: self._live(conn.execute(query).first(), now))
+
+    async def put(self, namespace: str, key: str, value: Any,
+                  ttl: float | timedelta | None = None) -> int:
+        """Store `value` unconditionally; return its new version."""
+        now = self.clock()
+        data = json.dumps(value, ensure_ascii=False)
+
+        def write(conn: Connection) -> int:
+            where = (_STATE.c.namespace == namespace, _STATE.c.key == key)
+            row = conn.execute(select(_STATE.c.version).where(*where)).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(_STATE).values(
+                            namespace=namespace, key=key, value=data, version=1,
+                            expires_at=_expiry(ttl, now), updated_at=now))
+                    return 1
+                except IntegrityError:  # another writer inserted first: overwrite below
+                    row = conn.execute(select(_STATE.c.version).where(*where)).first()
+            version = (row.version if row else 0) + 1
+            conn.execute(update(_STATE).where(*where).values(
+                value=data, version=version, expires_at=_expiry(ttl, now), updated_at=now))
+            return version
+
+        return await self.store.write(write)
+
+    async def swap(self, namespace: str, key: str, value: Any, expect_version: int,
+                   ttl: float | timedelta | None = None) -> bool:
+        """Store `value` only if the entry is still at `expect_version` (0: absent or expired)."""
+        now = self.clock()
+        data = json.dumps(value, ensure_ascii=False)
+
+        def write(conn: Connection) -> bool:
+            where = (_STATE.c.namespace == namespace, _STATE.c.key == key)
+            if expect_version == 0:
+                row = conn.execute(select(_STATE).where(*where)).first()
+                if row is not None:
+                    if self._live(row, now) is not None:
+                        return False
+                    done = conn.execute(update(_STATE).where(
+                        *where, _STATE.c.version == row.version).values(
+                        value=data, version=row.version + 1, expires_at=_expiry(ttl, now),
+                        updated_at=now))
+                    return done.rowcount == 1
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(_STATE).values(
+                            namespace=namespace, key=key, value=data, version=1,
+                            expires_at=_expiry(ttl, now), updated_at=now))
+                except IntegrityError:
+                    return False
+                return True
+            done = conn.execute(update(_STATE).where(*where, _STATE.c.version == expect_version)
+                                .values(value=data, version=expect_version + 1,
+                                        expires_at=_expiry(ttl, now), updated_at=now))
+            return done.rowcount == 1
+
+        return await self.store.write(write)
+
+    async def take(self, namespace: str, key: str) -> Any | None:
+        """Remove the entry and return its value, once: a second caller gets None."""
+        now = self.clock()
+
+        def write(conn: Connection) -> Any | None:
+            where = (_STATE.c.namespace == namespace, _STATE.c.key == key)
+            row = conn.execute(select(_STATE).where(*where)).first()
+            if row is None:
+                return None
+            done = conn.execute(delete(_STATE).where(*where, _STATE.c.version == row.version))
+            if done.rowcount != 1:
+                return None
+            entry = self._live(row, now)
+            return entry.value if entry is not None else None
+
+        return await self.store.write(write)
+
+    async def delete(self, namespace: str, key: str) -> None:
+        """Remove the entry if it exists."""
+        stmt = delete(_STATE).where(_STATE.c.namespace == namespace, _STATE.c.key == key)
+        await self.store.write(lambda conn: conn.execute(stmt))
+
+    async def items(self, namespace: str, prefix: str = "", limit: int = 1000
+                    ) -> list[tuple[str, Entry]]:
+        """Live entries of a namespace whose keys start with `prefix`, by key."""
+        now = self.clock()
+        query = (select(_STATE).where(_STATE.c.namespace == namespace,
+                                      _STATE.c.key.startswith(prefix, autoescape=True))
+                 .order_by(_STATE.c.key).limit(limit))
+
+        def read(conn: Connection) -> list[tuple[str, Entry]]:
+            found = []
+            for row in conn.execute(query):
+                entry = self._live(row, now)
+                if entry is not None:
+                    found.append((row.key, entry))
+            return found
+
+        return await self.store.read(read)
+
+    async def purge_expired(self) -> int:
+        """Delete expired entries; return how many."""
+        stmt = delete(_STATE).where(_STATE.c.expires_at.is_not(None),
+                                    _STATE.c.expires_at <= self.clock())
+        return await self.store.write(lambda conn: conn.execute(stmt).rowcount)

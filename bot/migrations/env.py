@@ -15,6 +15,14 @@ target_metadata = SQLModel.metadata
 _PG_LOCK = 4_711_002
 
 
+# Tables other libraries own: APScheduler creates and migrates its job store itself.
+_FOREIGN_TABLES = {"scheduled_job"}
+
+
+def _ours(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+    return not (type_ == "table" and name in _FOREIGN_TABLES)
+
+
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
@@ -23,6 +31,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=_ours,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,318 @@
+"""Scheduled jobs: reminders, digests, re-crawls and housekeeping, on APScheduler.
+
+Jobs live in APScheduler's SQLAlchemy job store in Knowbot's own database, so they survive
+restarts; a missed job fires once when Knowbot comes back (coalescing, a generous misfire grace).
+Every replica can add, list and cancel jobs, but only the one holding the scheduler lease runs
+them: the lease is an entry in the database (or a Redis key when KNOWBOT_REDIS_URL is set) that
+the leader renews; if it dies, another replica takes over when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from zoneinfo import ZoneInfo
+
+from bot.errors import CommandError, KnowbotError
+from bot.kv import StateStore
+from bot.types import ConversationKey, InboundMessage, Reply, utcnow
+from bot.when import When
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[ConversationKey, Reply], Awaitable[bool]]
+Answer = Callable[[InboundMessage, str], Awaitable[Reply]]
+
+JOB_TABLE = "scheduled_job"
+MISFIRE_GRACE = 24 * 3600  # a job missed by up to a day still fires (once) after downtime
+MAX_JOBS_PER_CONVERSATION = 50
+LEASE_SECONDS = 45.0
+RENEW_SECONDS = 15.0
+
+_active: "Scheduler | None" = None  # the scheduler whose process runs jobs (APScheduler calls by name)
+
+
+async def run_job(kind: str, payload: dict[str, Any]) -> None:
+    """The function every stored job calls; APScheduler finds it by this module path."""
+    if _active is None:
+        log.warning("job %s fired with no scheduler running", kind)
+        return
+    await _active.run(kind, payload)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job as people see it in /jobs."""
+
+    id: str
+    kind: str
+    text: str
+    schedule: str
+    next_run: datetime | None
+
+
+class Lease:
+    """Leadership among replicas: an entry in the database that the holder renews."""
+
+    NAMESPACE = "scheduler"
+    KEY = "leader"
+
+    def __init__(self, state: StateStore, owner: str, seconds: float = LEASE_SECONDS) -> None:
+        self.state = state
+        self.owner = owner
+        self.seconds = seconds
+
+    async def acquire(self) -> bool:
+        """Take or renew the lease; True while this replica holds it."""
+        entry = await self.state.get(self.NAMESPACE, self.KEY)
+        if entry is None:
+            return await self.state.swap(self.NAMESPACE, self.KEY, {"owner": self.owner}, 0,
+                                         ttl=self.seconds)
+        if entry.value.get("owner") != self.owner:
+            return False
+        return await self.state.swap(self.NAMESPACE, self.KEY, {"owner": self.owner},
+                                     entry.version, ttl=self.seconds)
+
+    async def release(self) -> None:
+        """Give the lease up (at shutdown) so another replica takes over at once."""
+        entry = await self.state.get(self.NAMESPACE, self.KEY)
+        if entry is not None and entry.value.get("owner") == self.owner:
+            await self.state.take(self.NAMESPACE, self.KEY)
+
+
+class RedisLease:
+    """The same lease as a Redis key (SET NX PX), for replicas that share Redis."""
+
+    KEY = "knowbot:scheduler:leader"
+    _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+              "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
+    _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                "return redis.call('del', KEYS[1]) else return 0 end")
+
+    def __init__(self, url: str, owner: str, seconds: float = LEASE_SECONDS) -> None:
+        from redis.asyncio import Redis
+
+        self.redis = Redis.from_url(url)
+        self.owner = owner
+        self.ms = int(seconds * 1000)
+
+    async def acquire(self) -> bool:
+        """Take or renew the lease; True while this replica holds it."""
+        if await self.redis.set(self.KEY, self.owner, nx=True, px=self.ms):
+            return True
+        return bool(await self.redis.eval(self._RENEW, 1, self.KEY, self.owner, self.ms))
+
+    async def release(self) -> None:
+        """Give the lease up."""
+        await self.redis.eval(self._RELEASE, 1, self.KEY, self.owner)
+        await self.redis.aclose()
+
+
+class Scheduler:
+    """Knowbot's jobs on APScheduler, with one leader among replicas."""
+
+    def __init__(self, database_url: str, state: StateStore, deliver: Deliver, *,
+                 answer: Answer | None = None, timezone_name: str = "UTC",
+                 housekeeping: Callable[[], Awaitable[None]] | None = None,
+                 recrawl: Callable[[], Awaitable[None]] | None = None,
+                 recrawl_hours: float = 24.0, redis_url: str | None = None,
+                 renew_seconds: float = RENEW_SECONDS, lease_seconds: float = LEASE_SECONDS,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        from bot.db import sync_url
+
+        self.deliver = deliver
+        self.answer = answer
+        self.zone = timezone_name
+        self.clock = clock
+        self.owner = uuid.uuid4().hex
+        self.renew_seconds = renew_seconds
+        self.lease: Lease | RedisLease = (
+            RedisLease(redis_url, self.owner, lease_seconds) if redis_url
+            else Lease(state, self.owner, lease_seconds))
+        self._housekeeping = housekeeping
+        self._recrawl = recrawl
+        self._recrawl_hours = recrawl_hours
+        self.leader = False
+        self._task: asyncio.Task[None] | None = None
+        self.aps: AsyncIOScheduler = AsyncIOScheduler(
+            jobstores={"default": SQLAlchemyJobStore(url=sync_url(database_url),
+                                                     tablename=JOB_TABLE)},
+            job_defaults={"coalesce": True, "misfire_grace_time": MISFIRE_GRACE,
+                          "max_instances": 1},
+            timezone=timezone.utc,
+        )
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the job store (paused) and begin competing for the lease."""
+        global _active
+        self.aps.start(paused=True)  # creates its table once: a short blocking call at start-up
+        _active = self
+        await self._system_jobs()
+        await self.tick()
+        self._task = asyncio.create_task(self._leadership(), name="knowbot:scheduler")
+
+    async def _system_jobs(self) -> None:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        system = [("housekeeping", self._housekeeping, 6.0)]
+        if self._recrawl_hours > 0:
+            system.append(("recrawl", self._recrawl, self._recrawl_hours))
+        for kind, fn, hours in system:
+            if fn is None:
+                continue
+            await asyncio.to_thread(
+                self.aps.add_job, run_job, IntervalTrigger(hours=hours, timezone=timezone.utc),
+                kwargs={"kind": kind, "payload": {}}, id=f"system:{kind}",
+                replace_existing=True, name=kind)
+        if self._recrawl_hours <= 0:
+            await asyncio.to_thread(self._remove_quietly, "system:recrawl")
+
+    def _remove_quietly(self, job_id: str) -> None:
+        from apscheduler.jobstores.base import JobLookupError
+
+        try:
+            self.aps.remove_job(job_id)
+        except JobLookupError:
+            pass
+
+    async def tick(self) -> None:
+        """Renew or take the lease; run jobs while leading, pause when not; see others' jobs."""
+        try:
+            leading = await self.lease.acquire()
+        except (KnowbotError, OSError) as exc:
+            log.warning("scheduler lease check failed: %s", exc)
+            leading = False
+        except Exception as exc:  # noqa: BLE001 - a Redis outage must not stop the loop
+            log.warning("scheduler lease check failed: %s", exc)
+            leading = False
+        if leading and not self.leader:
+            log.info("this replica now runs the scheduled jobs")
+            self.aps.resume()
+        elif not leading and self.leader:
+            log.info("another replica runs the scheduled jobs now")
+            self.aps.pause()
+        self.leader = leading
+        if leading:
+            self.aps.wakeup()  # jobs other replicas added since the last look
+
+    async def _leadership(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_seconds)
+            await self.tick()
+
+    async def close(self) -> None:
+        """Stop running jobs and give the lease up; stored jobs stay."""
+        global _active
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.aps.running:
+            self.aps.shutdown(wait=False)
+        try:
+            await self.lease.release()
+        except Exception:  # noqa: BLE001 - shutting down; the lease expires anyway
+            log.debug("could not release the scheduler lease", exc_info=True)
+        if _active is self:
+            _active = None
+
+    # ---- jobs of a conversation -------------------------------------------------------------
+
+    def _trigger(self, when: When, zone: str) -> Any:
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.date import DateTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if when.at is not None:
+            return DateTrigger(run_date=when.at, timezone=ZoneInfo(zone))
+        if when.every_seconds:
+            return IntervalTrigger(seconds=when.every_seconds, timezone=ZoneInfo(zone))
+        return CronTrigger(day_of_week=when.cron_days(), hour=when.hour, minute=when.minute,
+                           timezone=ZoneInfo(zone))
+
+    async def add(self, key: ConversationKey, kind: str, when: When, text: str, *,
+                  created_by: str = "", zone: str | None = None) -> JobInfo:
+        """Schedule a reminder or digest for a conversation; CommandError past the per-chat cap."""
+        zone = zone or self.zone
+        if len(await self.jobs(key)) >= MAX_JOBS_PER_CONVERSATION:
+            raise CommandError(f"This chat already has {MAX_JOBS_PER_CONVERSATION} scheduled "
+                               "jobs; cancel some with /jobs cancel ID first.")
+        job_id = uuid.uuid4().hex[:8]
+        payload = {"key": key.to_record(), "conv": key.conversation_id(), "text": text,
+                   "by": created_by, "schedule": when.describe(zone)}
+        job = await asyncio.to_thread(
+            self.aps.add_job, run_job, self._trigger(when, zone),
+            kwargs={"kind": kind, "payload": payload}, id=job_id, name=kind)
+        if self.leader:
+            self.aps.wakeup()
+        return JobInfo(job_id, kind, text, payload["schedule"], job.next_run_time)
+
+    async def jobs(self, key: ConversationKey) -> list[JobInfo]:
+        """The conversation's jobs, soonest first."""
+        conv = key.conversation_id()
+        found = []
+        for job in await asyncio.to_thread(self.aps.get_jobs):
+            payload = job.kwargs.get("payload", {})
+            if payload.get("conv") == conv:
+                found.append(JobInfo(job.id, job.kwargs["kind"], payload.get("text", ""),
+                                     payload.get("schedule", ""), job.next_run_time))
+        far = datetime.max.replace(tzinfo=timezone.utc)
+        return sorted(found, key=lambda j: j.next_run or far)
+
+    async def cancel(self, key: ConversationKey, job_id: str) -> bool:
+        """Remove one of the conversation's jobs; False if it has no job with that id."""
+        if not any(j.id == job_id for j in await self.jobs(key)):
+            return False
+        await asyncio.to_thread(self._remove_quietly, job_id)
+        return True
+
+    # ---- running ----------------------------------------------------------------------------
+
+    async def run(self, kind: str, payload: dict[str, Any]) -> None:
+        """Carry out one firing of a job (called by APScheduler on the leader)."""
+        try:
+            if kind == "housekeeping" and self._housekeeping is not None:
+                await self._housekeeping()
+            elif kind == "recrawl" and self._recrawl is not None:
+                await self._recrawl()
+            elif kind == "remind":
+                key = ConversationKey.from_record(payload["key"])
+                await self.deliver(key, Reply(f"⏰ Reminder: {payload['text']}", kind="notice"))
+            elif kind == "digest":
+                await self._digest(payload)
+            else:
+                log.warning("unknown job kind %s", kind)
+        except KnowbotError as exc:
+            log.warning("scheduled %s failed: %s", kind, exc)
+        except Exception:  # noqa: BLE001 - one failing job must not stop the scheduler
+            log.exception("scheduled %s failed unexpectedly", kind)
+
+    async def _digest(self, payload: dict[str, Any]) -> None:
+        key = ConversationKey.from_record(payload["key"])
+        if self.answer is None:
+            return
+        message = InboundMessage(key=key, message_id="", text=payload["text"], is_admin=False)
+        reply = await self.answer(message, payload["text"])
+        heading = f"**Scheduled digest:** {payload['text']}\n\n"
+        await self.deliver(key, Reply(heading + reply.text, citations=reply.citations,
+                                      kind=reply.kind))
+
+    def next_fire(self, job_id: str) -> datetime | None:
+        """When a job fires next (None when it is gone)."""
+        job = self.aps.get_job(job_id)
+        return job.next_run_time if job is not None else None
+

@@ -1,0 +1,277 @@
+"""Scheduled jobs on a clock the test controls: reminders fire on time, once, across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import AsyncIterator
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bot.errors import CommandError
+from bot.jobs import JobCommands
+from bot.kv import StateStore
+from bot.scheduler import Scheduler
+from bot.store import Store
+from bot.types import ConversationKey, InboundMessage, Reply
+from bot.when import parse_when
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+KEY = ConversationKey("test", "team-1", "chat-1", "alice")
+OTHER = ConversationKey("test", "team-1", "chat-2", "bob")
+
+
+class Clock:
+    """The one clock: APScheduler's, the lease's and the commands'."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, moment: datetime) -> None:
+        self.now = moment.astimezone(timezone.utc)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Freeze APScheduler's idea of now at Wed 2026-11-25 20:30 in Shanghai."""
+    import apscheduler.executors.base as executors
+    import apscheduler.schedulers.base as schedulers
+    import apscheduler.triggers.interval as interval
+
+    clock = Clock(datetime(2026, 11, 25, 20, 30, tzinfo=SHANGHAI).astimezone(timezone.utc))
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return clock.now.astimezone(tz) if tz else clock.now.replace(tzinfo=None)
+
+    for module in (executors, schedulers, interval):
+        monkeypatch.setattr(module, "datetime", Frozen)
+    return clock
+
+
+class Inbox:
+    """Where delivered replies land."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[ConversationKey, Reply]] = []
+        self.changed = asyncio.Event()
+
+    async def deliver(self, key: ConversationKey, reply: Reply) -> bool:
+        self.items.append((key, reply))
+        self.changed.set()
+        return True
+
+    async def wait(self, count: int, timeout: float = 5.0) -> None:
+        async def until() -> None:
+            while len(self.items) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(until(), timeout)
+
+
+async def open_scheduler(url: str, clock: Clock, inbox: Inbox, **kwargs: object
+                         ) -> tuple[Scheduler, Store]:
+    store = await Store.open(url)
+    sched = Scheduler(url, StateStore(store, clock=clock), inbox.deliver,
+                      timezone_name="Asia/Shanghai", renew_seconds=3600, clock=clock,
+                      **kwargs)  # type: ignore[arg-type]
+    await sched.start()
+    return sched, store
+
+
+async def fire_due(*schedulers: Scheduler) -> None:
+    """Let each scheduler look for due jobs now (what its timer would do) and run them."""
+    for sched in schedulers:
+        await sched.tick()
+        sched.aps.wakeup()
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def env(db_url: str, clock: Clock) -> AsyncIterator[tuple[Scheduler, JobCommands, Inbox]]:
+    inbox = Inbox()
+    sched, store = await open_scheduler(db_url, clock, inbox)
+    commands = JobCommands(sched, StateStore(store, clock=clock), "Asia/Shanghai",
+                           lambda name: None, clock=clock)
+    try:
+        yield sched, commands, inbox
+    finally:
+        await sched.close()
+        await store.close()
+
+
+def msg(text: str, key: ConversationKey = KEY) -> InboundMessage:
+    return InboundMessage(key=key, message_id="", text=text)
+
+
+async def run(commands: JobCommands, name: str, args: str, key: ConversationKey = KEY) -> Reply:
+    command = next(c for c in commands.commands() if c.name == name)
+    return await command.handler(args, msg(f"/{name} {args}", key))
+
+
+async def test_a_reminder_fires_at_its_local_time_not_before(env, clock: Clock) -> None:
+    sched, commands, inbox = env
+    reply = await run(commands, "remind", "tomorrow 9:00 send the report")
+    assert "Thu 2026-11-26 at 09:00 (Asia/Shanghai)" in reply.text
+    clock.set(datetime(2026, 11, 26, 8, 59, tzinfo=SHANGHAI))
+    await fire_due(sched)
+    assert inbox.items == []
+    clock.set(datetime(2026, 11, 26, 9, 0, 1, tzinfo=SHANGHAI))
+    await fire_due(sched)
+    await inbox.wait(1)
+    key, sent = inbox.items[0]
+    assert key == KEY and sent.text == "⏰ Reminder: send the report"
+    assert await sched.jobs(KEY) == []  # a one-off job is gone once it fired
+
+
+async def test_the_users_own_time_zone_is_used(env, clock: Clock) -> None:
+    sched, commands, inbox = env
+    assert "Europe/Berlin" in (await run(commands, "timezone", "Europe/Berlin")).text
+    reply = await run(commands, "remind", "tomorrow 9:00 stand-up")
+    assert "(Europe/Berlin)" in reply.text
+    (job,) = await sched.jobs(KEY)
+    assert job.next_run == datetime(2026, 11, 26, 9, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert "not a time zone" not in (await run(commands, "timezone", "Mars/Olympus")).text
+    assert "don't know" in (await run(commands, "timezone", "Mars/Olympus")).text
+
+
+async def test_a_reminder_survives_a_restart(db_url: str, clock: Clock) -> None:
+    inbox = Inbox()
+    sched, store = await open_scheduler(db_url, clock, inbox)
+    when, what = parse_when("in 10m check the oven", clock.now.astimezone(SHANGHAI))
+    await sched.add(KEY, "remind", when, what)
+    await sched.close()
+    await store.close()
+
+    sched, store = await open_scheduler(db_url, clock, inbox)
+    try:
+        assert [j.text for j in await sched.jobs(KEY)] == ["check the oven"]
+        clock.set(clock.now + timedelta(minutes=11))
+        await fire_due(sched)
+        await inbox.wait(1)
+        assert inbox.items[0][1].text == "⏰ Reminder: check the oven"
+    finally:
+        await sched.close()
+        await store.close()
+
+
+async def test_a_job_missed_during_downtime_fires_once(db_url: str, clock: Clock) -> None:
+    inbox = Inbox()
+    sched, store = await open_scheduler(db_url, clock, inbox)
+    when, what = parse_when("every day 9:00 water the plants", clock.now.astimezone(SHANGHAI))
+    await sched.add(KEY, "remind", when, what)
+    await sched.close()
+    await store.close()
+
+    clock.set(clock.now + timedelta(days=3, hours=1))  # three 9:00s pass while it is down
+    sched, store = await open_scheduler(db_url, clock, inbox)
+    try:
+        await fire_due(sched)
+        await inbox.wait(1)
+        await fire_due(sched)
+        assert len(inbox.items) == 1
+        (job,) = await sched.jobs(KEY)
+        assert job.next_run == datetime(2026, 11, 29, 9, 0, tzinfo=SHANGHAI)  # the next one
+    finally:
+        await sched.close()
+        await store.close()
+
+
+async def test_two_replicas_run_a_job_once(db_url: str, clock: Clock) -> None:
+    inbox = Inbox()
+    first, store1 = await open_scheduler(db_url, clock, inbox)
+    second, store2 = await open_scheduler(db_url, clock, inbox)
+    try:
+        assert [first.leader, second.leader].count(True) == 1
+        when, what = parse_when("in 5m deploy", clock.now.astimezone(SHANGHAI))
+        await second.add(KEY, "remind", when, what)  # made on either replica
+        clock.set(clock.now + timedelta(minutes=6))
+        await fire_due(first, second)
+        await inbox.wait(1)
+        await fire_due(first, second)
+        assert len(inbox.items) == 1
+    finally:
+        await first.close()
+        await second.close()
+        await store1.close()
+        await store2.close()
+
+
+async def test_another_replica_takes_over_when_the_leader_dies(db_url: str, clock: Clock) -> None:
+    inbox = Inbox()
+    first, store1 = await open_scheduler(db_url, clock, inbox, lease_seconds=45)
+    second, store2 = await open_scheduler(db_url, clock, inbox, lease_seconds=45)
+    try:
+        leader, follower = (first, second) if first.leader else (second, first)
+        leader.aps.pause()  # it dies: no renewals, no release
+        leader._task.cancel()  # type: ignore[union-attr]
+        clock.set(clock.now + timedelta(seconds=30))
+        await follower.tick()
+        assert not follower.leader  # the lease is still held
+        clock.set(clock.now + timedelta(seconds=20))
+        await follower.tick()
+        assert follower.leader  # taken over within a minute
+    finally:
+        await first.close()
+        await second.close()
+        await store1.close()
+        await store2.close()
+
+
+async def test_jobs_lists_and_cancels_only_this_chats_jobs(env, clock: Clock) -> None:
+    sched, commands, inbox = env
+    await run(commands, "remind", "in 1h first")
+    await run(commands, "remind", "every monday 9:00 weekly report")
+    await run(commands, "remind", "in 2h not yours", key=OTHER)
+    listing = (await run(commands, "jobs", "")).text
+    assert "first" in listing and "weekly report" in listing and "not yours" not in listing
+    other_id = (await sched.jobs(OTHER))[0].id
+    assert "no job" in (await run(commands, "jobs", f"cancel {other_id}")).text
+    mine = (await sched.jobs(KEY))[0].id
+    assert "Cancelled" in (await run(commands, "jobs", f"cancel {mine}")).text
+    assert [j.text for j in await sched.jobs(KEY)] == ["weekly report"]
+    clock.set(clock.now + timedelta(hours=1, minutes=1))
+    await fire_due(sched)
+    assert inbox.items == []  # the cancelled one never fires
+
+
+async def test_bad_times_get_a_clear_answer(env) -> None:
+    _, commands, _ = env
+    with pytest.raises(CommandError, match="couldn't tell when"):
+        await run(commands, "remind", "whenever you like do it")
+    with pytest.raises(CommandError, match="already passed"):
+        await run(commands, "remind", "2020-01-01 9:00 too late")
+    with pytest.raises(CommandError, match="What should I remind"):
+        await run(commands, "remind", "in 10m")
+    assert "Usage" in (await run(commands, "remind", "")).text
+
+
+@pytest.mark.parametrize("phrase, expected", [
+    ("in 10m x", datetime(2026, 11, 25, 20, 40, tzinfo=SHANGHAI)),
+    ("tomorrow 9:00 x", datetime(2026, 11, 26, 9, 0, tzinfo=SHANGHAI)),
+    ("2026-12-01 14:00 x", datetime(2026, 12, 1, 14, 0, tzinfo=SHANGHAI)),
+    ("friday 2pm x", datetime(2026, 11, 27, 14, 0, tzinfo=SHANGHAI)),
+    ("at 17:30 x", datetime(2026, 11, 26, 17, 30, tzinfo=SHANGHAI)),  # passed today: tomorrow
+    ("21:00 x", datetime(2026, 11, 25, 21, 0, tzinfo=SHANGHAI)),
+])
+def test_when_phrases(phrase: str, expected: datetime) -> None:
+    now = datetime(2026, 11, 25, 20, 30, tzinfo=SHANGHAI)
+    when, what = parse_when(phrase, now)
+    assert when.at == expected and what == "x"
+
+
+def test_repeating_phrases() -> None:
+    now = datetime(2026, 11, 25, 20, 30, tzinfo=SHANGHAI)
+    when, what = parse_when("every weekday at 8:30 stand-up", now)
+    assert (when.days, when.hour, when.minute, what) == ((0, 1, 2, 3, 4), 8, 30, "stand-up")
+    when, _ = parse_when("every mon, wed 9am gym", now)
+    assert when.cron_days() == "mon,wed" and when.hour == 9
+    assert parse_when("every 2h drink water", now)[0].every_seconds == 7200
+    with pytest.raises(CommandError, match="once a minute"):
+        parse_when("every 10s spam", now)

@@ -53,7 +53,7 @@ class IngestReceipt:
             unit = {"pptx": "slide", "xlsx": "sheet"}.get(self.kind, "page")
             pages = f"{self.pages} {unit}{'s' if self.pages != 1 else ''}, "
         verb = "Added" if self.status == "added" else "Updated"
-        return (f"{verb} “{self.title}” in the knowledge base: {pages}{self.chunks} chunks, "
+        return (f"{verb} “{self.title}” in the knowledge base: {pages}{self.chunks} chunk{'s' if self.chunks != 1 else ''}, "
                 f"in {self.seconds:.1f} s. Ask me about it.")
 
     def as_dict(self) -> dict[str, object]:
@@ -278,6 +278,40 @@ class KnowledgeService:
         return IngestReceipt("updated" if existing else "added", saved.id, saved.title, kb,
                              saved.kind, saved.chunk_count, saved.pages,
                              time.monotonic() - started, origin)
+
+    async def recrawl(self, limit: int = 500) -> dict[str, int]:
+        """Re-fetch link sources: unchanged pages are skipped by hash, changed ones re-ingested."""
+        counts = {"added": 0, "updated": 0, "unchanged": 0, "failed": 0}
+        done = 0
+        for kb in await self.registry.list_kbs():
+            for source in await self.registry.sources(kb.tenant, kb.name):
+                if not source.origin.startswith(("http://", "https://")):
+                    continue
+                if done >= limit:
+                    log.warning("re-crawl stopped after %d pages; the rest wait for the next run",
+                                limit)
+                    return counts
+                done += 1
+                try:
+                    receipt = await self.ingest_url(kb.tenant, kb.name, source.origin,
+                                                    added_by=source.added_by, chat_id=kb.chat_id,
+                                                    shared=kb.shared)
+                except KnowbotError as exc:
+                    counts["failed"] += 1
+                    log.warning("re-crawl of source %s failed: %s", source.id, exc)
+                    continue
+                counts[receipt.status] += 1
+        log.info("re-crawl: %s", counts)
+        return counts
+
+    async def optimize(self) -> bool:
+        """Index and compact the embedded vector store (a scheduled job; slow on big stores)."""
+        if self._vectors is None:
+            return False
+        optimize = getattr(self._vectors, "optimize", None)
+        if optimize is None:
+            return False
+        return bool(await asyncio.to_thread(optimize))
 
     def _unchanged(self, source: SourceInfo, started: float) -> IngestReceipt:
         return IngestReceipt("unchanged", source.id, source.title, source.kb, source.kind,

@@ -1,0 +1,79 @@
+"""Housekeeping, run by the scheduler: message retention, dedupe and state expiry, usage roll-ups."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from sqlalchemy import Connection, delete, func, select
+
+from bot.kv import StateStore
+from bot.models import Message, UsageRecord
+from bot.store import Store
+from bot.types import utcnow
+
+log = logging.getLogger(__name__)
+
+_MESSAGE = Message.__table__  # type: ignore[attr-defined]
+_USAGE = UsageRecord.__table__  # type: ignore[attr-defined]
+
+DEDUPE_KEEP = timedelta(days=7)  # platforms stop retrying within minutes; a week is generous
+USAGE_DETAIL_KEEP = timedelta(days=30)  # older usage records become one row per day and model
+ROLLUP_NAMESPACE = "usage-daily"
+
+
+async def prune_messages(store: Store, older_than: timedelta, now=utcnow) -> int:  # type: ignore[no-untyped-def]
+    """Delete conversation turns older than the retention period; return how many."""
+    cutoff = now() - older_than
+    stmt = delete(_MESSAGE).where(_MESSAGE.c.created_at < cutoff)
+    return await store.write(lambda conn: int(conn.execute(stmt).rowcount or 0))
+
+
+async def roll_up_usage(store: Store, state: StateStore, older_than: timedelta = USAGE_DETAIL_KEEP,
+                        now=utcnow) -> int:  # type: ignore[no-untyped-def]
+    """Fold usage records older than `older_than` into daily totals per provider and model.
+
+    The totals are kept in the state store under "usage-daily" (`DAY|provider|model`), added to
+    what an earlier roll-up of the same day left; the detailed rows are then deleted. Returns
+    how many rows were folded.
+    """
+    cutoff = now() - older_than
+    day = func.date(_USAGE.c.created_at)
+    query = (select(day.label("day"), _USAGE.c.provider, _USAGE.c.model,
+                    func.count().label("calls"),
+                    func.sum(_USAGE.c.prompt_tokens).label("prompt"),
+                    func.sum(_USAGE.c.completion_tokens).label("completion"),
+                    func.sum(_USAGE.c.latency_ms).label("latency"))
+             .where(_USAGE.c.created_at < cutoff)
+             .group_by(day, _USAGE.c.provider, _USAGE.c.model))
+    rows = await store.read(lambda conn: conn.execute(query).all())
+    folded = 0
+    for row in rows:
+        key = f"{row.day}|{row.provider}|{row.model}"
+        entry = await state.get(ROLLUP_NAMESPACE, key)
+        total = dict(entry.value) if entry else {"calls": 0, "prompt_tokens": 0,
+                                                 "completion_tokens": 0, "latency_ms": 0.0}
+        total["calls"] += int(row.calls)
+        total["prompt_tokens"] += int(row.prompt or 0)
+        total["completion_tokens"] += int(row.completion or 0)
+        total["latency_ms"] += float(row.latency or 0.0)
+        await state.put(ROLLUP_NAMESPACE, key, total)
+        folded += int(row.calls)
+
+    def drop(conn: Connection) -> int:
+        return int(conn.execute(delete(_USAGE).where(_USAGE.c.created_at < cutoff)).rowcount or 0)
+
+    if folded:
+        await store.write(drop)
+    return folded
+
+
+async def run_housekeeping(store: Store, state: StateStore, retention_days: int) -> dict[str, int]:
+    """Everything housekeeping does, once; returns what it removed."""
+    done = {"messages": 0, "dedupe": 0, "state": 0, "usage": 0}
+    if retention_days > 0:
+        done["messages"] = await prune_messages(store, timedelta(days=retention_days))
+    done["dedupe"] = await store.prune_inbound(DEDUPE_KEEP)
+    done["state"] = await state.purge_expired()
+    done["usage"] = await roll_up_usage(store, state)
+    log.info("housekeeping: %s", done)
+    return done

@@ -120,6 +120,7 @@ class Engine:
             spawn=self.spawn,
         )
         self.commands: CommandSet = builtin_commands(self)
+        self.jobs: Any = None  # bot.jobs.JobCommands, set by the runtime when the scheduler runs
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run follow-up work (such as folding memory) after the reply, tracked until shutdown."""
@@ -156,6 +157,7 @@ class Engine:
             is_admin=message.is_admin
             or self.settings.is_admin(message.key.channel, message.key.user_id),
             clock=self.deps.clock,
+            jobs=self.jobs,
         )
 
     async def handle(self, message: InboundMessage) -> Reply:

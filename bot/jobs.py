@@ -38,10 +38,19 @@ class JobCommands:
         return entry.value if entry is not None else self.default_zone
 
     async def schedule(self, key: ConversationKey, kind: str, phrase: str,
-                       created_by: str) -> str:
-        """Parse `phrase` ("tomorrow 9:00 send the report") and schedule it; the confirmation."""
+                       created_by: str, what: str | None = None) -> str:
+        """Schedule `phrase` ("tomorrow 9:00 send the report"); the confirmation to show.
+
+        With `what` given, `phrase` must be only the time ("tomorrow 9:00").
+        """
         zone = await self.zone_of(key)
-        when, what = parse_when(phrase, self.clock().astimezone(ZoneInfo(zone)))
+        when, rest = parse_when(phrase, self.clock().astimezone(ZoneInfo(zone)))
+        if what is None:
+            what = rest
+        elif rest:
+            raise CommandError(f"I could read the time only up to {rest!r} in {phrase!r}. "
+                               + WHEN_USAGE)
+        what = what.strip()
         if not what:
             raise CommandError("What should I remind you of? For example: "
                                "/remind tomorrow 9:00 send the report")

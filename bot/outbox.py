@@ -105,10 +105,13 @@ class Outbox:
         for entry_id, name, key_json, reply_json, attempts, created in await self._claim_due():
             channel = channels.get(name)
             created = created if created.tzinfo else created.replace(tzinfo=utcnow().tzinfo)
-            if channel is None or self.clock() - created > MAX_AGE:
-                log.warning("outbox reply %s for %s dropped: %s", entry_id, name,
-                            "channel not running" if channel is None else "too old")
+            if self.clock() - created > MAX_AGE:
+                log.warning("outbox reply %s for %s dropped: not sent in %s", entry_id, name,
+                            MAX_AGE)
                 await self._remove(entry_id)
+                continue
+            if channel is None:  # not running on this replica: another one (or a restart) may
+                await self._reschedule(entry_id, attempts, "channel not running here")
                 continue
             key = ConversationKey.from_record(json.loads(key_json))
             try:
@@ -118,15 +121,17 @@ class Outbox:
                     log.warning("outbox reply %s dropped: %s", entry_id, exc)
                     await self._remove(entry_id)
                     continue
-                when = self.clock() + backoff(attempts + 1)
-                stmt = (update(_OUTBOX).where(_OUTBOX.c.id == entry_id)
-                        .values(attempts=attempts + 1, next_attempt_at=when,
-                                last_error=str(exc)[:500]))
-                await self.store.write(lambda conn: conn.execute(stmt))
+                await self._reschedule(entry_id, attempts, str(exc))
                 continue
             await self._remove(entry_id)
             sent += 1
         return sent
+
+    async def _reschedule(self, entry_id: str, attempts: int, error: str) -> None:
+        when = self.clock() + backoff(attempts + 1)
+        stmt = (update(_OUTBOX).where(_OUTBOX.c.id == entry_id)
+                .values(attempts=attempts + 1, next_attempt_at=when, last_error=error[:500]))
+        await self.store.write(lambda conn: conn.execute(stmt))
 
     async def _remove(self, entry_id: str) -> None:
         stmt = delete(_OUTBOX).where(_OUTBOX.c.id == entry_id)

@@ -41,6 +41,7 @@ class ToolContext:
     is_admin: bool = False
     clock: Callable[[], datetime] = _utcnow
     citations: list[Any] = field(default_factory=list)
+    jobs: Any = None  # bot.jobs.JobCommands when the scheduler runs: tools may schedule
 
 
 @dataclass(frozen=True)
@@ -301,10 +302,10 @@ def load_registry(
     """The built-in tools plus every third-party plugin in the `knowbot.plugins` group."""
     from importlib.metadata import entry_points as find_entry_points
 
-    from plugins import calculate, clock, knowledge_search
+    from plugins import calculate, clock, knowledge_search, remind
 
     registry = ToolRegistry(timeout=timeout, max_output=max_output)
-    for module in (clock, calculate, knowledge_search):
+    for module in (clock, calculate, knowledge_search, remind):
         for item in tools_in(module, origin="builtin"):
             registry.add(item)
     if entry_points:

@@ -248,3 +248,16 @@ def test_split_cuts_a_word_longer_than_the_limit() -> None:
 def test_split_is_bounded() -> None:
     parts = split_text("word " * 10_000, 50, max_parts=5)
     assert len(parts) == 5 and parts[-1].endswith("…") and len(parts[-1]) <= 50
+
+
+async def test_a_reply_for_a_channel_not_running_here_waits(store: Store) -> None:
+    clock = Clock()
+    channel = FlakyChannel(failures=0)
+    outbox = Outbox(store, lambda: [], clock=clock)  # this replica runs no channel
+    await outbox.keep("flaky", KEY, REPLY)
+    clock.advance(10)
+    assert await outbox.retry_due() == 0
+    assert await outbox.pending() == 1  # kept for a replica (or a restart) that runs it
+    clock.advance(30)
+    assert await Outbox(store, lambda: [channel], clock=clock).retry_due() == 1  # type: ignore
+    assert channel.sent == [(KEY, REPLY)]

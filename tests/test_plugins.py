@@ -77,7 +77,8 @@ def test_a_tool_needs_a_docstring_and_supported_types() -> None:
 
 def test_builtin_tools_are_registered() -> None:
     registry = load_registry(entry_points=False)
-    assert {t.name for t in registry} == {"calculate", "current_time", "search_knowledge"}
+    assert {t.name for t in registry} == {"calculate", "current_time", "search_knowledge",
+                                          "remind", "list_reminders"}
     spec = registry.get("calculate").spec()
     assert spec["type"] == "function" and spec["function"]["name"] == "calculate"
     assert spec["function"]["parameters"]["required"] == ["expression"]

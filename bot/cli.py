@@ -1,4 +1,4 @@
-"""The `knowbot` command: serve, chat, ask."""
+"""The `knowbot` command: serve, chat, ask, plugins."""
 
 from __future__ import annotations
 
@@ -150,6 +150,50 @@ def ask(
         typer.echo(render_plain(reply))
     if reply.kind == "error":
         raise typer.Exit(1)
+
+
+plugins_app = typer.Typer(help="The tools the assistant can call.", no_args_is_help=True)
+app.add_typer(plugins_app, name="plugins")
+
+
+async def _tool_listing(settings: Settings) -> list[dict[str, Any]]:
+    """Every tool (built-in, entry points, OpenAPI, MCP) as name, origin, description, schema."""
+    from bot.runtime import load_external_tools
+    from plugins import load_registry
+    from plugins.policy import needs_confirmation_mark
+
+    registry = load_registry(timeout=settings.tool_timeout, max_output=settings.tool_max_output,
+                             disabled=settings.plugins_disabled)
+    closers = await load_external_tools(settings, registry)
+    try:
+        return [
+            {"name": t.name, "origin": t.origin, "description": t.description,
+             "confirm": needs_confirmation_mark(t), "parameters": t.parameters}
+            for t in registry
+        ]
+    finally:
+        for close in reversed(closers):
+            await close()
+
+
+@plugins_app.command("list")
+def plugins_list(
+    as_json: bool = typer.Option(False, "--json", help="Print the tools as JSON."),
+) -> None:
+    """Show every tool, where it came from, and its schema."""
+    settings = _settings()
+    tools = _run(_tool_listing(settings))
+    if as_json:
+        typer.echo(json.dumps(tools, ensure_ascii=False, indent=2))
+        return
+    for item in tools:
+        mark = "  [asks for /confirm]" if item["confirm"] else ""
+        typer.echo(f"{item['name']}  ({item['origin']}){mark}")
+        first = item["description"].splitlines()[0] if item["description"] else ""
+        if first:
+            typer.echo(f"    {first}")
+        typer.echo(f"    schema: {json.dumps(item['parameters'], ensure_ascii=False)}")
+    typer.echo(f"{len(tools)} tool(s)")
 
 
 def _register_knowledge() -> None:

@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +34,69 @@ class ProviderConfig(BaseModel):
     api_key: SecretStr | None = None
     model: str
     timeout: float | None = None
+
+
+class OpenAPISource(BaseModel):
+    """An OpenAPI 3 document whose operations become tools (knowbot.toml [openapi.NAME])."""
+
+    spec: str = Field(description="Path or http(s) URL of the OpenAPI 3 document (JSON or YAML).")
+    base_url: str | None = Field(None, description="Overrides the document's servers[0].url.")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Sent with every call, e.g. Authorization."
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="Hosts calls may reach; default: the base URL's host."
+    )
+    timeout: float = Field(10.0, gt=0, description="Seconds one call (or the spec fetch) may take.")
+    max_response_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest response (or spec) read, in bytes."
+    )
+    operations: list[str] | None = Field(
+        None, description="Only these operationIds become tools (default: all)."
+    )
+    confirm: bool | None = Field(
+        None, description="Ask before every call (True), never (False); default: non-GET only."
+    )
+
+
+class MCPServerConfig(BaseModel):
+    """A Model Context Protocol server whose tools Knowbot uses (knowbot.toml [mcp_servers.NAME])."""
+
+    command: str | None = Field(None, description="Executable of a stdio server.")
+    args: list[str] = Field(default_factory=list, description="Its arguments.")
+    env: dict[str, SecretStr] = Field(default_factory=dict, description="Extra environment.")
+    url: str | None = Field(None, description="Endpoint of a streamable HTTP server.")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="HTTP headers for the endpoint, e.g. Authorization."
+    )
+    start_timeout: float = Field(15.0, gt=0, description="Seconds to connect and list tools.")
+    tools: list[str] | None = Field(None, description="Only these tools (default: all).")
+    confirm: bool | None = Field(
+        None, description="Ask before every call (True), never (False); default: unless readOnlyHint."
+    )
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> "MCPServerConfig":
+        if bool(self.command) == bool(self.url):
+            raise ValueError("give either command (stdio) or url (streamable HTTP)")
+        return self
+
+
+class ToolPolicyRule(BaseModel):
+    """Which tools the conversations matching a pattern may use."""
+
+    match: str = Field(
+        "*", description="fnmatch pattern over CHANNEL:TENANT:CHAT_ID, e.g. 'slack:T123:*'."
+    )
+    allow: list[str] | None = Field(
+        None, description="Tool name patterns these conversations may use (default: all)."
+    )
+    admin_only: list[str] = Field(
+        default_factory=list, description="Tool name patterns only admins may use."
+    )
+    confirm: list[str] = Field(
+        default_factory=list, description="More tool name patterns that ask for confirmation."
+    )
 
 
 def _config_file() -> Path:
@@ -110,6 +180,19 @@ class Settings(BaseSettings):
     tool_max_output: int = Field(8000, ge=100, description="Characters of tool output kept.")
     plugins_disabled: list[str] = Field(
         default_factory=list, description="Names of tools to switch off."
+    )
+
+    openapi: dict[str, OpenAPISource] = Field(
+        default_factory=dict, description="OpenAPI documents whose operations become tools."
+    )
+    mcp_servers: dict[str, MCPServerConfig] = Field(
+        default_factory=dict, description="MCP servers whose tools Knowbot uses."
+    )
+    tool_policy: list[ToolPolicyRule] = Field(
+        default_factory=list, description="Per-conversation tool rules; every matching rule applies."
+    )
+    tool_confirm_ttl: float = Field(
+        600.0, gt=0, description="Seconds a /confirm code for a tool call stays valid."
     )
 
     redis_url: str | None = Field(

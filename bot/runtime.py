@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bot.config import Settings
 from bot.dispatcher import Dispatcher
@@ -51,6 +51,29 @@ def build_knowledge(settings: Settings, store: Store, model: object | None = Non
     return KnowledgeService(settings, store, lambda d: open_vectors(settings, d), embedder, dim=dim)
 
 
+async def load_external_tools(settings: Settings, registry: ToolRegistry
+                              ) -> list[Callable[[], Awaitable[None]]]:
+    """Add the OpenAPI and MCP tools to the registry; return what closes them."""
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if settings.openapi:
+        from plugins.openapi import OpenAPITools
+
+        openapi = await OpenAPITools.load(settings.openapi)
+        closers.append(openapi.aclose)
+        for item in openapi.tools:
+            registry.add(item)
+    if settings.mcp_servers:
+        from plugins.mcp_tools import MCPTools
+
+        mcp = await MCPTools.start(settings.mcp_servers)
+        closers.append(mcp.aclose)
+        for item in mcp.tools:
+            registry.add(item)
+    for name in settings.plugins_disabled:
+        registry.remove(name)
+    return closers
+
+
 @dataclass
 class Runtime:
     """Everything a running Knowbot holds; channels get it when they mount."""
@@ -67,6 +90,7 @@ class Runtime:
     state: StateStore
     outbox: Outbox
     channels: list["Channel"] = field(default_factory=list)
+    plugin_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def channel(self, name: str) -> "Channel | None":
         """The running channel called `name`, if any."""
@@ -91,12 +115,19 @@ class Runtime:
         usage = UsageRecorder(store)
         if llm is None:
             llm = LLMRouter.from_settings(settings, usage_sink=usage)
+        closers: list[Callable[[], Awaitable[None]]] = []
+        state = StateStore(store)
+        policy = None
         if registry is None:
             registry = load_registry(
                 timeout=settings.tool_timeout,
                 max_output=settings.tool_max_output,
                 disabled=settings.plugins_disabled,
             )
+            closers = await load_external_tools(settings, registry)
+            from plugins.policy import apply_policy
+
+            policy = apply_policy(registry, settings.tool_policy, state, settings.tool_confirm_ttl)
         if limiter is None:
             if settings.redis_url:
                 from bot.ratelimit import RedisRateLimiter
@@ -115,6 +146,10 @@ class Runtime:
             from knowledge.commands import kb_command
 
             engine.commands.add(kb_command(engine, knowledge))  # type: ignore[arg-type]
+        if policy is not None and policy.active:
+            from plugins.policy import confirm_command
+
+            engine.commands.add(confirm_command(engine, policy))
         dispatcher = Dispatcher(engine.handle, store, limiter)
         log.info(
             "Knowbot ready: database %s, %s, %d tools",
@@ -123,7 +158,8 @@ class Runtime:
             len(registry),
         )
         runtime = cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage,
-                      StateStore(store), Outbox(store, lambda: []))
+                      state, Outbox(store, lambda: []))
+        runtime.plugin_closers = closers
         runtime.outbox = Outbox(store, lambda: runtime.channels)
         return runtime
 
@@ -135,6 +171,11 @@ class Runtime:
             log.warning("%d message(s) were still unfinished at shutdown", unfinished)
         await self.engine.drain(drain_timeout)
         await self.usage.close()
+        for close_plugin in reversed(self.plugin_closers):
+            try:
+                await close_plugin()
+            except Exception:  # noqa: BLE001 - one plugin must not stop the shutdown
+                log.warning("closing a plugin source failed", exc_info=True)
         close_knowledge = getattr(self.knowledge, "close", None)
         if close_knowledge is not None:
             await close_knowledge()

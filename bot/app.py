@@ -59,6 +59,7 @@ def create_app(
             log.info("channel %s started", channel.name)
         if runtime.channels:
             runtime.outbox.start()
+        await runtime.start_scheduler()
         try:
             yield
         finally:

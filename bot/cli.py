@@ -116,6 +116,7 @@ def chat() -> None:
     settings = _settings()
 
     async def work(runtime: Any) -> None:
+        await runtime.start_scheduler(lead=False)  # jobs made here run in `knowbot serve`
         await ConsoleChannel(runtime).run()
 
     _run(_with_runtime(settings, work))

@@ -203,6 +203,15 @@ class Settings(BaseSettings):
         default_factory=list, description="Knowbot admins, as CHANNEL:USER_ID."
     )
     timezone: str = Field("UTC", description="Default time zone (IANA name).")
+    scheduler_enabled: bool = Field(
+        True, description="Run scheduled jobs: reminders, digests, re-crawls, housekeeping."
+    )
+    retention_days: int = Field(
+        0, ge=0, description="Delete conversation turns older than this; 0 keeps them."
+    )
+    recrawl_hours: float = Field(
+        24.0, ge=0, description="Hours between re-fetches of linked pages; 0 switches it off."
+    )
     public_url: str | None = Field(
         None, description="The address people reach this server at (for signed links)."
     )

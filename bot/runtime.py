@@ -15,11 +15,13 @@ from bot.llm import LLMRouter
 from bot.outbox import Outbox
 from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
+from bot.types import ConversationKey, Reply
 from bot.usage import UsageRecorder
 from plugins import ToolRegistry, load_registry
 
 if TYPE_CHECKING:
     from bot.channel import Channel
+    from bot.scheduler import Scheduler
     from knowledge.service import KnowledgeService
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class Runtime:
     outbox: Outbox
     channels: list["Channel"] = field(default_factory=list)
     plugin_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    scheduler: "Scheduler | None" = None
 
     def channel(self, name: str) -> "Channel | None":
         """The running channel called `name`, if any."""
@@ -163,8 +166,48 @@ class Runtime:
         runtime.outbox = Outbox(store, lambda: runtime.channels)
         return runtime
 
+    async def deliver(self, key: ConversationKey, reply: Reply) -> bool:
+        """Send a reply that no inbound message waits for (a job), through the outbox."""
+        channel = self.channel(key.channel)
+        if channel is None:
+            await self.outbox.keep(key.channel, key, reply, "channel not running here")
+            return False
+        return await self.outbox.deliver(channel, key, reply)
+
+    async def start_scheduler(self, lead: bool = True) -> None:
+        """Open the job store and add the job commands; `lead` competes to run the jobs.
+
+        `knowbot serve` leads; `knowbot chat` only adds jobs, for a server to run.
+        """
+        if not self.settings.scheduler_enabled or self.scheduler is not None:
+            return
+        from bot.housekeeping import run_housekeeping
+        from bot.jobs import JobCommands
+        from bot.scheduler import Scheduler
+
+        async def housekeeping() -> None:
+            await run_housekeeping(self.store, self.state, self.settings.retention_days)
+            optimize = getattr(self.knowledge, "optimize", None)
+            if optimize is not None:
+                await optimize()
+
+        recrawl = getattr(self.knowledge, "recrawl", None)
+        self.scheduler = Scheduler(
+            self.store.url, self.state, self.deliver, answer=self.engine.answer,
+            timezone_name=self.settings.timezone, housekeeping=housekeeping,
+            recrawl=recrawl, recrawl_hours=self.settings.recrawl_hours if recrawl else 0,
+            redis_url=self.settings.redis_url)
+        await self.scheduler.start(lead=lead)
+        jobs = JobCommands(self.scheduler, self.state, self.settings.timezone, self.channel,
+                           clock=lambda: self.engine.deps.clock())
+        self.engine.jobs = jobs
+        for command in jobs.commands():
+            self.engine.commands.add(command)
+
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Finish the messages in flight, then close every connection."""
+        if self.scheduler is not None:
+            await self.scheduler.close()
         await self.outbox.close()
         unfinished = await self.dispatcher.drain(drain_timeout)
         if unfinished:

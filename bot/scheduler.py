@@ -154,10 +154,12 @@ class Scheduler:
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the job store (paused) and begin competing for the lease."""
+    async def start(self, lead: bool = True) -> None:
+        """Open the job store (paused); with `lead`, compete for the lease to run the jobs."""
         global _active
         self.aps.start(paused=True)  # creates its table once: a short blocking call at start-up
+        if not lead:
+            return
         _active = self
         await self._system_jobs()
         await self.tick()
@@ -223,10 +225,11 @@ class Scheduler:
                 pass
         if self.aps.running:
             self.aps.shutdown(wait=False)
-        try:
-            await self.lease.release()
-        except Exception:  # noqa: BLE001 - shutting down; the lease expires anyway
-            log.debug("could not release the scheduler lease", exc_info=True)
+        if self._task is not None:
+            try:
+                await self.lease.release()
+            except Exception:  # noqa: BLE001 - shutting down; the lease expires anyway
+                log.debug("could not release the scheduler lease", exc_info=True)
         if _active is self:
             _active = None
 

@@ -89,6 +89,11 @@ class Store:
         self._lane.close()
 
     @property
+    def url(self) -> str:
+        """The database URL with its synchronous driver (for libraries with their own engine)."""
+        return self._lane.url
+
+    @property
     def dialect(self) -> str:
         """'sqlite' or 'postgresql'."""
         return self.engine.dialect.name

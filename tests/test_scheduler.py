@@ -35,6 +35,17 @@ class Clock:
         self.now = moment.astimezone(timezone.utc)
 
 
+class Frozen(datetime):
+    """datetime with a `now` that reads the test's clock (module level, so jobs can pickle it)."""
+
+    clock: Clock
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+        now = cls.clock.now
+        return now.astimezone(tz) if tz else now.replace(tzinfo=None)
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Freeze APScheduler's idea of now at Wed 2026-11-25 20:30 in Shanghai."""
@@ -43,12 +54,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     import apscheduler.triggers.interval as interval
 
     clock = Clock(datetime(2026, 11, 25, 20, 30, tzinfo=SHANGHAI).astimezone(timezone.utc))
-
-    class Frozen(datetime):
-        @classmethod
-        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
-            return clock.now.astimezone(tz) if tz else clock.now.replace(tzinfo=None)
-
+    Frozen.clock = clock
     for module in (executors, schedulers, interval):
         monkeypatch.setattr(module, "datetime", Frozen)
     return clock
@@ -275,3 +281,88 @@ def test_repeating_phrases() -> None:
     assert parse_when("every 2h drink water", now)[0].every_seconds == 7200
     with pytest.raises(CommandError, match="once a minute"):
         parse_when("every 10s spam", now)
+
+
+# ---- through a running Knowbot -----------------------------------------------------------------
+
+
+class RecordingChannel:
+    """A channel that records what it is asked to send (the platform seam)."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+
+    async def send(self, key: ConversationKey, reply: Reply) -> None:
+        await self.inbox.deliver(key, reply)
+
+
+async def knowbot(tmp_path, clock: Clock, **overrides):  # type: ignore[no-untyped-def]
+    from bot.runtime import Runtime
+    from conftest import make_settings
+
+    runtime = await Runtime.start(make_settings(tmp_path, timezone="Asia/Shanghai", **overrides),
+                                  knowledge=WordlessKnowledge())
+    runtime.engine.deps.clock = clock
+    channel = RecordingChannel()
+    runtime.channels = [channel]  # type: ignore[list-item]
+    await runtime.start_scheduler()
+    return runtime, channel
+
+
+class WordlessKnowledge:
+    """No documents: these tests are about jobs."""
+
+    async def search(self, key, query, top_k=5, kb=None):  # type: ignore[no-untyped-def]
+        return []
+
+
+async def test_a_reminder_asked_for_in_plain_language_fires_after_a_restart(
+        tmp_path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    from fake_openai import FakeOpenAI, reply, tool_calls
+
+    from conftest import ChatBot
+
+    async with FakeOpenAI() as server:
+        server.script(
+            tool_calls(("remind", {"when": "every monday 9:00", "what": "大家交周报"})),
+            reply("好的，每周一早上九点提醒大家交周报。"),
+        )
+        llm = dict(llm_base_url=server.base_url, llm_api_key="k", llm_model="m")
+        runtime, channel = await knowbot(tmp_path, clock, **llm)
+        try:
+            answer = await ChatBot(runtime).say("每周一早上九点提醒大家交周报")
+            assert "周报" in answer.text
+            tool_result = server.requests[1]["messages"][-1]["content"]
+            assert "every Mon at 09:00 (Asia/Shanghai)" in tool_result
+        finally:
+            await runtime.close()
+
+    clock.set(datetime(2026, 11, 30, 9, 0, 5, tzinfo=SHANGHAI))  # Monday, while it was down
+    runtime, channel = await knowbot(tmp_path, clock)
+    try:
+        await fire_due(runtime.scheduler)  # type: ignore[arg-type]
+        await channel.inbox.wait(1)
+        key, sent = channel.inbox.items[0]
+        assert sent.text == "⏰ Reminder: 大家交周报" and key.chat_id == "chat-1"
+    finally:
+        await runtime.close()
+
+
+async def test_remind_by_command_through_the_engine(tmp_path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    from conftest import ChatBot
+
+    runtime, channel = await knowbot(tmp_path, clock)
+    try:
+        bot = ChatBot(runtime)
+        answer = await bot.say("/remind in 10m check the oven")
+        assert "20:40" in answer.text and "check the oven" in answer.text
+        assert "check the oven" in (await bot.say("/jobs")).text
+        clock.set(clock.now + timedelta(minutes=10, seconds=1))
+        await fire_due(runtime.scheduler)  # type: ignore[arg-type]
+        await channel.inbox.wait(1)
+        assert channel.inbox.items[0][1].text == "⏰ Reminder: check the oven"
+        assert "No scheduled jobs" in (await bot.say("/jobs")).text
+    finally:
+        await runtime.close()

@@ -366,3 +366,21 @@ async def test_remind_by_command_through_the_engine(tmp_path, clock: Clock) -> N
         assert "No scheduled jobs" in (await bot.say("/jobs")).text
     finally:
         await runtime.close()
+
+
+async def test_the_creator_is_told_when_wechat_cannot_push(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from channels.wechat import WeChatChannel
+    from conftest import make_settings
+
+    _, commands, _ = env
+    key = ConversationKey("wechat", "wx1", "openid-1", "openid-1")
+    base = dict(wechat_token="t", wechat_app_id="wx1", wechat_app_secret="s")
+    unverified = WeChatChannel(make_settings(tmp_path, **base))
+    commands.channel_for = lambda name: unverified
+    assert "not verified" in (await run(commands, "remind", "in 10m call back", key=key)).text
+    verified = WeChatChannel(make_settings(tmp_path, wechat_verified=True, **base))
+    commands.channel_for = lambda name: verified
+    assert "Note" not in (await run(commands, "remind", "in 10m call back", key=key)).text
+    assert "48 hours" in (await run(commands, "remind", "in 3 days call back", key=key)).text
+    commands.channel_for = lambda name: None
+    assert "not running" in (await run(commands, "remind", "in 10m call back", key=key)).text

@@ -1,0 +1,388 @@
+"""The Slack channel: Events API and slash commands through slack-bolt (HTTP or Socket Mode).
+
+HTTP mode takes everything on POST /slack/events, each request checked against the signing
+secret by Bolt before anything else runs. Socket Mode (KNOWBOT_SLACK_APP_TOKEN) needs no public
+URL. With KNOWBOT_SLACK_CLIENT_ID/_SECRET, workspaces install through Bolt's OAuth flow
+(/slack/install) and their installations live in Knowbot's database; otherwise one workspace
+uses KNOWBOT_SLACK_BOT_TOKEN. The Slack team id is the tenant of every conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import httpx
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bot.config import Settings
+from bot.errors import ChannelSendError, ConfigError, IngestError, KnowbotError
+from bot.tokens import message_tokens
+from bot.types import ConversationKey, InboundMessage, Reply
+from channels.slack_commands import SlashCommands
+from channels.slack_files import MAX_FILES, RateLimitRetry, Sleep, fetch_file
+from channels.slack_format import render
+from channels.slack_oauth import StateInstallationStore, StateOAuthStateStore
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_BASE = "https://slack.com/api/"
+BOT_SCOPES = ["app_mentions:read", "channels:history", "chat:write", "commands", "files:read",
+              "groups:history", "im:history", "im:read", "im:write", "mpim:history", "users:read"]
+EVENTS_SEEN = "slack.event"  # namespace of the event ids already taken (retries dropped early)
+EVENT_MEMORY = 2 * 24 * 3600  # seconds an event id is remembered
+MAX_BODY = 1024 * 1024  # the largest request body taken on /slack/events
+ADMIN_CACHE_SECONDS = 300.0
+THREAD_MESSAGES = 30  # earlier thread messages read as context (conversations.replies)
+THREAD_CHARS = 6000  # and at most this much of their text
+IGNORED_SUBTYPES = {"bot_message", "message_changed", "message_deleted", "message_replied",
+                    "channel_join", "channel_leave", "thread_broadcast"}
+RETRYABLE_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable",
+                    "request_timeout", "team_added_to_org"}
+
+_USER_LINK = re.compile(r"<@([A-Z0-9]+)(?:\|([^>]*))?>")
+_CHANNEL_LINK = re.compile(r"<#([A-Z0-9]+)(?:\|([^>]*))?>")
+_SPECIAL = re.compile(r"<!([^>|]+)(?:\|([^>]*))?>")
+_URL_LINK = re.compile(r"<((?:https?|mailto):[^>|]+)(?:\|[^>]*)?>")
+
+
+def plain_text(text: str, bot_user_id: str | None) -> str:
+    """A Slack message's text as plain words: the bot's mention removed, links unwrapped."""
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text)
+    text = _USER_LINK.sub(lambda m: "@" + (m.group(2) or m.group(1)), text)
+    text = _CHANNEL_LINK.sub(lambda m: "#" + (m.group(2) or m.group(1)), text)
+    text = _SPECIAL.sub(lambda m: "@" + (m.group(2) or m.group(1)).lstrip("@"), text)
+    text = _URL_LINK.sub(lambda m: m.group(1), text)
+    return html.unescape(text).strip()
+
+
+def api_base_of(settings: Settings) -> str:
+    """The Web API base URL, with the trailing slash slack_sdk expects."""
+    base = settings.slack_api_base or DEFAULT_API_BASE
+    return base if base.endswith("/") else base + "/"
+
+
+def send_error(exc: SlackApiError, what: str) -> ChannelSendError:
+    """A ChannelSendError for a failed Web API call: retryable for rate limits and outages."""
+    response = exc.response
+    status = getattr(response, "status_code", 0) or 0
+    error = str(response.get("error", "")) if response is not None else ""
+    retryable = status == 429 or status >= 500 or error in RETRYABLE_ERRORS
+    return ChannelSendError(f"Slack {what} failed: {error or status}", retryable=retryable)
+
+
+class SlackChannel:
+    """Knowbot in Slack: mentions and DMs answered in threads, slash commands, files to ingest."""
+
+    name = "slack"
+
+    def __init__(self, settings: Settings, *, sleep: Sleep = asyncio.sleep,
+                 max_rate_limit_wait: float = 30.0) -> None:
+        self.settings = settings
+        self.api_base = api_base_of(settings)
+        self.retry = RateLimitRetry(max_retry_count=2, max_wait=max_rate_limit_wait, sleep=sleep)
+        self.client = AsyncWebClient(base_url=self.api_base, retry_handlers=[
+            AsyncConnectionErrorRetryHandler(), self.retry])
+        self.oauth = bool(settings.slack_client_id and settings.slack_client_secret)
+        self.runtime: "Runtime | None" = None
+        self.bolt: AsyncApp | None = None
+        self.installations: StateInstallationStore | None = None
+        self.commands = SlashCommands(self)
+        self.http: httpx.AsyncClient | None = None
+        self._socket: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._admins: dict[tuple[str, str], tuple[float, bool]] = {}
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def mount(self, app: "FastAPI", runtime: "Runtime") -> None:
+        """Build the Bolt app and add /slack/events (and the OAuth install routes)."""
+        self.runtime = runtime
+        secret = self.settings.slack_signing_secret
+        app_token = self.settings.slack_app_token
+        if secret is None and app_token is None:
+            raise ConfigError("Slack needs KNOWBOT_SLACK_SIGNING_SECRET (HTTP mode) or "
+                              "KNOWBOT_SLACK_APP_TOKEN (Socket Mode)")
+        self.bolt = self._build_bolt(secret.get_secret_value() if secret else "")
+        handler = AsyncSlackRequestHandler(self.bolt)
+
+        async def events(request: Request) -> Response:
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_BODY:
+                return Response("payload too large", status_code=413)
+            return await handler.handle(request)
+
+        if secret is not None:
+            app.add_route("/slack/events", events, methods=["POST"])
+        if self.oauth and self.bolt.oauth_flow is not None:
+            flow = self.bolt.oauth_flow
+            app.add_route(flow.install_path, handler.handle, methods=["GET"])
+            app.add_route(flow.redirect_uri_path, handler.handle, methods=["GET"])
+
+    def _build_bolt(self, signing_secret: str) -> AsyncApp:
+        assert self.runtime is not None
+        settings = self.settings
+        if self.oauth:
+            from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+
+            self.installations = StateInstallationStore(self.runtime.state)
+            origin = self.api_base.rsplit("/api/", 1)[0] if "/api/" in self.api_base else None
+            public = (settings.public_url or "").rstrip("/")
+            oauth = AsyncOAuthSettings(
+                client_id=settings.slack_client_id,
+                client_secret=settings.slack_client_secret.get_secret_value(),  # type: ignore
+                scopes=BOT_SCOPES, user_scopes=[],
+                redirect_uri=f"{public}/slack/oauth_redirect" if public else None,
+                authorization_url=f"{origin}/oauth/v2/authorize" if origin else None,
+                installation_store=self.installations,
+                state_store=StateOAuthStateStore(self.runtime.state),
+                installation_store_bot_only=True,
+                logger=log,
+            )
+            bolt = AsyncApp(client=self.client, signing_secret=signing_secret,
+                            oauth_settings=oauth, installation_store=self.installations,
+                            installation_store_bot_only=True, logger=log, name="knowbot",
+                            process_before_response=True)
+            bolt.enable_token_revocation_listeners()  # uninstalls forget the workspace's token
+        else:
+            if settings.slack_bot_token is None:
+                raise ConfigError("Slack needs KNOWBOT_SLACK_BOT_TOKEN, or a client id and "
+                                  "secret for multi-workspace installs")
+            token = settings.slack_bot_token.get_secret_value()
+            client = AsyncWebClient(token=token, base_url=self.api_base,
+                                    retry_handlers=self.client.retry_handlers)
+            bolt = AsyncApp(client=client, signing_secret=signing_secret, logger=log,
+                            name="knowbot", process_before_response=True)
+        # Listeners only take the event (a dedupe write) and spawn the answer, so Bolt may run
+        # them before it responds: the ack stays fast and a failure to take it is a 500 that
+        # Slack retries, while the answer itself never blocks the response.
+        bolt.event("app_mention")(self._on_mention)
+        bolt.event({"type": "message", "subtype": (None, "file_share")})(self._on_message)
+        bolt.event("message")(self._on_other)  # edits, deletions, bots: acknowledged, ignored
+        bolt.command(settings.slack_ask_command)(self.commands.on_ask)
+        bolt.command(settings.slack_kb_command)(self.commands.on_kb)
+        return bolt
+
+    async def start(self) -> None:
+        """Open the download client, and connect to Socket Mode when an app token is set."""
+        self.http = httpx.AsyncClient(timeout=self.settings.ingest_fetch_timeout,
+                                      follow_redirects=True, max_redirects=3)
+        if self.settings.slack_app_token is not None and self.bolt is not None:
+            from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+            self._socket = AsyncSocketModeHandler(
+                self.bolt, self.settings.slack_app_token.get_secret_value(),
+                web_client=AsyncWebClient(base_url=self.api_base,
+                                          retry_handlers=self.client.retry_handlers))
+            await self._socket.connect_async()
+            log.info("Slack Socket Mode connected")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Disconnect Socket Mode and finish the answers in flight."""
+        if self._socket is not None:
+            await self._socket.close_async()
+            self._socket = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
+
+    def spawn(self, coro: Any, name: str) -> None:
+        """Run work after the ack in a task that stop() waits for."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- tokens and people -------------------------------------------------------------------
+
+    async def token_for(self, team_id: str) -> str:
+        """The bot token of a workspace (its installation, or the configured token)."""
+        if self.installations is not None:
+            bot = await self.installations.async_find_bot(enterprise_id=None, team_id=team_id)
+            if bot is None or not bot.bot_token:
+                raise ChannelSendError(f"Knowbot is not installed in Slack team {team_id}",
+                                       retryable=False)
+            return bot.bot_token
+        if self.settings.slack_bot_token is None:
+            raise ChannelSendError("no Slack bot token is configured", retryable=False)
+        return self.settings.slack_bot_token.get_secret_value()
+
+    async def is_admin(self, token: str, team_id: str, user_id: str) -> bool:
+        """True for a Knowbot admin or a workspace admin/owner (users.info, cached briefly)."""
+        if self.settings.is_admin("slack", user_id):
+            return True
+        now = time.monotonic()
+        cached = self._admins.get((team_id, user_id))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            found = await self.client.users_info(token=token, user=user_id)
+            user = found.get("user") or {}
+            admin = bool(user.get("is_admin") or user.get("is_owner"))
+        except SlackApiError as exc:
+            log.warning("users.info failed: %s", exc.response.get("error"))
+            return False
+        if len(self._admins) >= 1000:
+            self._admins.clear()
+        self._admins[(team_id, user_id)] = (now + ADMIN_CACHE_SECONDS, admin)
+        return admin
+
+    async def first_delivery(self, team_id: str, event_id: str) -> bool:
+        """Take an event id once; Slack's retries (X-Slack-Retry-Num) of it get False."""
+        assert self.runtime is not None
+        return await self.runtime.state.swap(EVENTS_SEEN, f"{team_id}:{event_id}", True, 0,
+                                             ttl=EVENT_MEMORY)
+
+    # ---- events ------------------------------------------------------------------------------
+
+    async def _on_other(self, event: dict[str, Any]) -> None:
+        log.debug("Slack message event %s ignored", event.get("subtype"))
+
+    async def _on_mention(self, body: dict[str, Any], event: dict[str, Any],
+                          context: AsyncBoltContext) -> None:
+        await self._take_event(body, event, context)
+
+    async def _on_message(self, body: dict[str, Any], event: dict[str, Any],
+                          context: AsyncBoltContext) -> None:
+        if event.get("channel_type") != "im":
+            return  # in channels Knowbot answers only when mentioned (app_mention)
+        await self._take_event(body, event, context)
+
+    def _ignored(self, event: dict[str, Any], context: AsyncBoltContext) -> bool:
+        user = event.get("user")
+        return (not user or bool(event.get("bot_id")) or event.get("subtype") in IGNORED_SUBTYPES
+                or user in (context.bot_user_id, context.get("bot_user_id"))
+                or "edited" in event)
+
+    async def _take_event(self, body: dict[str, Any], event: dict[str, Any],
+                          context: AsyncBoltContext) -> None:
+        if self._ignored(event, context):
+            return
+        team = str(body.get("team_id") or context.team_id or "")
+        event_id = str(body.get("event_id") or f"{event.get('channel')}:{event.get('ts')}")
+        if not await self.first_delivery(team, event_id):
+            log.info("Slack event %s already taken: redelivery ignored", event_id)
+            return
+        channel = str(event.get("channel", ""))
+        is_group = event.get("channel_type") != "im" and not channel.startswith("D")
+        key = ConversationKey("slack", team, channel, str(event["user"]),
+                              str(event.get("thread_ts") or event.get("ts")))
+        message = InboundMessage(
+            key=key, message_id=event_id, text=plain_text(str(event.get("text") or ""),
+                                                          context.bot_user_id),
+            is_group=is_group, mentions_bot=event.get("type") == "app_mention", raw=body)
+        token = context.bot_token or await self.token_for(team)
+        files = [f.get("id") for f in event.get("files") or () if f.get("id")][:MAX_FILES]
+        self.spawn(self._answer(message, token, files), f"knowbot:slack:{event_id}")
+
+    async def _answer(self, message: InboundMessage, token: str, file_ids: list[str]) -> None:
+        """Fetch the shared files, run the message through the dispatcher, post the reply."""
+        assert self.runtime is not None
+        key = message.key
+        try:
+            if message.is_group:
+                message = replace(message, is_admin=await self.is_admin(token, key.tenant,
+                                                                        key.user_id))
+            await self._thread_context(message, token)
+            problem: Reply | None = None
+            if file_ids:
+                # the engine refuses a non-admin's file in a channel: don't download it then
+                allowed = not message.is_group or message.is_admin
+                try:
+                    attachments = tuple([
+                        await fetch_file(self.client, self._http(), token, file_id,
+                                         max_bytes=self.settings.ingest_max_bytes,
+                                         api_base=self.api_base, download=allowed)
+                        for file_id in file_ids])
+                    message = replace(message, attachments=attachments)
+                except IngestError as exc:
+                    problem = Reply(exc.user_message, kind="error")
+
+            async def refuse(_: InboundMessage) -> Reply:
+                assert problem is not None
+                return problem
+
+            # through the dispatcher either way: dedupe, rate limit, one error boundary
+            reply = await self.runtime.dispatcher.process(message, refuse if problem else None)
+            if reply is not None:
+                await self.runtime.outbox.deliver(self, key, reply)
+        except Exception:  # noqa: BLE001 - one event must not take the channel down
+            log.exception("Slack event %s failed", message.message_id)
+
+    async def _thread_context(self, message: InboundMessage, token: str) -> None:
+        """Put a thread's earlier messages into the conversation's memory the first time."""
+        assert self.runtime is not None
+        key, event = message.key, (message.raw or {}).get("event", {})
+        thread_ts = event.get("thread_ts")
+        if not thread_ts or thread_ts == event.get("ts"):
+            return
+        store = self.runtime.store
+        if await store.count_messages(key) > 0:
+            return  # Knowbot already took part in this thread: its memory has it
+        try:
+            found = await self.client.conversations_replies(
+                token=token, channel=key.chat_id, ts=thread_ts, limit=THREAD_MESSAGES)
+        except SlackApiError as exc:
+            log.info("thread context unavailable: %s", exc.response.get("error"))
+            return
+        lines: list[str] = []
+        for item in (found.get("messages") or [])[:THREAD_MESSAGES]:
+            if item.get("ts") == event.get("ts"):
+                continue
+            text = plain_text(str(item.get("text") or ""), None)
+            if text:
+                who = "Knowbot" if item.get("bot_id") else f"@{item.get('user', 'someone')}"
+                lines.append(f"{who}: {text}")
+        context = "\n".join(lines)[-THREAD_CHARS:]
+        if context:
+            turn = f"Earlier messages in this Slack thread:\n{context}"
+            try:
+                await store.add_messages(key, [("user", turn, message_tokens("user", turn))],
+                                         user_id=key.user_id)
+            except KnowbotError:
+                log.warning("could not keep the thread context of %s", key.chat_id)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self.http is None:
+            self.http = httpx.AsyncClient(timeout=self.settings.ingest_fetch_timeout,
+                                          follow_redirects=True, max_redirects=3)
+        return self.http
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    async def send(self, key: ConversationKey, reply: Reply) -> None:
+        """Post a reply in the conversation's thread as Block Kit messages (429s waited out)."""
+        token = await self.token_for(key.tenant)
+        for message in render(reply):
+            try:
+                await self.client.chat_postMessage(
+                    token=token, channel=key.chat_id, thread_ts=key.thread_id,
+                    text=message.text, blocks=message.blocks, unfurl_links=False)
+            except SlackApiError as exc:
+                raise send_error(exc, "chat.postMessage") from exc
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise ChannelSendError(f"Slack chat.postMessage failed: {type(exc).__name__}",
+                                       retryable=True) from exc
+        log.debug("Slack reply sent to %s (%d chars)", key.chat_id, len(reply.text))

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
-import threading
 import time
 from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
@@ -20,6 +18,7 @@ from starlette.routing import Route
 from bot.errors import IngestError
 from knowledge.fetch import fetch_url, is_blocked_address
 from knowledge.loaders import load_bytes
+from loopback import serve_in_thread
 
 MB = 1024 * 1024
 LOCAL = {"127.0.0.1"}
@@ -95,22 +94,8 @@ ROUTES = [
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """A real HTTP server on 127.0.0.1; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(Starlette(routes=ROUTES), log_level="warning", timeout_graceful_shutdown=1)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with serve_in_thread(Starlette(routes=ROUTES)) as url:
+        yield url
 
 
 async def refused(url: str, **kw) -> str:

@@ -4,15 +4,11 @@ tools that appear beside the built-in ones, that the model calls, and that are c
 from __future__ import annotations
 
 import json
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import uvicorn
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 
@@ -22,6 +18,7 @@ from conftest import WordKnowledge, start_bot
 from fake_openai import FakeOpenAI, reply, tool_calls
 from plugins import ToolContext, ToolRegistry
 from plugins.mcp_tools import MCPTools
+from loopback import serve_in_thread
 
 DEMO = str(Path(__file__).parent / "mcp_server_demo.py")
 KEY = ConversationKey("test", "team-1", "chat-1", "alice")
@@ -139,21 +136,8 @@ def http_mcp() -> Iterator[str]:
 
     app = build().streamable_http_app()
     app.user_middleware.insert(0, Middleware(_RecordAuth))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "MCP HTTP server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/mcp"
-    srv.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with serve_in_thread(app, "/mcp") as url:
+        yield url
 
 
 async def test_streamable_http_server_tools_with_headers(http_mcp: str) -> None:

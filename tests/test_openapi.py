@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -20,10 +17,11 @@ from starlette.routing import Route
 
 from bot.config import OpenAPISource
 from bot.types import ConversationKey
-from conftest import ChatBot, WordKnowledge, start_bot
+from conftest import WordKnowledge, start_bot
 from fake_openai import FakeOpenAI, reply, tool_calls
 from plugins import ToolContext, ToolRegistry
 from plugins.openapi import OpenAPITools, tool_name
+from loopback import serve_in_thread
 
 TOKEN = "Bearer s3cret-token"
 KEY = ConversationKey("test", "team-1", "chat-1", "alice")
@@ -132,23 +130,8 @@ ROUTES = [
 @pytest.fixture(scope="module")
 def shop() -> Iterator[str]:
     """The shop's API on 127.0.0.1; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(Starlette(routes=ROUTES), log_level="warning",
-                            timeout_graceful_shutdown=1)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with serve_in_thread(Starlette(routes=ROUTES)) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

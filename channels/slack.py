@@ -129,6 +129,12 @@ class SlackChannel:
             length = request.headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_BODY:
                 return Response("payload too large", status_code=413)
+            body = bytearray()  # read with a bound even without a Content-Length (chunked)
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return Response("payload too large", status_code=413)
+            request._body = bytes(body)  # what Bolt's adapter reads with request.body()
             return await handler.handle(request)
 
         if secret is not None:

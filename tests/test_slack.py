@@ -362,6 +362,14 @@ async def test_forged_or_stale_signature_refused(tmp_path: Path, embedder: objec
         assert await bot.runtime.state.items(EVENTS_SEEN) == []
         key = ConversationKey("slack", "T1", "C1", "U1", event["ts"])
         assert await bot.runtime.store.inbound_status(key, "Ev0FORGED1") is None
+        # an oversized body is refused before it is read whole, with or without a length
+        async def chunks():  # no Content-Length: sent chunked
+            for _ in range(40):
+                yield b"x" * 65536
+
+        big = await bot.client.post("/slack/events", content=chunks(),
+                                    headers={"Content-Type": "application/json"})
+        assert big.status_code == 413
         # the same event correctly signed is taken
         assert (await bot.post_event(body)).status_code == 200
         await slack.wait_for("chat.postMessage")

@@ -48,9 +48,12 @@ class ChannelSendError(KnowbotError):
     a rate limit), as opposed to never (the chat is gone, the bot was blocked).
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, sent_parts: int = 0) -> None:
         super().__init__(message)
         self.retryable = retryable
+        # A reply split into several platform messages: how many went out before the failure
+        # (counted from the first part), so a retry resumes there instead of repeating them.
+        self.sent_parts = sent_parts
 
 
 class IngestError(KnowbotError):

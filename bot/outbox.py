@@ -9,6 +9,7 @@ sending the same one).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import uuid
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _OUTBOX = OutboxEntry.__table__  # type: ignore[attr-defined]
+
+# While the outbox retries a reply, the index of its first part not yet sent: a channel that
+# splits replies into several messages skips the ones before it.
+RESUME_AT: contextvars.ContextVar[int] = contextvars.ContextVar("knowbot_resume_at", default=0)
 
 LEASE = timedelta(minutes=2)
 MAX_AGE = timedelta(days=2)  # past this a reply is stale: it is dropped with a warning
@@ -58,15 +63,17 @@ class Outbox:
             if not exc.retryable:
                 log.warning("reply to %s on %s dropped: %s", key.chat_id, channel.name, exc)
                 return False
-            await self.keep(channel.name, key, reply, str(exc))
+            await self.keep(channel.name, key, reply, str(exc), sent_parts=exc.sent_parts)
             return False
 
-    async def keep(self, channel: str, key: ConversationKey, reply: Reply, error: str = "") -> str:
-        """Store a reply for a later retry; return its id."""
+    async def keep(self, channel: str, key: ConversationKey, reply: Reply, error: str = "",
+                   sent_parts: int = 0) -> str:
+        """Store a reply for a later retry (from part `sent_parts` on); return its id."""
         now = self.clock()
         entry_id = uuid.uuid4().hex
+        record = {**reply.to_record(), "sent_parts": sent_parts}
         row = dict(id=entry_id, channel=channel, key=json.dumps(key.to_record()),
-                   reply=json.dumps(reply.to_record(), ensure_ascii=False), attempts=1,
+                   reply=json.dumps(record, ensure_ascii=False), attempts=1,
                    next_attempt_at=now + backoff(1), created_at=now, last_error=error[:500])
         await self.store.write(lambda conn: conn.execute(insert(_OUTBOX).values(**row)))
         log.info("reply to %s on %s kept in the outbox for a retry", key.chat_id, channel)
@@ -114,23 +121,32 @@ class Outbox:
                 await self._reschedule(entry_id, attempts, "channel not running here")
                 continue
             key = ConversationKey.from_record(json.loads(key_json))
+            record = json.loads(reply_json)
+            resume = RESUME_AT.set(int(record.get("sent_parts", 0)))
             try:
-                await channel.send(key, Reply.from_record(json.loads(reply_json)))
+                await channel.send(key, Reply.from_record(record))
             except ChannelSendError as exc:
                 if not exc.retryable:
                     log.warning("outbox reply %s dropped: %s", entry_id, exc)
                     await self._remove(entry_id)
                     continue
-                await self._reschedule(entry_id, attempts, str(exc))
+                if exc.sent_parts > record.get("sent_parts", 0):
+                    record["sent_parts"] = exc.sent_parts
+                await self._reschedule(entry_id, attempts, str(exc), record)
                 continue
+            finally:
+                RESUME_AT.reset(resume)
             await self._remove(entry_id)
             sent += 1
         return sent
 
-    async def _reschedule(self, entry_id: str, attempts: int, error: str) -> None:
+    async def _reschedule(self, entry_id: str, attempts: int, error: str,
+                          record: dict | None = None) -> None:
         when = self.clock() + backoff(attempts + 1)
-        stmt = (update(_OUTBOX).where(_OUTBOX.c.id == entry_id)
-                .values(attempts=attempts + 1, next_attempt_at=when, last_error=error[:500]))
+        values: dict = dict(attempts=attempts + 1, next_attempt_at=when, last_error=error[:500])
+        if record is not None:
+            values["reply"] = json.dumps(record, ensure_ascii=False)
+        stmt = update(_OUTBOX).where(_OUTBOX.c.id == entry_id).values(**values)
         await self.store.write(lambda conn: conn.execute(stmt))
 
     async def _remove(self, entry_id: str) -> None:

@@ -30,6 +30,7 @@ from starlette.responses import Response
 
 from bot.config import Settings
 from bot.errors import ChannelSendError, ConfigError, IngestError, KnowbotError
+from bot.outbox import RESUME_AT
 from bot.tokens import message_tokens
 from bot.types import ConversationKey, InboundMessage, Reply
 from channels.slack_commands import SlashCommands
@@ -381,14 +382,19 @@ class SlackChannel:
     async def send(self, key: ConversationKey, reply: Reply) -> None:
         """Post a reply in the conversation's thread as Block Kit messages (429s waited out)."""
         token = await self.token_for(key.tenant)
-        for message in render(reply):
+        start = RESUME_AT.get()  # messages an earlier try already posted (an outbox retry)
+        for n, message in enumerate(render(reply)):
+            if n < start:
+                continue
             try:
                 await self.client.chat_postMessage(
                     token=token, channel=key.chat_id, thread_ts=key.thread_id,
                     text=message.text, blocks=message.blocks, unfurl_links=False)
             except SlackApiError as exc:
-                raise send_error(exc, "chat.postMessage") from exc
+                error = send_error(exc, "chat.postMessage")
+                error.sent_parts = n
+                raise error from exc
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise ChannelSendError(f"Slack chat.postMessage failed: {type(exc).__name__}",
-                                       retryable=True) from exc
+                                       retryable=True, sent_parts=n) from exc
         log.debug("Slack reply sent to %s (%d chars)", key.chat_id, len(reply.text))

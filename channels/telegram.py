@@ -44,6 +44,7 @@ from starlette.responses import Response
 from bot.commands import Command
 from bot.config import Settings
 from bot.errors import ChannelSendError, ConfigError, IngestError
+from bot.outbox import RESUME_AT
 from bot.types import Attachment, ConversationKey, InboundMessage, Reply
 from channels import telegram_inbound as inbound
 from channels.telegram_pacing import Pacer
@@ -393,8 +394,15 @@ class TelegramChannel:
             raise ChannelSendError("the Telegram channel is stopped", retryable=True)
         reply_to = _REPLY_TO.get()
         chat_id = int(key.chat_id)
+        start = RESUME_AT.get()  # parts an earlier try already sent (an outbox retry)
         for n, part in enumerate(render_reply(reply)):
-            chat_id = await self._send_part(chat_id, key, part, reply_to if n == 0 else None)
+            if n < start:
+                continue
+            try:
+                chat_id = await self._send_part(chat_id, key, part, reply_to if n == 0 else None)
+            except ChannelSendError as exc:
+                exc.sent_parts = n
+                raise
 
     async def _send_part(self, chat_id: int, key: ConversationKey, text: str,
                          reply_to: int | None) -> int:

@@ -261,3 +261,35 @@ async def test_a_reply_for_a_channel_not_running_here_waits(store: Store) -> Non
     clock.advance(30)
     assert await Outbox(store, lambda: [channel], clock=clock).retry_due() == 1  # type: ignore
     assert channel.sent == [(KEY, REPLY)]
+
+
+class PartsChannel:
+    """Sends a reply as several messages (split at '|'); the network fails once mid-way."""
+
+    name = "parts"
+
+    def __init__(self, fail_at: int) -> None:
+        self.fail_at = fail_at
+        self.sent: list[str] = []
+
+    async def send(self, key: ConversationKey, reply: Reply) -> None:
+        from bot.outbox import RESUME_AT
+
+        for n, part in enumerate(reply.text.split("|")):
+            if n < RESUME_AT.get():
+                continue
+            if n == self.fail_at:
+                self.fail_at = -1
+                raise ChannelSendError("network down", retryable=True, sent_parts=n)
+            self.sent.append(part)
+
+
+async def test_a_retry_resumes_after_the_parts_already_sent(store: Store) -> None:
+    clock = Clock()
+    channel = PartsChannel(fail_at=2)
+    outbox = Outbox(store, lambda: [channel], clock=clock)  # type: ignore[list-item]
+    assert not await outbox.deliver(channel, KEY, Reply("one|two|three|four"))  # type: ignore
+    assert channel.sent == ["one", "two"]
+    clock.advance(10)
+    assert await outbox.retry_due() == 1
+    assert channel.sent == ["one", "two", "three", "four"]  # nothing twice

@@ -262,7 +262,7 @@ async def test_chat_upload_and_group_permissions(kb: KnowledgeService) -> None:
     file = Attachment(kind="file", name="vpn.md", data=MARKDOWN)
     private = InboundMessage(key=ALICE, message_id="1", text="", attachments=(file,))
     receipt = await kb.ingest(private, file)
-    assert receipt.kind == "notice" and "Added “VPN”" in receipt.text and "chunks" in receipt.text
+    assert receipt.kind == "notice" and "Added “VPN”" in receipt.text and "1 chunk," in receipt.text
     group = InboundMessage(key=TEAM, message_id="2", text="", attachments=(file,), is_group=True)
     refused = await kb.ingest(group, file)
     assert "Only the admins" in refused.text

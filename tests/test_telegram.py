@@ -131,7 +131,7 @@ async def test_private_upload_then_question_answered_with_citations(tmp_path: Pa
         doc = fake.add_document("refunds.md", REFUNDS.encode(), mime="text/markdown")
         fake.push(fake.message_update(chat, alice, document=doc))
         receipt = await fake.wait_for(lambda: fake.sent(ALICE))
-        assert "Added “Refund policy”" in plain(receipt[0]) and "chunks" in plain(receipt[0])
+        assert "Added “Refund policy”" in plain(receipt[0]) and "chunk" in plain(receipt[0])
         assert fake.downloads == ["documents/file_1.md"]
 
         fake.push(fake.text_update(chat, alice, "How many days do customers have for a refund?"))

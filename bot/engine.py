@@ -228,6 +228,8 @@ class Engine:
             raise
         text, citations = select_citations(result.text, ctx.citations)
         await self.memory.remember(key, question, text, user_id=key.user_id)
+        if ctx.notices:
+            text = text.rstrip() + "\n\n" + "\n".join(f"> {n}" for n in ctx.notices)
         return Reply(text, citations)
 
     async def _summarise(self, previous: str, turns: list[StoredMessage]) -> str:

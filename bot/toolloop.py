@@ -101,7 +101,7 @@ async def run_tool_loop(
 ) -> LoopResult:
     """Ask the model, run the tools it calls (concurrently per turn), and return its final text."""
     conversation = list(messages)  # the caller's list is never changed
-    specs = registry.specs() if len(registry) else None
+    specs = registry.specs(ctx.key) or None
     max_steps = max(1, max_steps)
     records: list[ToolCallRecord] = []
     completion: Completion | None = None

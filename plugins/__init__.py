@@ -42,6 +42,7 @@ class ToolContext:
     clock: Callable[[], datetime] = _utcnow
     citations: list[Any] = field(default_factory=list)
     jobs: Any = None  # bot.jobs.JobCommands when the scheduler runs: tools may schedule
+    notices: list[str] = field(default_factory=list)  # shown to the person under the answer
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,8 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = {}
         self.timeout = timeout
         self.max_output = max_output
+        # Which tools a conversation may use (a tool policy sets it); None: all of them.
+        self.visible: Callable[[str, ConversationKey], bool] | None = None
 
     def add(self, item: Tool) -> None:
         """Register a tool; a later tool with the same name replaces the earlier one."""
@@ -224,9 +227,10 @@ class ToolRegistry:
     def __len__(self) -> int:
         return len(self._tools)
 
-    def specs(self) -> list[dict[str, Any]]:
-        """Every tool as Chat Completions `tools` entries."""
-        return [t.spec() for t in self]
+    def specs(self, key: ConversationKey | None = None) -> list[dict[str, Any]]:
+        """The tools as Chat Completions `tools` entries (those `key`'s conversation may use)."""
+        visible = self.visible if key is not None else None
+        return [t.spec() for t in self if visible is None or visible(t.name, key)]
 
     def parse_arguments(self, item: Tool, arguments: str | dict[str, Any] | None) -> dict[str, Any]:
         """Decode and check a tool call's arguments; raise ToolError with a clear message."""

@@ -96,10 +96,13 @@ class ToolPolicy:
         shown = json.dumps(arguments, ensure_ascii=False)[:300]
         minutes = max(1, round(self.ttl / 60))
         log.info("tool %s waits for confirmation in %s", item.name, ctx.key.conversation_id())
+        # The person sees this under the answer whatever the model makes of it.
+        ctx.notices.append(f"To run {item.name} with {shown}, reply /confirm {code} within "
+                           f"{minutes} minutes.")
         return (
             f"Not run yet: {item.name} changes something, so it needs a confirmation first "
-            f"(arguments: {shown}). To run it, reply /confirm {code} within {minutes} minutes. "
-            f"Tell the user this code exactly."
+            f"(arguments: {shown}). To run it, reply /confirm {code} within {minutes} minutes "
+            f"(the user is shown this)."
         )
 
     async def confirm(self, code: str, ctx: ToolContext) -> str:
@@ -144,6 +147,8 @@ def apply_policy(registry: ToolRegistry, rules: list[ToolPolicyRule], state: "St
     ones that ask for confirmation)."""
     inner = ToolRegistry(timeout=registry.timeout, max_output=registry.max_output)
     policy = ToolPolicy(list(rules), state, ttl, inner)
+    if rules:
+        registry.visible = policy.allowed  # the model is offered only the tools it may use
     for item in list(registry):
         inner.add(item)
         if rules or needs_confirmation_mark(item):

@@ -315,11 +315,14 @@ async def test_the_model_is_told_to_ask_for_confirmation(
         chat = await start_bot(tmp_path, knowledge, llm_base_url=model.base_url, llm_model="m",
                                llm_max_retries=0, openapi={"shop": source(shop)})
         try:
-            await chat.say("order a pen")
+            answer = await chat.say("order a pen")
         finally:
             await chat.runtime.close()
         tool_result = model.requests[1]["messages"][-1]["content"]
         assert "reply /confirm " in tool_result and "Not run yet" in tool_result
+        code = tool_result.split("/confirm ")[1].split()[0]
+        # the person sees how to confirm even though the model only said "Please confirm."
+        assert answer.text.startswith("Please confirm.") and f"/confirm {code}" in answer.text
         assert SHOP.calls == []
 
 
@@ -342,6 +345,11 @@ async def test_tool_policy_limits_tools_per_conversation_and_to_admins(
         assert SHOP.calls == []
         allowed = await chat.say("/shop_get_order 1234", user="boss")
         assert json.loads(allowed.text)["status"] == "shipped"
+        # the model is offered only the tools the conversation may use
+        registry = chat.runtime.registry
+        public_tools = {s["function"]["name"] for s in registry.specs(chat.key("public-1"))}
+        assert public_tools == {"calculate", "current_time"}
+        assert "shop_get_order" in {s["function"]["name"] for s in registry.specs(chat.key())}
     finally:
         await chat.runtime.close()
 

@@ -168,6 +168,10 @@ class Settings(BaseSettings):
         0.87, ge=0, le=1,
         description="Cosine a best match needs when the question shares no keyword with it.",
     )
+    knowledge_translate: bool = Field(
+        True, description="With a model, also search a question translated between Chinese "
+        "and English when the documents are in the other language."
+    )
     ingest_max_bytes: int = Field(
         50 * 1024 * 1024, ge=1024, description="Largest file or page accepted for ingest."
     )

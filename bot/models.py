@@ -111,6 +111,7 @@ class Source(SQLModel, table=True):
     version: str = Field(max_length=64)
     chunk_count: int = 0
     pages: Optional[int] = None
+    lang: str = Field(default="", max_length=8, description="Main script: zh, en or unknown.")
     added_by: str = Field(default="", max_length=256)
     added_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())

@@ -141,6 +141,10 @@ class Runtime:
         if knowledge is None:
             service = build_knowledge(settings, store, embedder)
             knowledge, ingestor = service, ingestor or service
+        if llm.configured and settings.knowledge_translate and hasattr(knowledge, "translator"):
+            from knowledge.translate import LLMTranslator
+
+            knowledge.translator = LLMTranslator(llm)  # type: ignore[attr-defined]
         engine = Engine(
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
                        knowledge=knowledge, ingestor=ingestor)

@@ -105,15 +105,20 @@ class Registry:
 
     async def has_sources(self, tenant: str, kbs: list[str]) -> bool:
         """True if any of these knowledge bases holds a source."""
+        return bool(await self.languages(tenant, kbs))
+
+    async def languages(self, tenant: str, kbs: list[str]) -> set[str]:
+        """The main languages of the sources in these knowledge bases ("" for unknown);
+        empty when they hold no source."""
         if not kbs:
-            return False
+            return set()
         statement = (
-            select(Source.id).join(KnowledgeBase, Source.kb_id == KnowledgeBase.id)  # type: ignore[arg-type]
+            select(Source.lang).distinct()
+            .join(KnowledgeBase, Source.kb_id == KnowledgeBase.id)  # type: ignore[arg-type]
             .where(KnowledgeBase.tenant == tenant)  # type: ignore[arg-type]
             .where(KnowledgeBase.name.in_(kbs))  # type: ignore[attr-defined]
-            .limit(1)
         )
-        return await self.store.read(lambda conn: conn.execute(statement).first() is not None)
+        return await self.store.read(lambda conn: {row[0] for row in conn.execute(statement)})
 
     async def list_kbs(self, tenant: str | None = None) -> list[KBInfo]:
         """Knowledge bases, of one tenant or all, with their source counts."""
@@ -161,7 +166,7 @@ class Registry:
 
     async def save_source(self, kb_id: int, kb: str, *, source_id: str, title: str, origin: str,
                           kind: str, content_hash: str, version: str, chunk_count: int,
-                          pages: int | None, added_by: str) -> SourceInfo:
+                          pages: int | None, added_by: str, lang: str = "") -> SourceInfo:
         """Insert a source or point an existing one at its new version."""
         async with self.store.session() as session:
             row = await session.get(Source, source_id)
@@ -169,11 +174,13 @@ class Registry:
             if row is None:
                 row = Source(id=source_id, kb_id=kb_id, title=title, origin=origin, kind=kind,
                              content_hash=content_hash, version=version, chunk_count=chunk_count,
-                             pages=pages, added_by=added_by, added_at=now, updated_at=now)
+                             pages=pages, lang=lang, added_by=added_by, added_at=now,
+                             updated_at=now)
                 session.add(row)
             else:
                 row.title, row.kind, row.content_hash = title, kind, content_hash
                 row.version, row.chunk_count, row.pages = version, chunk_count, pages
+                row.lang = lang
                 row.updated_at = now
                 session.add(row)
             try:

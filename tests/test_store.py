@@ -105,3 +105,25 @@ async def test_chinese_text_round_trips(store: Store) -> None:
     await store.add_messages(KEY, [("user", "报销流程是什么？", 9)])
     _, (turn,) = await store.recall(KEY)
     assert turn.content == "报销流程是什么？"
+
+
+def test_the_migrations_build_exactly_the_tables_the_models_declare(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+    from sqlmodel import SQLModel
+
+    import bot.models  # noqa: F401  (the tables)
+    from bot.db import migrate, sync_url
+
+    migrate(db_url)
+    engine = create_engine(sync_url(db_url))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={
+                "compare_type": True,
+                "include_object": lambda obj, name, kind, reflected, other:
+                    not (kind == "table" and name == "scheduled_job")})
+            assert compare_metadata(context, SQLModel.metadata) == []
+    finally:
+        engine.dispose()

@@ -87,10 +87,17 @@ def serve(
 
     from bot.app import create_app
 
+    from bot.app import enabled_channels
+
     settings = _settings(quiet=False, host=host, port=port)
+    try:
+        channels = enabled_channels(settings)  # a channel's missing setting: one line, exit 2
+    except KnowbotError as exc:
+        _fail(str(exc))
+        raise  # unreachable
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings), host=settings.host, port=settings.port,
+            create_app(settings, channels=channels), host=settings.host, port=settings.port,
             log_level=settings.log_level.lower(), timeout_graceful_shutdown=30,
             proxy_headers=True,
         )

@@ -98,6 +98,13 @@ class SlackChannel:
 
     def __init__(self, settings: Settings, *, sleep: Sleep = asyncio.sleep,
                  max_rate_limit_wait: float = 30.0) -> None:
+        if settings.slack_signing_secret is None and settings.slack_app_token is None:
+            raise ConfigError("Slack needs KNOWBOT_SLACK_SIGNING_SECRET (HTTP mode) or "
+                              "KNOWBOT_SLACK_APP_TOKEN (Socket Mode)")
+        oauth = bool(settings.slack_client_id and settings.slack_client_secret)
+        if not oauth and settings.slack_bot_token is None:
+            raise ConfigError("Slack needs KNOWBOT_SLACK_BOT_TOKEN, or KNOWBOT_SLACK_CLIENT_ID "
+                              "and KNOWBOT_SLACK_CLIENT_SECRET for multi-workspace installs")
         self.settings = settings
         self.api_base = api_base_of(settings)
         self.retry = RateLimitRetry(max_retry_count=2, max_wait=max_rate_limit_wait, sleep=sleep)

@@ -99,6 +99,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("env, named", [
+    ({"KNOWBOT_SLACK_BOT_TOKEN": "xoxb-1"}, "KNOWBOT_SLACK_SIGNING_SECRET"),
+    ({"KNOWBOT_WECHAT_TOKEN": "t", "KNOWBOT_WECHAT_AES_KEY": "k" * 43}, "KNOWBOT_WECHAT_APP_ID"),
+])
+def test_a_channel_missing_a_setting_stops_serve_with_one_line(
+        tmp_path: Path, env: dict[str, str], named: str) -> None:
+    result = run("serve", "--port", "1", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert named in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_answers_healthz_and_shuts_down_cleanly(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KNOWBOT_", "OPENAI_"))}

@@ -82,7 +82,9 @@ class JobCommands:
         async def digest(args: str, message: InboundMessage) -> Reply:
             if not args.strip():
                 return Reply("Usage: /digest WHEN QUESTION, e.g. /digest every weekday 9:00 "
-                             "what changed in the on-call docs? " + WHEN_USAGE, kind="notice")
+                             "what changed in the on-call docs?, or /digest every monday 9:00 "
+                             "new documents (what was added to the knowledge base). "
+                             + WHEN_USAGE, kind="notice")
             text = await self.schedule(message.key, "digest", args, message.key.user_id)
             return Reply(text, kind="command")
 

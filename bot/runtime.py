@@ -198,6 +198,7 @@ class Runtime:
         recrawl = getattr(self.knowledge, "recrawl", None)
         self.scheduler = Scheduler(
             self.store.url, self.state, self.deliver, answer=self.engine.answer,
+            changes=getattr(self.knowledge, "changes", None),
             timezone_name=self.settings.timezone, housekeeping=housekeeping,
             recrawl=recrawl, recrawl_hours=self.settings.recrawl_hours if recrawl else 0,
             redis_url=self.settings.redis_url)

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 Deliver = Callable[[ConversationKey, Reply], Awaitable[bool]]
 Answer = Callable[[InboundMessage, str], Awaitable[Reply]]
+Changes = Callable[[ConversationKey, datetime], Awaitable[str]]
+
+# What a /digest asks for when it wants the knowledge base's news rather than an answer.
+CHANGES_WORDS = {"changes", "new documents", "what's new", "whats new", "news", "新文档", "更新"}
 
 JOB_TABLE = "scheduled_job"
 MISFIRE_GRACE = 24 * 3600  # a job missed by up to a day still fires (once) after downtime
@@ -119,7 +123,8 @@ class Scheduler:
     """Knowbot's jobs on APScheduler, with one leader among replicas."""
 
     def __init__(self, database_url: str, state: StateStore, deliver: Deliver, *,
-                 answer: Answer | None = None, timezone_name: str = "UTC",
+                 answer: Answer | None = None, changes: Changes | None = None,
+                 timezone_name: str = "UTC",
                  housekeeping: Callable[[], Awaitable[None]] | None = None,
                  recrawl: Callable[[], Awaitable[None]] | None = None,
                  recrawl_hours: float = 24.0, redis_url: str | None = None,
@@ -132,6 +137,8 @@ class Scheduler:
 
         self.deliver = deliver
         self.answer = answer
+        self.changes = changes
+        self.state = state
         self.zone = timezone_name
         self.clock = clock
         self.owner = uuid.uuid4().hex
@@ -255,8 +262,9 @@ class Scheduler:
             raise CommandError(f"This chat already has {MAX_JOBS_PER_CONVERSATION} scheduled "
                                "jobs; cancel some with /jobs cancel ID first.")
         job_id = uuid.uuid4().hex[:8]
-        payload = {"key": key.to_record(), "conv": key.conversation_id(), "text": text,
-                   "by": created_by, "schedule": when.describe(zone)}
+        payload = {"id": job_id, "key": key.to_record(), "conv": key.conversation_id(),
+                   "text": text, "by": created_by, "schedule": when.describe(zone),
+                   "since": self.clock().isoformat()}
         job = await asyncio.to_thread(
             self.aps.add_job, run_job, self._trigger(when, zone),
             kwargs={"kind": kind, "payload": payload}, id=job_id, name=kind)
@@ -306,6 +314,16 @@ class Scheduler:
 
     async def _digest(self, payload: dict[str, Any]) -> None:
         key = ConversationKey.from_record(payload["key"])
+        if payload["text"].strip().lower() in CHANGES_WORDS and self.changes is not None:
+            # since the last run of this digest (kept in the state store), or its creation
+            mark = f"digest-since:{payload.get('id', '')}"
+            entry = await self.state.get("scheduler", mark)
+            since = datetime.fromisoformat(entry.value if entry else payload["since"])
+            now = self.clock()
+            text = await self.changes(key, since)
+            await self.state.put("scheduler", mark, now.isoformat(), ttl=400 * 86400)
+            await self.deliver(key, Reply(f"**Scheduled digest**\n\n{text}", kind="notice"))
+            return
         if self.answer is None:
             return
         message = InboundMessage(key=key, message_id="", text=payload["text"], is_admin=False)

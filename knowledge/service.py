@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
@@ -336,6 +337,25 @@ class KnowledgeService:
                 counts[receipt.status] += 1
         log.info("re-crawl: %s", counts)
         return counts
+
+    async def changes(self, key: ConversationKey, since: datetime) -> str:
+        """What was added to or updated in the knowledge this conversation reads since `since`."""
+        tenant = tenant_of(key)
+        lines: list[str] = []
+        for kb in await self.registry.readable(key):
+            for source in await self.registry.sources(tenant, kb):
+                updated = source.updated_at
+                if updated.tzinfo is None:  # SQLite hands back naive UTC
+                    updated = updated.replace(tzinfo=timezone.utc)
+                if updated <= since:
+                    continue
+                verb = "added" if source.added_at == source.updated_at else "updated"
+                where = "this chat" if kb == chat_kb_name(key) else kb
+                lines.append(f"- {source.title} ({verb}, {source.chunk_count} chunks, {where})")
+        if not lines:
+            return "Nothing was added to the knowledge base since the last digest."
+        shown = lines[:50] + ([f"- … and {len(lines) - 50} more"] if len(lines) > 50 else [])
+        return "New in the knowledge base:\n" + "\n".join(shown)
 
     async def optimize(self) -> bool:
         """Index and compact the embedded vector store (a scheduled job; slow on big stores)."""

@@ -384,3 +384,34 @@ async def test_the_creator_is_told_when_wechat_cannot_push(env, tmp_path) -> Non
     assert "48 hours" in (await run(commands, "remind", "in 3 days call back", key=key)).text
     commands.channel_for = lambda name: None
     assert "not running" in (await run(commands, "remind", "in 10m call back", key=key)).text
+
+
+async def test_a_digest_of_what_was_added_to_the_knowledge_base(
+        tmp_path, clock: Clock, embedder) -> None:  # type: ignore[no-untyped-def]
+    from bot.types import Attachment, utcnow
+    from conftest import ChatBot, start_knowledge_bot
+
+    clock.set(utcnow())  # documents are stamped with the real time
+    runtime = await start_knowledge_bot(tmp_path, embedder, timezone="Asia/Shanghai")
+    runtime.engine.deps.clock = clock
+    channel = RecordingChannel()
+    runtime.channels = [channel]  # type: ignore[list-item]
+    await runtime.start_scheduler()
+    try:
+        bot = ChatBot(runtime)
+        assert "every 2 hours" in (await bot.say("/digest every 2h new documents")).text
+        doc = Attachment(kind="file", name="refunds.md",
+                         data=b"# Refunds\n\nRefunds are paid within 14 days.")
+        await runtime.dispatcher.process(InboundMessage(
+            key=bot.key(), message_id="upload-1", text="", attachments=(doc,)))
+        clock.set(clock.now + timedelta(hours=2, minutes=1))
+        await fire_due(runtime.scheduler)  # type: ignore[arg-type]
+        await channel.inbox.wait(1)
+        first = channel.inbox.items[0][1].text
+        assert "Scheduled digest" in first and "Refunds (added" in first and "this chat" in first
+        clock.set(clock.now + timedelta(hours=2))
+        await fire_due(runtime.scheduler)  # type: ignore[arg-type]
+        await channel.inbox.wait(2)
+        assert "Nothing was added" in channel.inbox.items[1][1].text
+    finally:
+        await runtime.close()

@@ -415,3 +415,32 @@ async def test_a_digest_of_what_was_added_to_the_knowledge_base(
         assert "Nothing was added" in channel.inbox.items[1][1].text
     finally:
         await runtime.close()
+
+
+async def test_the_redis_lease_has_one_holder_and_is_handed_over() -> None:
+    import os
+    import uuid as _uuid
+
+    from bot.scheduler import RedisLease
+
+    url = os.environ.get("KNOWBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    first = RedisLease(url, "replica-a", seconds=30)
+    second = RedisLease(url, "replica-b", seconds=30)
+    first.KEY = second.KEY = f"knowbot:test:leader:{_uuid.uuid4().hex}"  # type: ignore[misc]
+    try:
+        await first.redis.ping()
+    except Exception:  # noqa: BLE001 - no Redis here
+        await first.redis.aclose()
+        await second.redis.aclose()
+        if os.environ.get("KNOWBOT_TEST_REQUIRE_REDIS") == "1":
+            pytest.fail(f"Redis is required for this run but {url} does not answer")
+        pytest.skip(f"Redis not reachable at {url}")
+    assert await first.acquire()
+    assert not await second.acquire()
+    assert await first.acquire()  # renewing its own lease
+    ttl = await first.redis.pttl(first.KEY)
+    assert 0 < ttl <= 30_000
+    await first.release()  # a clean shutdown hands it over at once
+    assert await second.acquire()
+    await second.redis.delete(second.KEY)
+    await second.release()

@@ -35,7 +35,7 @@ from bot.tokens import message_tokens
 from bot.types import ConversationKey, InboundMessage, Reply
 from channels.slack_commands import SlashCommands
 from channels.slack_files import MAX_FILES, RateLimitRetry, Sleep, fetch_file
-from channels.slack_format import render
+from channels.slack_format import CONFIRM_ACTION, render
 from channels.slack_oauth import StateInstallationStore, StateOAuthStateStore
 
 if TYPE_CHECKING:
@@ -192,6 +192,7 @@ class SlackChannel:
         bolt.event("app_mention")(self._on_mention)
         bolt.event({"type": "message", "subtype": (None, "file_share")})(self._on_message)
         bolt.event("message")(self._on_other)  # edits, deletions, bots: acknowledged, ignored
+        bolt.action(re.compile(f"^{CONFIRM_ACTION}_\\d$"))(self._on_confirm)
         bolt.command(settings.slack_ask_command)(self.commands.on_ask)
         bolt.command(settings.slack_kb_command)(self.commands.on_kb)
         return bolt
@@ -283,6 +284,27 @@ class SlackChannel:
         if event.get("channel_type") != "im":
             return  # in channels Knowbot answers only when mentioned (app_mention)
         await self._take_event(body, event, context)
+
+    async def _on_confirm(self, ack: Any, body: dict[str, Any], action: dict[str, Any],
+                          context: AsyncBoltContext) -> None:
+        """A "Confirm" button under an answer: runs `/confirm CODE` as that person, there."""
+        await ack()
+        code = str(action.get("value") or "")
+        team = str((body.get("team") or {}).get("id") or context.team_id or "")
+        channel = str((body.get("channel") or {}).get("id") or "")
+        user = str((body.get("user") or {}).get("id") or "")
+        posted = body.get("message") or {}
+        thread = str(posted.get("thread_ts") or posted.get("ts") or "")
+        if not (code.isdigit() and team and channel and user and thread):
+            return
+        if not await self.first_delivery(team, f"action:{body.get('trigger_id') or code}"):
+            return
+        key = ConversationKey("slack", team, channel, user, thread)
+        message = InboundMessage(key=key, message_id=f"action:{body.get('trigger_id', code)}",
+                                 text=f"/confirm {code}",
+                                 is_group=not channel.startswith("D"), raw=body)
+        token = context.bot_token or await self.token_for(team)
+        self.spawn(self._answer(message, token, []), f"knowbot:slack:confirm:{code}")
 
     def _ignored(self, event: dict[str, Any], context: AsyncBoltContext) -> bool:
         user = event.get("user")

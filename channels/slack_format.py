@@ -122,6 +122,21 @@ class SlackMessage:
     blocks: list[dict[str, Any]]
 
 
+CONFIRM_ACTION = "knowbot_confirm"
+_CONFIRM = re.compile(r"/confirm (\d{6})\b")
+
+
+def _confirm_actions(text: str) -> dict[str, Any] | None:
+    """A button for each tool call waiting for `/confirm CODE` in the text (at most 5)."""
+    codes = list(dict.fromkeys(_CONFIRM.findall(text)))[:5]
+    if not codes:
+        return None
+    return {"type": "actions", "elements": [
+        {"type": "button", "action_id": f"{CONFIRM_ACTION}_{n}", "value": code, "style": "primary",
+         "text": {"type": "plain_text", "text": f"Confirm {code}" if len(codes) > 1 else "Confirm"}}
+        for n, code in enumerate(codes)]}
+
+
 def render(reply: Reply) -> list[SlackMessage]:
     """A reply as one or more Slack messages: sections of ≤3,000 chars, citations as context."""
     body = to_mrkdwn(reply.text) or " "
@@ -140,6 +155,9 @@ def render(reply: Reply) -> list[SlackMessage]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": section}})
         texts.append(section)
         size += len(section) + 2
+    confirm = _confirm_actions(reply.text)
+    if confirm is not None:
+        blocks.append(confirm)
     if context is not None:
         blocks.append(context)
         sources = "\n".join(e["text"] for e in context["elements"])

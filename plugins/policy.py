@@ -106,11 +106,13 @@ class ToolPolicy:
         )
 
     async def confirm(self, code: str, ctx: ToolContext) -> str:
-        """Run the pending call under `code` if it belongs to this conversation."""
+        """Run the pending call under `code` if it belongs to this conversation and person."""
         unknown = "That confirmation code is unknown or has expired."
         entry = await self.state.get(CONFIRM_NS, code)
         if entry is None or entry.value.get("conversation") != ctx.key.conversation_id():
             return unknown
+        if entry.value.get("user") != ctx.key.user_id and not ctx.is_admin:
+            return unknown  # only the person who asked (or an admin) confirms
         record = await self.state.take(CONFIRM_NS, code)
         if record is None:
             return unknown

@@ -293,6 +293,8 @@ async def test_a_changing_operation_waits_for_confirm_in_the_same_conversation(
         assert SHOP.calls == []  # nothing placed yet
         other = await chat.say(f"/confirm {code}", chat="chat-2")
         assert other.text == "That confirmation code is unknown or has expired."
+        someone_else = await chat.say(f"/confirm {code}", user="mallory")
+        assert someone_else.text == "That confirmation code is unknown or has expired."
         done = await chat.say(f"/confirm {code}")
         assert json.loads(done.text) == {"id": 5678, "item": "book", "status": "placed"}
         assert [(m, p, json.loads(b)) for m, p, _, b in SHOP.calls] == [

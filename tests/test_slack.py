@@ -218,6 +218,53 @@ async def test_dm_answered_in_thread_and_noise_ignored(tmp_path: Path, embedder:
         assert "Tuesdays" in all_text(post)
 
 
+async def test_a_tool_waiting_for_confirmation_gets_a_button_that_runs_it(
+        tmp_path: Path, embedder: object, slack: FakeSlack) -> None:
+    settings = settings_for(tmp_path, slack,
+                            tool_policy=[{"match": "*", "confirm": ["calculate"]}])
+    async with running(settings, embedder, slack) as bot:
+        event = {"type": "message", "user": "U1", "channel": "D1", "channel_type": "im",
+                 "text": "/calculate 6*7"}
+        await bot.post_event(bot.envelope("T1", event))
+        [asked] = await slack.wait_for("chat.postMessage")
+        await bot.settle()
+        assert "Not run yet" in all_text(asked)
+        [actions] = [b for b in asked.params["blocks"] if b["type"] == "actions"]
+        [button] = actions["elements"]
+        code = button["value"]
+        assert f"/confirm {code}" in all_text(asked)
+
+        def click(user: str, trigger: str) -> str:
+            """A block_actions payload as Slack posts it for a button click (form-encoded)."""
+            payload = {
+                "type": "block_actions", "trigger_id": trigger, "api_app_id": "A0KNOWBOT",
+                "team": {"id": "T1", "domain": "acme"}, "user": {"id": user, "team_id": "T1"},
+                "channel": {"id": "D1", "name": "directmessage"},
+                "container": {"type": "message", "message_ts": "1700000001.000200",
+                              "channel_id": "D1", "is_ephemeral": False},
+                "message": {"type": "message", "user": "UBOT", "ts": "1700000001.000200",
+                            "thread_ts": event["ts"], "text": "Not run yet"},
+                "response_url": slack.response_url("act"),
+                "actions": [{"type": "button", "action_id": button["action_id"],
+                             "block_id": "b1", "value": code, "action_ts": "1700000002.1"}],
+            }
+            return urlencode({"payload": json.dumps(payload)})
+
+        # someone else clicking runs nothing: the code belongs to U1's conversation
+        raw = click("U2", "111.222.1")
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(raw)}
+        assert (await bot.client.post("/slack/events", content=raw, headers=headers)).status_code == 200
+        await bot.settle()
+        [_, refused] = slack.called("chat.postMessage")
+        assert "unknown or has expired" in all_text(refused)
+        raw = click("U1", "111.222.2")
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(raw)}
+        assert (await bot.client.post("/slack/events", content=raw, headers=headers)).status_code == 200
+        await bot.settle()
+        done = slack.called("chat.postMessage")[-1]
+        assert "6*7 = 42" in all_text(done) and done.params["thread_ts"] == event["ts"]
+
+
 async def test_slash_command_acked_fast_and_answered_on_response_url(
         tmp_path: Path, embedder: object, slack: FakeSlack) -> None:
     async with running(settings_for(tmp_path, slack), embedder, slack) as bot:

@@ -123,8 +123,14 @@ def chat() -> None:
     settings = _settings()
 
     async def work(runtime: Any) -> None:
-        await runtime.start_scheduler(lead=False)  # jobs made here run in `knowbot serve`
-        await ConsoleChannel(runtime).run()
+        console = ConsoleChannel(runtime)
+        # The terminal is a channel too: reminders made here are printed here. The scheduler
+        # runs here unless a `knowbot serve` on the same database holds its lease; a job for a
+        # channel this process does not run waits in the outbox for the process that does.
+        runtime.channels = [console]
+        runtime.outbox.start()
+        await runtime.start_scheduler()
+        await console.run()
 
     _run(_with_runtime(settings, work))
 

@@ -179,10 +179,7 @@ class Runtime:
         return await self.outbox.deliver(channel, key, reply)
 
     async def start_scheduler(self, lead: bool = True) -> None:
-        """Open the job store and add the job commands; `lead` competes to run the jobs.
-
-        `knowbot serve` leads; `knowbot chat` only adds jobs, for a server to run.
-        """
+        """Open the job store and add the job commands; `lead` competes to run the jobs."""
         if not self.settings.scheduler_enabled or self.scheduler is not None:
             return
         from bot.housekeeping import run_housekeeping

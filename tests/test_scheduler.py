@@ -444,3 +444,28 @@ async def test_the_redis_lease_has_one_holder_and_is_handed_over() -> None:
     assert await second.acquire()
     await second.redis.delete(second.KEY)
     await second.release()
+
+
+async def test_the_terminal_gets_its_reminders(tmp_path, clock: Clock, capsys) -> None:  # type: ignore[no-untyped-def]
+    from bot.runtime import Runtime
+    from channels.console import ConsoleChannel
+    from conftest import make_settings
+
+    runtime = await Runtime.start(make_settings(tmp_path), knowledge=WordlessKnowledge())
+    runtime.engine.deps.clock = clock
+    console = ConsoleChannel(runtime, key=ConversationKey("console", "local", "me", "me"))
+    runtime.channels = [console]  # type: ignore[list-item]
+    await runtime.start_scheduler()
+    try:
+        made = await console.say("/remind in 10m stretch")
+        assert made is not None and "stretch" in made.text and "not running" not in made.text
+        clock.set(clock.now + timedelta(minutes=10, seconds=1))
+        await fire_due(runtime.scheduler)  # type: ignore[arg-type]
+        for _ in range(50):
+            out = capsys.readouterr().out
+            if out:
+                break
+            await asyncio.sleep(0.02)
+        assert "⏰ Reminder: stretch" in out
+    finally:
+        await runtime.close()

@@ -548,7 +548,7 @@ def instrument(service: KnowledgeService, watch: Watch) -> None:
     for name in ("rrf", "collapse_near_duplicates"):
         setattr(service_module, name, watch.wrap(name, getattr(service_module, name)))
     registry = service.registry
-    for name in ("find_source", "ensure_kb", "save_source", "has_sources", "versions"):
+    for name in ("find_source", "ensure_kb", "save_source", "languages", "versions"):
         setattr(registry, name, watch.wrap_async("registry", getattr(registry, name)))
 
 
@@ -698,7 +698,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"full search_scope on the embedded default, real scope ({args.queries} calls): "
               f"p50 {full_p50:.1f} ms, p99 {pct(times, 99):.1f} ms; of which p50 embed_query "
               f"{embed_ms:.1f} ms, store dense {dense_ms:.2f} ms, sparse {sparse_ms:.2f} ms "
-              f"(these two in parallel); registry (has_sources + versions, SQLite via the async "
+              f"(these two in parallel); registry (languages + versions, SQLite via the async "
               f"session) mean {registry_ms:.1f} ms per search (p50 {registry_call:.1f} ms per call); "
               f"sparse encode_query p50 {sparse_q_ms:.2f} ms; collapse_near_duplicates p50 "
               f"{collapse_ms:.2f} ms; the rest (thread hops, rrf, payloads) about "

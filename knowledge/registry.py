@@ -103,10 +103,6 @@ class Registry:
         )
         return await self.store.read(lambda conn: list(conn.execute(statement).scalars().all()))
 
-    async def has_sources(self, tenant: str, kbs: list[str]) -> bool:
-        """True if any of these knowledge bases holds a source."""
-        return bool(await self.languages(tenant, kbs))
-
     async def languages(self, tenant: str, kbs: list[str]) -> set[str]:
         """The main languages of the sources in these knowledge bases ("" for unknown);
         empty when they hold no source."""

@@ -165,15 +165,22 @@ class KnowledgeService:
         query = query.strip()
         if not query or not kbs:
             return []
-        languages = await self.registry.languages(tenant, list(kbs))
+        dense_q = None
+        if self._embedder is None:
+            languages = await self.registry.languages(tenant, list(kbs))
+        else:  # the model is loaded: embed the question while the registry is asked
+            languages, dense_q = await asyncio.gather(
+                self.registry.languages(tenant, list(kbs)),
+                asyncio.to_thread(self._embedder.embed_query, query),  # type: ignore[attr-defined]
+            )
         if not languages:
-            return []  # nothing to search: the model is not even loaded
+            return []  # nothing to search (and the model is not loaded for it)
         wanted = script_of(query)
         others = sorted(lang for lang in languages if lang in NAMES and lang != wanted)
         if self.translator is None or not wanted or not others:
-            return await self._search_one(tenant, kbs, query, top_k)
+            return await self._search_one(tenant, kbs, query, top_k, dense_q)
         translations = [self.translator(query, NAMES[lang]) for lang in others]
-        results = await asyncio.gather(self._search_one(tenant, kbs, query, top_k),
+        results = await asyncio.gather(self._search_one(tenant, kbs, query, top_k, dense_q),
                                        *translations)
         lists = [results[0]]
         for translated in results[1:]:
@@ -181,10 +188,11 @@ class KnowledgeService:
                 lists.append(await self._search_one(tenant, kbs, translated.strip(), top_k))
         return interleave(lists, top_k)
 
-    async def _search_one(self, tenant: str, kbs: Sequence[str], query: str, top_k: int
-                          ) -> list[Passage]:
-        embedder = await self.embedder()
-        dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
+    async def _search_one(self, tenant: str, kbs: Sequence[str], query: str, top_k: int,
+                          dense_q: Sequence[float] | None = None) -> list[Passage]:
+        if dense_q is None:
+            embedder = await self.embedder()
+            dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
         sparse_q = self.sparse.encode_query(query)
         pool = max(20, top_k * 4)
         vectors = await self.vectors()

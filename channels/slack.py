@@ -117,6 +117,7 @@ class SlackChannel:
         self.commands = SlashCommands(self)
         self.http: httpx.AsyncClient | None = None
         self._socket: Any = None
+        self._connecting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._admins: dict[tuple[str, str], tuple[float, bool]] = {}
 
@@ -208,11 +209,38 @@ class SlackChannel:
                 self.bolt, self.settings.slack_app_token.get_secret_value(),
                 web_client=AsyncWebClient(base_url=self.api_base,
                                           retry_handlers=self.client.retry_handlers))
-            await self._socket.connect_async()
-            log.info("Slack Socket Mode connected")
+            self._connecting = asyncio.create_task(self._connect(self._socket),
+                                                   name="knowbot:slack:socket")
+
+    async def _connect(self, socket: Any) -> None:
+        """Connect Socket Mode, retrying with a bounded backoff: a network blip at start-up
+        must not stop the server (the SDK reconnects by itself once connected)."""
+        delay = 1.0
+        while True:
+            try:
+                await socket.connect_async()
+                log.info("Slack Socket Mode connected")
+                return
+            except SlackApiError as exc:
+                if exc.response.get("error") in ("invalid_auth", "not_allowed_token_type",
+                                                 "token_revoked", "account_inactive"):
+                    log.error("Slack refused KNOWBOT_SLACK_APP_TOKEN (%s); Socket Mode is off",
+                              exc.response.get("error"))
+                    return
+                log.warning("Slack Socket Mode connect failed (%s); retrying in %.0f s",
+                            exc.response.get("error"), delay)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                log.warning("Slack Socket Mode connect failed (%s); retrying in %.0f s",
+                            type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Disconnect Socket Mode and finish the answers in flight."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+            self._connecting = None
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None

@@ -573,3 +573,20 @@ async def test_socket_mode_needs_no_public_url(tmp_path: Path, embedder: object,
         await bot.settle()
         assert len(slack.called("chat.postMessage")) == 1
         assert post.params["thread_ts"] == event["ts"] and "30 days" in all_text(post)
+
+
+async def test_socket_mode_keeps_trying_when_slack_is_unreachable_at_start(
+        tmp_path: Path, embedder: object, slack: FakeSlack) -> None:
+    settings = make_settings(tmp_path, slack_bot_token=TOKEN, slack_app_token="xapp-1-down",
+                             slack_api_base="http://127.0.0.1:9/api/")
+    started = time.monotonic()
+    async with running(settings, embedder, slack) as bot:  # the server starts all the same
+        for _ in range(100):
+            if bot.channel._connecting is not None:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert bot.channel._connecting is not None and not bot.channel._connecting.done()
+        health = await bot.client.get("/healthz")
+        assert health.status_code == 200 and health.json()["channels"] == ["slack"]
+    assert time.monotonic() - started < 10  # and stops without waiting for the retries

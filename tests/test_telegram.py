@@ -386,3 +386,38 @@ async def test_pacer_spaces_messages_per_chat_and_per_group_minute() -> None:
     start = clock.now
     await pacer.wait(42)
     assert clock.now - start == pytest.approx(30.0)
+
+
+async def test_forum_topics_are_separate_conversations(tmp_path: Path, embedder,
+                                                       fake: FakeBotAPI) -> None:
+    chat = {**group_chat(TEAM), "is_forum": True}
+    async with knowbot(tmp_path, embedder, fake):
+        await fake.wait_for(lambda: fake.calls_of("setMyCommands"))
+
+        def in_topic(topic: int, text: str) -> dict[str, Any]:
+            update = fake.text_update(chat, user(ALICE), text, mention=True)
+            update["message"].update(message_thread_id=topic, is_topic_message=True)
+            return update
+
+        fake.push(in_topic(77, "first topic question"))
+        await fake.wait_for(lambda: len(fake.sent(TEAM)) >= 1)
+        fake.push(in_topic(88, "/memory"))
+        await fake.wait_for(lambda: len(fake.sent(TEAM)) >= 2)
+        first, memory = fake.sent(TEAM)
+        assert int(first.params["message_thread_id"]) == 77
+        assert int(memory.params["message_thread_id"]) == 88
+        assert "first topic question" not in plain(memory)  # topic 88 has its own memory
+
+
+async def test_a_group_that_became_a_supergroup_is_followed(tmp_path: Path, embedder,
+                                                            fake: FakeBotAPI) -> None:
+    old = {"id": -4001, "type": "group", "title": "Team"}
+    new_id = -1004001
+    async with knowbot(tmp_path, embedder, fake):
+        await fake.wait_for(lambda: fake.calls_of("setMyCommands"))
+        fake.fail("sendMessage", 400, "Bad Request: group chat was upgraded to a supergroup chat",
+                  migrate_to_chat_id=new_id)
+        fake.push(fake.text_update(old, user(ALICE), "/help"))
+        delivered = await fake.wait_for(lambda: fake.sent(new_id))
+        assert "/remind" in plain(delivered[0])
+        assert fake.sent(-4001) == []

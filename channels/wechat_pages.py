@@ -133,6 +133,8 @@ class WeChatPages:
         async def upload(token: str, request: Request) -> Response:
             if knowledge is None or not hasattr(knowledge, "ingest_bytes"):
                 return page("Not available", "<p>Adding documents is not switched on.</p>", 503)
+            if await self._upload_grant(token, take=False) is None:
+                return self._gone()  # no body is read for a forged or used link
             declared = request.headers.get("content-length")
             limit = self.max_bytes + FORM_OVERHEAD
             if declared is not None and (not declared.isdigit() or int(declared) > limit):

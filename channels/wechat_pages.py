@@ -160,8 +160,11 @@ class WeChatPages:
                     grant["tenant"], ACCOUNT_KB, data, name, mime=upload.content_type or "",
                     added_by=grant["openid"], shared=True)
             except IngestError as exc:
-                return page("Not added", f"<p>{html.escape(exc.user_message)}</p><p>Send "
-                            "/upload again for a new link.</p>", 422)
+                # nothing was added: the link works again (until its signature expires)
+                nonce = str(self.signer.verify("wechat-upload", token).get("n", ""))
+                await self.state.put(UPLOAD_NS, nonce, grant, ttl=UPLOAD_TTL)
+                return page("Not added", f"<p>{html.escape(exc.user_message)}</p><p>You can "
+                            "try another file with the same link.</p>", 422)
             log.info("upload page: a document was added to %s", grant["tenant"])
             return page("Added", f"<p>{html.escape(receipt.text())}</p>")
 

@@ -52,13 +52,13 @@ async def test_usage_rolls_up_into_daily_totals(db_url: str) -> None:
         await store.record_usage_many(events)
         await age(store, UsageRecord, 45)
         await store.record_usage_many(events[:1])  # recent: stays detailed
-        assert await roll_up_usage(store, state) == 3
+        assert await roll_up_usage(store) == 3
         ((key, entry),) = await state.items(ROLLUP_NAMESPACE)
         assert key.endswith("|default|m1")
         assert entry.value["calls"] == 3 and entry.value["prompt_tokens"] == 30
         assert entry.value["completion_tokens"] == 15
         assert len(await store.usage()) == 1
-        assert await roll_up_usage(store, state) == 0  # nothing left to fold
+        assert await roll_up_usage(store) == 0  # nothing left to fold
     finally:
         await store.close()
 

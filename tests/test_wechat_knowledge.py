@@ -57,6 +57,9 @@ async def test_upload_link_is_one_time_and_ingests(tmp_path: Path, embedder: Any
         assert form.status_code == 200 and 'type="file"' in form.text
         too_big = await http.post(link, files={"file": ("big.md", b"x" * 5000, "text/markdown")})
         assert too_big.status_code == 413
+        broken = await http.post(link, files={"file": ("scan.pdf", b"%PDF-1.7 broken",
+                                                       "application/pdf")})
+        assert broken.status_code == 422  # nothing added, and the link still works
         doc = b"# Parking\n\nVisitors park in garage level minus two, spaces 40 to 55.\n"
         done = await http.post(link, files={"file": ("parking.md", doc, "text/markdown")})
         assert done.status_code == 200 and "Added" in done.text

@@ -90,8 +90,8 @@ class Runtime:
     limiter: RateLimiter
     usage: UsageRecorder
     state: StateStore
-    outbox: Outbox
     channels: list["Channel"] = field(default_factory=list)
+    outbox: Outbox = field(init=False)  # retries sends through whatever channels run now
     plugin_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     scheduler: "Scheduler | None" = None
 
@@ -165,10 +165,12 @@ class Runtime:
             len(registry),
         )
         runtime = cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage,
-                      state, Outbox(store, lambda: []))
+                      state)
         runtime.plugin_closers = closers
-        runtime.outbox = Outbox(store, lambda: runtime.channels)
         return runtime
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.store, lambda: self.channels)
 
     async def deliver(self, key: ConversationKey, reply: Reply) -> bool:
         """Send a reply that no inbound message waits for (a job), through the outbox."""

@@ -7,11 +7,11 @@ import contextvars
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Callable, Coroutine, Protocol
+from typing import Any, Coroutine, Protocol
 from zoneinfo import ZoneInfo
 
 from bot.citations import select_citations
+from bot.clock import SYSTEM_CLOCK, Clock
 from bot.commands import CommandSet, builtin_commands, parse_command
 from bot.config import Settings
 from bot.errors import LLMError
@@ -21,7 +21,7 @@ from bot.memory import Memory, summary_prompt
 from bot.prompt import build_messages
 from bot.store import StoredMessage, Store
 from bot.toolloop import run_tool_loop
-from bot.types import Attachment, Citation, InboundMessage, Passage, Reply, utcnow
+from bot.types import Attachment, Citation, InboundMessage, Passage, Reply
 from plugins import ToolContext, ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class EngineDeps:
     registry: ToolRegistry
     knowledge: KnowledgeSearch
     ingestor: Ingestor | None = None
-    clock: Callable[[], datetime] = utcnow
+    clock: Clock = SYSTEM_CLOCK
 
 
 NO_MODEL_INTRO = (
@@ -156,7 +156,7 @@ class Engine:
             timezone=self.settings.timezone,
             is_admin=message.is_admin
             or self.settings.is_admin(message.key.channel, message.key.user_id),
-            clock=self.deps.clock,
+            clock=self.deps.clock.now,
             jobs=self.jobs,
         )
 
@@ -205,7 +205,7 @@ class Engine:
             return Reply(text, citations)
 
         summary, history = await self.memory.recall(key)
-        now = self.deps.clock().astimezone(ZoneInfo(self.settings.timezone))
+        now = self.deps.clock.now().astimezone(ZoneInfo(self.settings.timezone))
         messages = build_messages(
             self.settings.system_prompt, now, summary, history, passages, question
         )

@@ -10,7 +10,6 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from bot.kv import StateStore
 from bot.models import Message, StateEntry, UsageRecord
 from bot.store import Store
-from bot.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +22,21 @@ USAGE_DETAIL_KEEP = timedelta(days=30)  # older usage records become one row per
 ROLLUP_NAMESPACE = "usage-daily"
 
 
-async def prune_messages(store: Store, older_than: timedelta, now=utcnow) -> int:  # type: ignore[no-untyped-def]
+async def prune_messages(store: Store, older_than: timedelta) -> int:
     """Delete conversation turns older than the retention period; return how many."""
-    cutoff = now() - older_than
+    cutoff = store.clock.now() - older_than
     stmt = delete(_MESSAGE).where(_MESSAGE.c.created_at < cutoff)
     return await store.write(lambda conn: int(conn.execute(stmt).rowcount or 0))
 
 
-async def roll_up_usage(store: Store, older_than: timedelta = USAGE_DETAIL_KEEP,
-                        now=utcnow) -> int:  # type: ignore[no-untyped-def]
+async def roll_up_usage(store: Store, older_than: timedelta = USAGE_DETAIL_KEEP) -> int:
     """Fold usage records older than `older_than` into daily totals per provider and model.
 
     The totals are kept in the state store's table under "usage-daily" (`DAY|provider|model`),
     added to what an earlier roll-up of the same day left, and the detailed rows are deleted,
     all in one transaction: a crash midway folds nothing twice. Returns how many rows were folded.
     """
-    cutoff = now() - older_than
+    cutoff = store.clock.now() - older_than
     day = func.date(_USAGE.c.created_at)
     query = (select(day.label("day"), _USAGE.c.provider, _USAGE.c.model,
                     func.count().label("calls"),
@@ -47,7 +45,7 @@ async def roll_up_usage(store: Store, older_than: timedelta = USAGE_DETAIL_KEEP,
                     func.sum(_USAGE.c.latency_ms).label("latency"))
              .where(_USAGE.c.created_at < cutoff)
              .group_by(day, _USAGE.c.provider, _USAGE.c.model))
-    stamp = now()
+    stamp = store.clock.now()
 
     def fold(conn: Connection) -> int:
         folded = 0

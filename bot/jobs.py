@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot.clock import Clock
 from bot.commands import Command
 from bot.errors import CommandError
 from bot.kv import StateStore
-from bot.types import ConversationKey, InboundMessage, Reply, utcnow
+from bot.types import ConversationKey, InboundMessage, Reply
 from bot.when import USAGE as WHEN_USAGE, parse_when
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from bot.channel import Channel
     from bot.scheduler import JobInfo, Scheduler
 
@@ -25,12 +24,12 @@ class JobCommands:
 
     def __init__(self, scheduler: "Scheduler", state: StateStore, default_zone: str,
                  channel_for: Callable[[str], "Channel | None"],
-                 clock: Callable[[], "datetime"] = utcnow) -> None:
+                 clock: Clock | None = None) -> None:
         self.scheduler = scheduler
         self.state = state
         self.default_zone = default_zone
         self.channel_for = channel_for
-        self.clock = clock
+        self.clock = clock or state.clock
 
     async def zone_of(self, key: ConversationKey) -> str:
         """The user's own time zone if they set one, else the configured default."""
@@ -44,7 +43,7 @@ class JobCommands:
         With `what` given, `phrase` must be only the time ("tomorrow 9:00").
         """
         zone = await self.zone_of(key)
-        when, rest = parse_when(phrase, self.clock().astimezone(ZoneInfo(zone)))
+        when, rest = parse_when(phrase, self.clock.now().astimezone(ZoneInfo(zone)))
         if what is None:
             what = rest
         elif rest:
@@ -68,7 +67,7 @@ class JobCommands:
             return ("Note: this chat's channel is not running in this Knowbot, so I can't "
                     "deliver the job until it is.")
         check = getattr(channel, "push_problem", None)
-        return check(key, job.next_run) if check is not None else None
+        return check(key, job.next_run, self.clock.now()) if check is not None else None
 
     def commands(self) -> list[Command]:
         """The /remind, /digest, /jobs and /timezone commands."""

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot.clock import Clock
 from bot.models import StateEntry
 from bot.store import Store
-from bot.types import utcnow
 
 _STATE = StateEntry.__table__  # type: ignore[attr-defined]
 
@@ -46,9 +46,9 @@ def _expiry(ttl: float | timedelta | None, now: datetime) -> datetime | None:
 class StateStore:
     """Namespaced JSON values with versions and optional expiry, on Knowbot's database."""
 
-    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, store: Store, clock: Clock | None = None) -> None:
         self.store = store
-        self.clock = clock
+        self.clock = clock or store.clock
 
     def _live(self, row: Any, now: datetime) -> Entry | None:
         if row is None:
@@ -60,14 +60,14 @@ class StateStore:
 
     async def get(self, namespace: str, key: str) -> Entry | None:
         """The live entry under `key`, or None when absent or expired."""
-        now = self.clock()
+        now = self.clock.now()
         query = select(_STATE).where(_STATE.c.namespace == namespace, _STATE.c.key == key)
         return await self.store.read(lambda conn: self._live(conn.execute(query).first(), now))
 
     async def put(self, namespace: str, key: str, value: Any,
                   ttl: float | timedelta | None = None) -> int:
         """Store `value` unconditionally; return its new version."""
-        now = self.clock()
+        now = self.clock.now()
         data = json.dumps(value, ensure_ascii=False)
 
         def write(conn: Connection) -> int:
@@ -92,7 +92,7 @@ class StateStore:
     async def swap(self, namespace: str, key: str, value: Any, expect_version: int,
                    ttl: float | timedelta | None = None) -> bool:
         """Store `value` only if the entry is still at `expect_version` (0: absent or expired)."""
-        now = self.clock()
+        now = self.clock.now()
         data = json.dumps(value, ensure_ascii=False)
 
         def write(conn: Connection) -> bool:
@@ -124,7 +124,7 @@ class StateStore:
 
     async def take(self, namespace: str, key: str) -> Any | None:
         """Remove the entry and return its value, once: a second caller gets None."""
-        now = self.clock()
+        now = self.clock.now()
 
         def write(conn: Connection) -> Any | None:
             where = (_STATE.c.namespace == namespace, _STATE.c.key == key)
@@ -147,7 +147,7 @@ class StateStore:
     async def items(self, namespace: str, prefix: str = "", limit: int = 1000
                     ) -> list[tuple[str, Entry]]:
         """Live entries of a namespace whose keys start with `prefix`, by key."""
-        now = self.clock()
+        now = self.clock.now()
         query = (select(_STATE).where(_STATE.c.namespace == namespace,
                                       _STATE.c.key.startswith(prefix, autoescape=True))
                  .order_by(_STATE.c.key).limit(limit))
@@ -165,5 +165,5 @@ class StateStore:
     async def purge_expired(self) -> int:
         """Delete expired entries; return how many."""
         stmt = delete(_STATE).where(_STATE.c.expires_at.is_not(None),
-                                    _STATE.c.expires_at <= self.clock())
+                                    _STATE.c.expires_at <= self.clock.now())
         return await self.store.write(lambda conn: conn.execute(stmt).rowcount)

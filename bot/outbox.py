@@ -13,15 +13,16 @@ import contextvars
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import Connection, delete, insert, select, update
 
+from bot.clock import Clock
 from bot.errors import ChannelSendError, KnowbotError
 from bot.models import OutboxEntry
 from bot.store import Store
-from bot.types import ConversationKey, Reply, utcnow
+from bot.types import ConversationKey, Reply
 
 if TYPE_CHECKING:
     from bot.channel import Channel
@@ -47,10 +48,10 @@ class Outbox:
     """Replies waiting to be sent, retried until they go out or go stale."""
 
     def __init__(self, store: Store, channels: Callable[[], list["Channel"]],
-                 clock: Callable[[], datetime] = utcnow, interval: float = 5.0) -> None:
+                 clock: Clock | None = None, interval: float = 5.0) -> None:
         self.store = store
         self._channels = channels
-        self.clock = clock
+        self.clock = clock or store.clock
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -69,7 +70,7 @@ class Outbox:
     async def keep(self, channel: str, key: ConversationKey, reply: Reply, error: str = "",
                    sent_parts: int = 0) -> str:
         """Store a reply for a later retry (from part `sent_parts` on); return its id."""
-        now = self.clock()
+        now = self.clock.now()
         entry_id = uuid.uuid4().hex
         record = {**reply.to_record(), "sent_parts": sent_parts}
         row = dict(id=entry_id, channel=channel, key=json.dumps(key.to_record()),
@@ -87,7 +88,7 @@ class Outbox:
             lambda conn: conn.execute(select(func.count()).select_from(_OUTBOX)).scalar_one())
 
     async def _claim_due(self, limit: int = 50) -> list[tuple[str, str, str, str, int, datetime]]:
-        now = self.clock()
+        now = self.clock.now()
 
         def claim(conn: Connection) -> list[tuple[str, str, str, str, int, datetime]]:
             rows = conn.execute(select(_OUTBOX).where(_OUTBOX.c.next_attempt_at <= now)
@@ -111,8 +112,8 @@ class Outbox:
         sent = 0
         for entry_id, name, key_json, reply_json, attempts, created in await self._claim_due():
             channel = channels.get(name)
-            created = created if created.tzinfo else created.replace(tzinfo=utcnow().tzinfo)
-            if self.clock() - created > MAX_AGE:
+            created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+            if self.clock.now() - created > MAX_AGE:
                 log.warning("outbox reply %s for %s dropped: not sent in %s", entry_id, name,
                             MAX_AGE)
                 await self._remove(entry_id)
@@ -142,7 +143,7 @@ class Outbox:
 
     async def _reschedule(self, entry_id: str, attempts: int, error: str,
                           record: dict | None = None) -> None:
-        when = self.clock() + backoff(attempts + 1)
+        when = self.clock.now() + backoff(attempts + 1)
         values: dict = dict(attempts=attempts + 1, next_attempt_at=when, last_error=error[:500])
         if record is not None:
             values["reply"] = json.dumps(record, ensure_ascii=False)

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable
 
+from bot.clock import SYSTEM_CLOCK, Clock
 from bot.config import Settings
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine, EngineDeps, Ingestor
@@ -95,6 +96,11 @@ class Runtime:
     plugin_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     scheduler: "Scheduler | None" = None
 
+    @property
+    def clock(self) -> Clock:
+        """The one clock of this Knowbot (the store hands it to the state store and outbox)."""
+        return self.store.clock
+
     def channel(self, name: str) -> "Channel | None":
         """The running channel called `name`, if any."""
         return next((c for c in self.channels if c.name == name), None)
@@ -110,10 +116,14 @@ class Runtime:
         llm: LLMRouter | None = None,
         limiter: RateLimiter | None = None,
         embedder: object | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> "Runtime":
-        """Open the database (migrating it) and build every component."""
+        """Open the database (migrating it) and build every component.
+
+        `clock` is the one clock every part decides by (tests pass a ManualClock).
+        """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await Store.open(settings.resolved_database_url)
+        store = await Store.open(settings.resolved_database_url, clock=clock)
 
         usage = UsageRecorder(store)
         if llm is None:
@@ -147,7 +157,7 @@ class Runtime:
             knowledge.translator = LLMTranslator(llm)  # type: ignore[attr-defined]
         engine = Engine(
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
-                       knowledge=knowledge, ingestor=ingestor)
+                       knowledge=knowledge, ingestor=ingestor, clock=clock)
         )
         if hasattr(knowledge, "registry"):  # the real knowledge service: chat can manage it
             from knowledge.commands import kb_command
@@ -202,8 +212,7 @@ class Runtime:
             recrawl=recrawl, recrawl_hours=self.settings.recrawl_hours if recrawl else 0,
             redis_url=self.settings.redis_url)
         await self.scheduler.start(lead=lead)
-        jobs = JobCommands(self.scheduler, self.state, self.settings.timezone, self.channel,
-                           clock=lambda: self.engine.deps.clock())
+        jobs = JobCommands(self.scheduler, self.state, self.settings.timezone, self.channel)
         self.engine.jobs = jobs
         for command in jobs.commands():
             self.engine.commands.add(command)

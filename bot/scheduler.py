@@ -17,9 +17,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from zoneinfo import ZoneInfo
 
+from bot.clock import Clock, follow_in_apscheduler, release_apscheduler
 from bot.errors import CommandError, KnowbotError
 from bot.kv import StateStore
-from bot.types import ConversationKey, InboundMessage, Reply, utcnow
+from bot.types import ConversationKey, InboundMessage, Reply
 from bot.when import When
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class Scheduler:
                  recrawl: Callable[[], Awaitable[None]] | None = None,
                  recrawl_hours: float = 24.0, redis_url: str | None = None,
                  renew_seconds: float = RENEW_SECONDS, lease_seconds: float = LEASE_SECONDS,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Clock | None = None) -> None:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -140,7 +141,7 @@ class Scheduler:
         self.changes = changes
         self.state = state
         self.zone = timezone_name
-        self.clock = clock
+        self.clock = clock or state.clock  # APScheduler follows it too (see bot.clock)
         self.owner = uuid.uuid4().hex
         self.renew_seconds = renew_seconds
         self.lease: Lease | RedisLease = (
@@ -150,6 +151,7 @@ class Scheduler:
         self._recrawl = recrawl
         self._recrawl_hours = recrawl_hours
         self.leader = False
+        self._follows = False
         self._task: asyncio.Task[None] | None = None
         self.aps: AsyncIOScheduler = AsyncIOScheduler(
             jobstores={"default": SQLAlchemyJobStore(url=sync_url(database_url),
@@ -164,6 +166,7 @@ class Scheduler:
     async def start(self, lead: bool = True) -> None:
         """Open the job store (paused); with `lead`, compete for the lease to run the jobs."""
         global _active
+        self._follows = follow_in_apscheduler(self.clock)
         self.aps.start(paused=True)  # creates its table once: a short blocking call at start-up
         if not lead:
             return
@@ -239,6 +242,9 @@ class Scheduler:
                 log.debug("could not release the scheduler lease", exc_info=True)
         if _active is self:
             _active = None
+        if self._follows:
+            self._follows = False
+            release_apscheduler()
 
     # ---- jobs of a conversation -------------------------------------------------------------
 
@@ -264,7 +270,7 @@ class Scheduler:
         job_id = uuid.uuid4().hex[:8]
         payload = {"id": job_id, "key": key.to_record(), "conv": key.conversation_id(),
                    "text": text, "by": created_by, "schedule": when.describe(zone),
-                   "since": self.clock().isoformat()}
+                   "since": self.clock.now().isoformat()}
         job = await asyncio.to_thread(
             self.aps.add_job, run_job, self._trigger(when, zone),
             kwargs={"kind": kind, "payload": payload}, id=job_id, name=kind)
@@ -319,7 +325,7 @@ class Scheduler:
             mark = f"digest-since:{payload.get('id', '')}"
             entry = await self.state.get("scheduler", mark)
             since = datetime.fromisoformat(entry.value if entry else payload["since"])
-            now = self.clock()
+            now = self.clock.now()
             text = await self.changes(key, since)
             await self.state.put("scheduler", mark, now.isoformat(), ttl=400 * 86400)
             await self.deliver(key, Reply(f"**Scheduled digest**\n\n{text}", kind="notice"))

@@ -17,7 +17,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.db import DatabaseLane, open_engine, storage_error
 from bot.models import Conversation, Message, ProcessedInbound, UsageRecord
-from bot.types import ConversationKey, utcnow
+from bot.clock import SYSTEM_CLOCK, Clock
+from bot.types import ConversationKey
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,10 @@ class ConversationState:
 class Store:
     """Async access to Knowbot's database."""
 
-    def __init__(self, engine: AsyncEngine, url: str | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, url: str | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.engine = engine
+        self.clock = clock  # the runtime's one clock: stamps and cutoffs, and others' default
         self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
         # The per-message hot path (dedupe, memory, usage) runs as plain blocking SQLAlchemy Core
         # on dedicated threads: one thread hop per operation instead of one per driver call,
@@ -79,9 +82,9 @@ class Store:
         self._lane = DatabaseLane(url or engine.url.render_as_string(hide_password=False))
 
     @classmethod
-    async def open(cls, url: str) -> "Store":
+    async def open(cls, url: str, clock: Clock = SYSTEM_CLOCK) -> "Store":
         """Migrate the database at `url` and open it."""
-        return cls(await open_engine(url), url)
+        return cls(await open_engine(url), url, clock)
 
     async def close(self) -> None:
         """Release every connection."""
@@ -121,7 +124,7 @@ class Store:
         """Record a platform message id; False if it was already taken (a redelivery)."""
         row = dict(channel=key.channel, tenant=key.tenant, message_id=message_id,
                    conversation_id=key.conversation_id(), status="processing",
-                   received_at=utcnow())
+                   received_at=self.clock.now())
 
         def claim(conn: Connection) -> bool:
             try:
@@ -165,7 +168,7 @@ class Store:
         self, key: ConversationKey, turns: list[tuple[str, str, int]], user_id: str = ""
     ) -> list[int]:
         """Append (role, content, token_count) turns to the conversation; return their ids."""
-        now = utcnow()
+        now = self.clock.now()
         conv_id = key.conversation_id()
         rows = [dict(conversation_id=conv_id, role=role, content=content, token_count=tokens,
                      user_id=user_id, created_at=now) for role, content, tokens in turns]
@@ -199,7 +202,7 @@ class Store:
         self, key: ConversationKey, summary: str, tokens: int, upto_id: int
     ) -> None:
         """Store a new running summary covering every message up to `upto_id`."""
-        now = utcnow()
+        now = self.clock.now()
         upsert = self._upsert_conversation(key, now)
         change = (
             update(_CONVERSATION).where(_CONVERSATION.c.id == key.conversation_id())
@@ -241,7 +244,7 @@ class Store:
         """Store many model calls' usage in one transaction."""
         if not events:
             return
-        now = utcnow()
+        now = self.clock.now()
         rows = [dict(created_at=now, provider=e.provider, model=e.model,
                      prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens,
                      latency_ms=e.latency_ms, outcome=e.outcome,
@@ -260,7 +263,7 @@ class Store:
 
     async def prune_inbound(self, older_than: timedelta) -> int:
         """Drop dedupe records older than a bound (platform retries end within minutes)."""
-        cutoff = utcnow() - older_than
+        cutoff = self.clock.now() - older_than
         async with self.session() as session:
             result = await session.exec(  # type: ignore[call-overload]
                 delete(ProcessedInbound).where(ProcessedInbound.received_at < cutoff)  # type: ignore[arg-type]

@@ -37,6 +37,11 @@ class SlashCommands:
     def __init__(self, channel: "SlackChannel") -> None:
         self.channel = channel
 
+    def _now(self) -> float:
+        """Unix seconds on the runtime's clock (the response_url window is wall time)."""
+        runtime = self.channel.runtime
+        return runtime.state.clock.time() if runtime is not None else time.time()
+
     async def on_ask(self, ack: AsyncAck, command: dict[str, Any],
                      context: AsyncBoltContext) -> None:
         """The ask command: a question, answered privately unless it starts with `public`."""
@@ -49,7 +54,7 @@ class SlashCommands:
 
     async def _take(self, ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext,
                     kb: bool) -> None:
-        issued = time.time()
+        issued = self._now()
         text = str(command.get("text") or "").strip()
         first, _, rest = text.partition(" ")
         public = first.lower() == "public"
@@ -132,7 +137,7 @@ class SlashCommands:
         name = hashlib.sha256(response_url.encode()).hexdigest()[:40]
         until = issued + WINDOW - MARGIN
         for _ in range(8):  # compare-and-swap, bounded
-            now = time.time()
+            now = state.clock.time()
             if now >= until:
                 return False
             entry = await state.get(RESPONSE_USES, name)

@@ -31,7 +31,7 @@ from bot.commands import Command
 from bot.config import Settings
 from bot.errors import ChannelSendError, ConfigError, IngestError, StorageError
 from bot.signing import LinkSigner, signing_key
-from bot.types import Attachment, ConversationKey, InboundMessage, Reply, utcnow
+from bot.types import Attachment, ConversationKey, InboundMessage, Reply
 from channels import wechat_text as wt
 from channels.wechat_api import DEFAULT_API_BASE, TokenManager, WeChatAPI
 from channels.wechat_delivery import Delivery
@@ -120,7 +120,8 @@ class WeChatChannel:
                         "no customer-service messages")
         account = self.app_id or "default"
         self.delivery = Delivery(runtime.state, account, self.api, settings.wechat_verified)
-        self.pages = WeChatPages(runtime.state, LinkSigner(signing_key(settings)),
+        self.pages = WeChatPages(runtime.state,
+                                 LinkSigner(signing_key(settings), clock=runtime.state.clock.time),
                                  settings.public_url, account, settings.ingest_max_bytes)
         self.planner = Planner(self.delivery, self.pages, self.timings)
         runtime.engine.commands.add(Command(
@@ -307,12 +308,13 @@ class WeChatChannel:
             raise ChannelSendError("could not keep the reply for the user", retryable=True) from exc
 
 
-    def push_problem(self, key: ConversationKey, at: datetime | None) -> str | None:
-        """Why a job due at `at` may not reach the user on its own (told when it is made)."""
+    def push_problem(self, key: ConversationKey, at: datetime | None, now: datetime
+                     ) -> str | None:
+        """Why a job due at `at` may not reach the user on its own (told when it is made at `now`)."""
         if not self.settings.wechat_verified:
             return ("Note: this WeChat account is not verified, so it cannot message you on its "
                     "own. I'll hand the reminder over with your first message after it is due.")
-        if at is not None and at - utcnow() > PUSH_WINDOW:
+        if at is not None and at - now > PUSH_WINDOW:
             return ("Note: WeChat lets me message you only within 48 hours of your last message. "
                     "If you haven't written to me by then, you'll get it with your next message.")
         return None

@@ -36,7 +36,7 @@ class TokenManager:
     def __init__(self, state: StateStore, http: httpx.AsyncClient, app_id: str, app_secret: str,
                  *, api_base: str = DEFAULT_API_BASE, refresh_ahead: float = 300.0,
                  claim_seconds: float = 15.0, poll: float = 0.05,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.state = state
         self.http = http
         self.app_id = app_id
@@ -45,7 +45,7 @@ class TokenManager:
         self.refresh_ahead = refresh_ahead
         self.claim_seconds = claim_seconds
         self.poll = poll
-        self.clock = clock
+        self.clock = clock or state.clock.time  # Unix seconds on the runtime's clock
         self._lock = asyncio.Lock()
 
     async def token(self) -> str:

@@ -9,7 +9,6 @@ to the user's next message.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable
 
 from bot.errors import ChannelSendError
@@ -29,12 +28,12 @@ class Delivery:
     """Pushes parts as customer-service messages within the allowance, and holds the rest."""
 
     def __init__(self, state: StateStore, account: str, api: WeChatAPI | None, verified: bool,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.state = state
         self.account = account
         self.api = api
         self.verified = verified and api is not None
-        self.clock = clock
+        self.clock = clock or state.clock.time  # Unix seconds on the runtime's clock
         self.quota_ns = f"wechat:quota:{account}"
         self.held_ns = f"wechat:held:{account}"
 

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from bot.errors import StorageError
 from bot.models import KnowledgeBase, Source
 from bot.store import Store
-from bot.types import ConversationKey, utcnow
+from bot.types import ConversationKey
 
 
 def tenant_of(key: ConversationKey) -> str:
@@ -166,7 +166,7 @@ class Registry:
         """Insert a source or point an existing one at its new version."""
         async with self.store.session() as session:
             row = await session.get(Source, source_id)
-            now = utcnow()
+            now = self.store.clock.now()
             if row is None:
                 row = Source(id=source_id, kb_id=kb_id, title=title, origin=origin, kind=kind,
                              content_hash=content_hash, version=version, chunk_count=chunk_count,

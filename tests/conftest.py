@@ -10,6 +10,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
+from bot.clock import SYSTEM_CLOCK, Clock
 from bot.config import Settings
 from bot.knowledge import KnowledgeSearch
 from bot.runtime import Runtime
@@ -166,9 +167,11 @@ def embedder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     return Embedder.default(tmp_path_factory.mktemp("models"))
 
 
-async def start_knowledge_bot(tmp_path: Path, embedder: object, **overrides: object) -> Runtime:
+async def start_knowledge_bot(tmp_path: Path, embedder: object, clock: Clock = SYSTEM_CLOCK,
+                              **overrides: object) -> Runtime:
     """A Runtime with the real knowledge base (Qdrant Edge in the data dir, the real model)."""
-    return await Runtime.start(make_settings(tmp_path, **overrides), embedder=embedder)
+    return await Runtime.start(make_settings(tmp_path, **overrides), embedder=embedder,
+                               clock=clock)
 
 
 async def start_bot(tmp_path: Path, knowledge: KnowledgeSearch | None = None,

@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from bot.clock import ManualClock
 from bot.errors import ChannelSendError
 from bot.kv import StateStore
 from bot.outbox import Outbox
 from bot.signing import BadToken, LinkSigner, signing_key
 from bot.store import Store
-from bot.types import Citation, ConversationKey, Reply, utcnow
+from bot.types import Citation, ConversationKey, Reply
 from channels.text import split_text, utf8_len
 from conftest import make_settings
 
 KEY = ConversationKey("test", "team-1", "chat-1", "alice", "t-9")
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self):  # type: ignore[no-untyped-def]
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+def pinned_clock() -> ManualClock:
+    """A clock the test moves by hand, pinned far from any real day (nothing may read the wall)."""
+    return ManualClock(datetime(2031, 3, 9, 12, 0, tzinfo=timezone.utc))
 
 
 @pytest.fixture
@@ -75,7 +68,7 @@ async def test_concurrent_swaps_have_one_winner(store: Store) -> None:
 
 
 async def test_expired_entries_are_gone_and_can_be_replaced(store: Store) -> None:
-    clock = Clock()
+    clock = pinned_clock()
     state = StateStore(store, clock=clock)
     await state.put("ns", "short", "v", ttl=60)
     assert (await state.get("ns", "short")) is not None
@@ -129,7 +122,7 @@ REPLY = Reply("The refund window is 14 days [1].",
 
 
 async def test_a_failed_send_is_kept_and_retried_with_backoff(store: Store) -> None:
-    clock = Clock()
+    clock = pinned_clock()
     channel = FlakyChannel(failures=2)
     outbox = Outbox(store, lambda: [channel], clock=clock)  # type: ignore[list-item]
     assert not await outbox.deliver(channel, KEY, REPLY)  # type: ignore[arg-type]
@@ -147,7 +140,7 @@ async def test_a_failed_send_is_kept_and_retried_with_backoff(store: Store) -> N
 
 
 async def test_the_outbox_survives_a_restart(db_url: str) -> None:
-    clock = Clock()
+    clock = pinned_clock()
     channel = FlakyChannel(failures=1)
     store = await Store.open(db_url)
     await Outbox(store, lambda: [channel], clock=clock).deliver(channel, KEY, REPLY)  # type: ignore
@@ -162,7 +155,7 @@ async def test_the_outbox_survives_a_restart(db_url: str) -> None:
 
 
 async def test_two_replicas_send_a_kept_reply_once(store: Store) -> None:
-    clock = Clock()
+    clock = pinned_clock()
     channel = FlakyChannel(failures=1)
     first = Outbox(store, lambda: [channel], clock=clock)  # type: ignore[list-item]
     second = Outbox(store, lambda: [channel], clock=clock)  # type: ignore[list-item]
@@ -181,7 +174,7 @@ async def test_a_permanent_failure_is_not_kept(store: Store) -> None:
 
 
 async def test_stale_replies_are_dropped(store: Store) -> None:
-    clock = Clock()
+    clock = pinned_clock()
     channel = FlakyChannel(failures=100)
     outbox = Outbox(store, lambda: [channel], clock=clock)  # type: ignore[list-item]
     await outbox.deliver(channel, KEY, REPLY)  # type: ignore[arg-type]
@@ -251,7 +244,7 @@ def test_split_is_bounded() -> None:
 
 
 async def test_a_reply_for_a_channel_not_running_here_waits(store: Store) -> None:
-    clock = Clock()
+    clock = pinned_clock()
     channel = FlakyChannel(failures=0)
     outbox = Outbox(store, lambda: [], clock=clock)  # this replica runs no channel
     await outbox.keep("flaky", KEY, REPLY)
@@ -285,7 +278,7 @@ class PartsChannel:
 
 
 async def test_a_retry_resumes_after_the_parts_already_sent(store: Store) -> None:
-    clock = Clock()
+    clock = pinned_clock()
     channel = PartsChannel(fail_at=2)
     outbox = Outbox(store, lambda: [channel], clock=clock)  # type: ignore[list-item]
     assert not await outbox.deliver(channel, KEY, Reply("one|two|three|four"))  # type: ignore

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import AsyncIterator
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from bot.clock import ManualClock
 from bot.errors import CommandError
 from bot.jobs import JobCommands
 from bot.kv import StateStore
@@ -22,42 +23,13 @@ KEY = ConversationKey("test", "team-1", "chat-1", "alice")
 OTHER = ConversationKey("test", "team-1", "chat-2", "bob")
 
 
-class Clock:
-    """The one clock: APScheduler's, the lease's and the commands'."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, moment: datetime) -> None:
-        self.now = moment.astimezone(timezone.utc)
-
-
-class Frozen(datetime):
-    """datetime with a `now` that reads the test's clock (module level, so jobs can pickle it)."""
-
-    clock: Clock
-
-    @classmethod
-    def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
-        now = cls.clock.now
-        return now.astimezone(tz) if tz else now.replace(tzinfo=None)
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """Freeze APScheduler's idea of now at Wed 2026-11-25 20:30 in Shanghai."""
-    import apscheduler.executors.base as executors
-    import apscheduler.schedulers.base as schedulers
-    import apscheduler.triggers.interval as interval
+def clock() -> ManualClock:
+    """Knowbot's one clock, stopped at Wed 2026-11-25 20:30 in Shanghai: only the test moves it.
 
-    clock = Clock(datetime(2026, 11, 25, 20, 30, tzinfo=SHANGHAI).astimezone(timezone.utc))
-    Frozen.clock = clock
-    for module in (executors, schedulers, interval):
-        monkeypatch.setattr(module, "datetime", Frozen)
-    return clock
+    Every part takes "now" from it (APScheduler too), so the pinned day never meets today's.
+    """
+    return ManualClock(datetime(2026, 11, 25, 20, 30, tzinfo=SHANGHAI))
 
 
 class Inbox:
@@ -80,12 +52,11 @@ class Inbox:
         await asyncio.wait_for(until(), timeout)
 
 
-async def open_scheduler(url: str, clock: Clock, inbox: Inbox, **kwargs: object
+async def open_scheduler(url: str, clock: ManualClock, inbox: Inbox, **kwargs: object
                          ) -> tuple[Scheduler, Store]:
-    store = await Store.open(url)
-    sched = Scheduler(url, StateStore(store, clock=clock), inbox.deliver,
-                      timezone_name="Asia/Shanghai", renew_seconds=3600, clock=clock,
-                      **kwargs)  # type: ignore[arg-type]
+    store = await Store.open(url, clock=clock)
+    sched = Scheduler(url, StateStore(store), inbox.deliver,
+                      timezone_name="Asia/Shanghai", renew_seconds=3600, **kwargs)  # type: ignore[arg-type]
     await sched.start()
     return sched, store
 
@@ -100,11 +71,10 @@ async def fire_due(*schedulers: Scheduler) -> None:
 
 
 @pytest.fixture
-async def env(db_url: str, clock: Clock) -> AsyncIterator[tuple[Scheduler, JobCommands, Inbox]]:
+async def env(db_url: str, clock: ManualClock) -> AsyncIterator[tuple[Scheduler, JobCommands, Inbox]]:
     inbox = Inbox()
     sched, store = await open_scheduler(db_url, clock, inbox)
-    commands = JobCommands(sched, StateStore(store, clock=clock), "Asia/Shanghai",
-                           lambda name: None, clock=clock)
+    commands = JobCommands(sched, StateStore(store), "Asia/Shanghai", lambda name: None)
     try:
         yield sched, commands, inbox
     finally:
@@ -121,7 +91,7 @@ async def run(commands: JobCommands, name: str, args: str, key: ConversationKey 
     return await command.handler(args, msg(f"/{name} {args}", key))
 
 
-async def test_a_reminder_fires_at_its_local_time_not_before(env, clock: Clock) -> None:
+async def test_a_reminder_fires_at_its_local_time_not_before(env, clock: ManualClock) -> None:
     sched, commands, inbox = env
     reply = await run(commands, "remind", "tomorrow 9:00 send the report")
     assert "Thu 2026-11-26 at 09:00 (Asia/Shanghai)" in reply.text
@@ -136,7 +106,7 @@ async def test_a_reminder_fires_at_its_local_time_not_before(env, clock: Clock) 
     assert await sched.jobs(KEY) == []  # a one-off job is gone once it fired
 
 
-async def test_the_users_own_time_zone_is_used(env, clock: Clock) -> None:
+async def test_the_users_own_time_zone_is_used(env, clock: ManualClock) -> None:
     sched, commands, inbox = env
     assert "Europe/Berlin" in (await run(commands, "timezone", "Europe/Berlin")).text
     reply = await run(commands, "remind", "tomorrow 9:00 stand-up")
@@ -147,10 +117,10 @@ async def test_the_users_own_time_zone_is_used(env, clock: Clock) -> None:
     assert "don't know" in (await run(commands, "timezone", "Mars/Olympus")).text
 
 
-async def test_a_reminder_survives_a_restart(db_url: str, clock: Clock) -> None:
+async def test_a_reminder_survives_a_restart(db_url: str, clock: ManualClock) -> None:
     inbox = Inbox()
     sched, store = await open_scheduler(db_url, clock, inbox)
-    when, what = parse_when("in 10m check the oven", clock.now.astimezone(SHANGHAI))
+    when, what = parse_when("in 10m check the oven", clock.now().astimezone(SHANGHAI))
     await sched.add(KEY, "remind", when, what)
     await sched.close()
     await store.close()
@@ -158,7 +128,7 @@ async def test_a_reminder_survives_a_restart(db_url: str, clock: Clock) -> None:
     sched, store = await open_scheduler(db_url, clock, inbox)
     try:
         assert [j.text for j in await sched.jobs(KEY)] == ["check the oven"]
-        clock.set(clock.now + timedelta(minutes=11))
+        clock.set(clock.now() + timedelta(minutes=11))
         await fire_due(sched)
         await inbox.wait(1)
         assert inbox.items[0][1].text == "⏰ Reminder: check the oven"
@@ -167,15 +137,15 @@ async def test_a_reminder_survives_a_restart(db_url: str, clock: Clock) -> None:
         await store.close()
 
 
-async def test_a_job_missed_during_downtime_fires_once(db_url: str, clock: Clock) -> None:
+async def test_a_job_missed_during_downtime_fires_once(db_url: str, clock: ManualClock) -> None:
     inbox = Inbox()
     sched, store = await open_scheduler(db_url, clock, inbox)
-    when, what = parse_when("every day 9:00 water the plants", clock.now.astimezone(SHANGHAI))
+    when, what = parse_when("every day 9:00 water the plants", clock.now().astimezone(SHANGHAI))
     await sched.add(KEY, "remind", when, what)
     await sched.close()
     await store.close()
 
-    clock.set(clock.now + timedelta(days=3, hours=1))  # three 9:00s pass while it is down
+    clock.set(clock.now() + timedelta(days=3, hours=1))  # three 9:00s pass while it is down
     sched, store = await open_scheduler(db_url, clock, inbox)
     try:
         await fire_due(sched)
@@ -189,15 +159,15 @@ async def test_a_job_missed_during_downtime_fires_once(db_url: str, clock: Clock
         await store.close()
 
 
-async def test_two_replicas_run_a_job_once(db_url: str, clock: Clock) -> None:
+async def test_two_replicas_run_a_job_once(db_url: str, clock: ManualClock) -> None:
     inbox = Inbox()
     first, store1 = await open_scheduler(db_url, clock, inbox)
     second, store2 = await open_scheduler(db_url, clock, inbox)
     try:
         assert [first.leader, second.leader].count(True) == 1
-        when, what = parse_when("in 5m deploy", clock.now.astimezone(SHANGHAI))
+        when, what = parse_when("in 5m deploy", clock.now().astimezone(SHANGHAI))
         await second.add(KEY, "remind", when, what)  # made on either replica
-        clock.set(clock.now + timedelta(minutes=6))
+        clock.set(clock.now() + timedelta(minutes=6))
         await fire_due(first, second)
         await inbox.wait(1)
         await fire_due(first, second)
@@ -209,7 +179,7 @@ async def test_two_replicas_run_a_job_once(db_url: str, clock: Clock) -> None:
         await store2.close()
 
 
-async def test_another_replica_takes_over_when_the_leader_dies(db_url: str, clock: Clock) -> None:
+async def test_another_replica_takes_over_when_the_leader_dies(db_url: str, clock: ManualClock) -> None:
     inbox = Inbox()
     first, store1 = await open_scheduler(db_url, clock, inbox, lease_seconds=45)
     second, store2 = await open_scheduler(db_url, clock, inbox, lease_seconds=45)
@@ -217,10 +187,10 @@ async def test_another_replica_takes_over_when_the_leader_dies(db_url: str, cloc
         leader, follower = (first, second) if first.leader else (second, first)
         leader.aps.pause()  # it dies: no renewals, no release
         leader._task.cancel()  # type: ignore[union-attr]
-        clock.set(clock.now + timedelta(seconds=30))
+        clock.set(clock.now() + timedelta(seconds=30))
         await follower.tick()
         assert not follower.leader  # the lease is still held
-        clock.set(clock.now + timedelta(seconds=20))
+        clock.set(clock.now() + timedelta(seconds=20))
         await follower.tick()
         assert follower.leader  # taken over within a minute
     finally:
@@ -230,7 +200,7 @@ async def test_another_replica_takes_over_when_the_leader_dies(db_url: str, cloc
         await store2.close()
 
 
-async def test_jobs_lists_and_cancels_only_this_chats_jobs(env, clock: Clock) -> None:
+async def test_jobs_lists_and_cancels_only_this_chats_jobs(env, clock: ManualClock) -> None:
     sched, commands, inbox = env
     await run(commands, "remind", "in 1h first")
     await run(commands, "remind", "every monday 9:00 weekly report")
@@ -242,7 +212,7 @@ async def test_jobs_lists_and_cancels_only_this_chats_jobs(env, clock: Clock) ->
     mine = (await sched.jobs(KEY))[0].id
     assert "Cancelled" in (await run(commands, "jobs", f"cancel {mine}")).text
     assert [j.text for j in await sched.jobs(KEY)] == ["weekly report"]
-    clock.set(clock.now + timedelta(hours=1, minutes=1))
+    clock.set(clock.now() + timedelta(hours=1, minutes=1))
     await fire_due(sched)
     assert inbox.items == []  # the cancelled one never fires
 
@@ -298,13 +268,12 @@ class RecordingChannel:
         await self.inbox.deliver(key, reply)
 
 
-async def knowbot(tmp_path, clock: Clock, **overrides):  # type: ignore[no-untyped-def]
+async def knowbot(tmp_path, clock: ManualClock, **overrides):  # type: ignore[no-untyped-def]
     from bot.runtime import Runtime
     from conftest import make_settings
 
     runtime = await Runtime.start(make_settings(tmp_path, timezone="Asia/Shanghai", **overrides),
-                                  knowledge=WordlessKnowledge())
-    runtime.engine.deps.clock = clock
+                                  knowledge=WordlessKnowledge(), clock=clock)
     channel = RecordingChannel()
     runtime.channels = [channel]  # type: ignore[list-item]
     await runtime.start_scheduler()
@@ -319,7 +288,7 @@ class WordlessKnowledge:
 
 
 async def test_a_reminder_asked_for_in_plain_language_fires_after_a_restart(
-        tmp_path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+        tmp_path, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
     from fake_openai import FakeOpenAI, reply, tool_calls
 
     from conftest import ChatBot
@@ -350,7 +319,7 @@ async def test_a_reminder_asked_for_in_plain_language_fires_after_a_restart(
         await runtime.close()
 
 
-async def test_remind_by_command_through_the_engine(tmp_path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+async def test_remind_by_command_through_the_engine(tmp_path, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
     from conftest import ChatBot
 
     runtime, channel = await knowbot(tmp_path, clock)
@@ -359,7 +328,7 @@ async def test_remind_by_command_through_the_engine(tmp_path, clock: Clock) -> N
         answer = await bot.say("/remind in 10m check the oven")
         assert "20:40" in answer.text and "check the oven" in answer.text
         assert "check the oven" in (await bot.say("/jobs")).text
-        clock.set(clock.now + timedelta(minutes=10, seconds=1))
+        clock.set(clock.now() + timedelta(minutes=10, seconds=1))
         await fire_due(runtime.scheduler)  # type: ignore[arg-type]
         await channel.inbox.wait(1)
         assert channel.inbox.items[0][1].text == "⏰ Reminder: check the oven"
@@ -387,29 +356,28 @@ async def test_the_creator_is_told_when_wechat_cannot_push(env, tmp_path) -> Non
 
 
 async def test_a_digest_of_what_was_added_to_the_knowledge_base(
-        tmp_path, clock: Clock, embedder) -> None:  # type: ignore[no-untyped-def]
-    from bot.types import Attachment, utcnow
+        tmp_path, clock: ManualClock, embedder) -> None:  # type: ignore[no-untyped-def]
+    from bot.types import Attachment
     from conftest import ChatBot, start_knowledge_bot
 
-    clock.set(utcnow())  # documents are stamped with the real time
-    runtime = await start_knowledge_bot(tmp_path, embedder, timezone="Asia/Shanghai")
-    runtime.engine.deps.clock = clock
+    runtime = await start_knowledge_bot(tmp_path, embedder, clock=clock, timezone="Asia/Shanghai")
     channel = RecordingChannel()
     runtime.channels = [channel]  # type: ignore[list-item]
     await runtime.start_scheduler()
     try:
         bot = ChatBot(runtime)
         assert "every 2 hours" in (await bot.say("/digest every 2h new documents")).text
+        clock.advance(60)  # the document comes a minute after the digest was made
         doc = Attachment(kind="file", name="refunds.md",
                          data=b"# Refunds\n\nRefunds are paid within 14 days.")
         await runtime.dispatcher.process(InboundMessage(
             key=bot.key(), message_id="upload-1", text="", attachments=(doc,)))
-        clock.set(clock.now + timedelta(hours=2, minutes=1))
+        clock.set(clock.now() + timedelta(hours=2, minutes=1))
         await fire_due(runtime.scheduler)  # type: ignore[arg-type]
         await channel.inbox.wait(1)
         first = channel.inbox.items[0][1].text
         assert "Scheduled digest" in first and "Refunds (added" in first and "this chat" in first
-        clock.set(clock.now + timedelta(hours=2))
+        clock.set(clock.now() + timedelta(hours=2))
         await fire_due(runtime.scheduler)  # type: ignore[arg-type]
         await channel.inbox.wait(2)
         assert "Nothing was added" in channel.inbox.items[1][1].text
@@ -446,20 +414,20 @@ async def test_the_redis_lease_has_one_holder_and_is_handed_over() -> None:
     await second.release()
 
 
-async def test_the_terminal_gets_its_reminders(tmp_path, clock: Clock, capsys) -> None:  # type: ignore[no-untyped-def]
+async def test_the_terminal_gets_its_reminders(tmp_path, clock: ManualClock, capsys) -> None:  # type: ignore[no-untyped-def]
     from bot.runtime import Runtime
     from channels.console import ConsoleChannel
     from conftest import make_settings
 
-    runtime = await Runtime.start(make_settings(tmp_path), knowledge=WordlessKnowledge())
-    runtime.engine.deps.clock = clock
+    runtime = await Runtime.start(make_settings(tmp_path), knowledge=WordlessKnowledge(),
+                                  clock=clock)
     console = ConsoleChannel(runtime, key=ConversationKey("console", "local", "me", "me"))
     runtime.channels = [console]  # type: ignore[list-item]
     await runtime.start_scheduler()
     try:
         made = await console.say("/remind in 10m stretch")
         assert made is not None and "stretch" in made.text and "not running" not in made.text
-        clock.set(clock.now + timedelta(minutes=10, seconds=1))
+        clock.set(clock.now() + timedelta(minutes=10, seconds=1))
         await fire_due(runtime.scheduler)  # type: ignore[arg-type]
         for _ in range(50):
             out = capsys.readouterr().out
@@ -469,3 +437,22 @@ async def test_the_terminal_gets_its_reminders(tmp_path, clock: Clock, capsys) -
         assert "⏰ Reminder: stretch" in out
     finally:
         await runtime.close()
+
+
+async def test_one_clock_reaches_every_part_and_apscheduler_gets_the_real_one_back(
+        tmp_path, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
+    import apscheduler.executors.base as aps_executors
+    import apscheduler.schedulers.base as aps_base
+
+    runtime, _ = await knowbot(tmp_path, clock)
+    try:
+        parts = [runtime.clock, runtime.store.clock, runtime.state.clock, runtime.outbox.clock,
+                 runtime.scheduler.clock, runtime.engine.jobs.clock,  # type: ignore[union-attr]
+                 runtime.engine.deps.clock]
+        assert all(part is clock for part in parts)
+        clock.advance(timedelta(days=30))
+        assert aps_base.datetime.now(SHANGHAI) == clock.now()
+        assert aps_executors.datetime.now(SHANGHAI) == clock.now()
+    finally:
+        await runtime.close()
+    assert aps_base.datetime is datetime and aps_executors.datetime is datetime

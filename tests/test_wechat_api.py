@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 
+from bot.clock import ManualClock
 from bot.errors import ChannelSendError
 from bot.kv import StateStore
 from bot.store import Store
@@ -34,13 +36,13 @@ async def test_token_is_refreshed_ahead_of_expiry_and_after_42001(pg_url: str) -
     async with serve(api.app()) as base, httpx.AsyncClient() as http:
         store = await Store.open(pg_url)
         try:
-            now = [1000.0]
-            tokens = TokenManager(StateStore(store), http, api.app_id, api.secret, api_base=base,
-                                  refresh_ahead=300, clock=lambda: now[0])
+            clock = ManualClock(datetime(2031, 3, 9, 12, 0, tzinfo=timezone.utc))
+            tokens = TokenManager(StateStore(store, clock=clock), http, api.app_id, api.secret,
+                                  api_base=base, refresh_ahead=300)
             first = await tokens.token()
-            now[0] += 6000  # still 1200 s left: kept
+            clock.advance(6000)  # still 1200 s left: kept
             assert await tokens.token() == first and api.token_hits == 1
-            now[0] += 1000  # 200 s left: refreshed ahead of expiry
+            clock.advance(1000)  # 200 s left: refreshed ahead of expiry
             second = await tokens.token()
             assert second != first and api.token_hits == 2
             api.user_wrote("o-1")

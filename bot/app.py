@@ -52,6 +52,10 @@ def create_app(
         factory = runtime_factory or Runtime.start
         runtime = await factory(settings)
         app.state.runtime = runtime
+        if runtime.store.dialect == "postgresql" and not settings.qdrant_url:
+            log.warning("the database is shared (PostgreSQL) but the knowledge base is this "
+                        "replica's own Qdrant Edge folder: other replicas will not see its "
+                        "documents. Set KNOWBOT_QDRANT_URL to a Qdrant server to share them.")
         runtime.channels = list(channels if channels is not None else enabled_channels(settings))
         for channel in runtime.channels:
             channel.mount(app, runtime)
@@ -59,10 +63,13 @@ def create_app(
             log.info("channel %s started", channel.name)
         if runtime.channels:
             runtime.outbox.start()
+            runtime.workers.start()
         await runtime.start_scheduler()
         try:
             yield
         finally:
+            # stop answering first (finish or hand back), while the channels can still send
+            await runtime.workers.stop()
             for channel in runtime.channels:
                 await channel.stop()
             await runtime.close()
@@ -86,7 +93,7 @@ def create_app(
             "database": database,
             "llm": "configured" if runtime.llm.configured else "none",
             "channels": [c.name for c in runtime.channels],
-            "in_flight": runtime.dispatcher.in_flight,
+            "in_flight": runtime.dispatcher.in_flight + runtime.workers.in_flight,
         }
         return JSONResponse(body, status_code=200 if database == "ok" else 503)
 

@@ -203,6 +203,16 @@ class Settings(BaseSettings):
         None, description="Redis for rate limits shared by several replicas."
     )
     rate_limit_per_minute: int = Field(20, ge=1, description="Messages per user per minute.")
+    # the durable inbox (bot/inbox.py) and this replica's workers (bot/workers.py)
+    workers: int = Field(
+        16, ge=1, le=1000, description="Answers this replica makes at once (other chats wait)."
+    )
+    inbox_lease_seconds: float = Field(
+        60.0, ge=1, description="A worker's lease on a message; a dead replica's lapse after it."
+    )
+    inbox_max_attempts: int = Field(
+        3, ge=1, le=20, description="Tries of one message before it is given up (the user is told)."
+    )
     admins: list[str] = Field(
         default_factory=list, description="Knowbot admins, as CHANNEL:USER_ID."
     )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bot.clock import SYSTEM_CLOCK, Clock
 from bot.config import Settings
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine, EngineDeps, Ingestor
+from bot.inbox import Inbox
 from bot.knowledge import KnowledgeSearch
 from bot.kv import StateStore
 from bot.llm import LLMRouter
@@ -18,6 +20,7 @@ from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
 from bot.types import ConversationKey, Reply
 from bot.usage import UsageRecorder
+from bot.workers import Workers
 from plugins import ToolRegistry, load_registry
 
 if TYPE_CHECKING:
@@ -93,6 +96,8 @@ class Runtime:
     state: StateStore
     channels: list["Channel"] = field(default_factory=list)
     outbox: Outbox = field(init=False)  # retries sends through whatever channels run now
+    inbox: Inbox = field(init=False)  # where platform messages wait for a worker
+    workers: Workers = field(init=False)
     plugin_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     scheduler: "Scheduler | None" = None
 
@@ -181,6 +186,10 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.outbox = Outbox(self.store, lambda: self.channels)
+        self.inbox = Inbox(self.store, lease=timedelta(seconds=self.settings.inbox_lease_seconds),
+                           max_attempts=self.settings.inbox_max_attempts)
+        self.workers = Workers(self.inbox, self.outbox, lambda: self.channels,
+                               concurrency=self.settings.workers)
 
     async def deliver(self, key: ConversationKey, reply: Reply) -> bool:
         """Send a reply that no inbound message waits for (a job), through the outbox."""
@@ -219,6 +228,7 @@ class Runtime:
 
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Finish the messages in flight, then close every connection."""
+        await self.workers.stop(drain_timeout)
         if self.scheduler is not None:
             await self.scheduler.close()
         await self.outbox.close()

@@ -73,9 +73,14 @@ def create_app(
             for channel in runtime.channels:
                 await channel.stop()
             await runtime.close()
+            for stopped in getattr(app.state, "on_stopped", ()):
+                stopped()
 
     app = FastAPI(title="Knowbot", version=bot.__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
+    from bot.admin_api import build_admin_api
+
+    app.mount("/api", build_admin_api(settings, lambda: app.state.runtime))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -232,6 +232,12 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None, description="Signs links; default is a random key kept in the data dir."
     )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin API; default is a random one in the data dir."
+    )
+    store_wait_seconds: float = Field(
+        60.0, ge=0, description="How long a command waits for another process to free the store."
+    )
 
     telegram_token: SecretStr | None = Field(None, description="Telegram bot token (BotFather).")
     telegram_api_base: str | None = Field(

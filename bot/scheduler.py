@@ -233,6 +233,20 @@ class Scheduler:
         far = datetime.max.replace(tzinfo=timezone.utc)
         return sorted(found, key=lambda j: j.next_run or far)
 
+    async def all_jobs(self) -> list[dict[str, Any]]:
+        """Every conversation's jobs (system jobs left out), soonest first, as data."""
+        far = datetime.max.replace(tzinfo=timezone.utc)
+        found = []
+        for job in await asyncio.to_thread(self.aps.get_jobs):
+            payload = job.kwargs.get("payload", {})
+            if "key" in payload:
+                found.append((job.next_run_time or far, {
+                    "id": job.id, "kind": job.kwargs["kind"], "text": payload.get("text", ""),
+                    "schedule": payload.get("schedule", ""), "key": payload["key"],
+                    "created_by": payload.get("by", ""),
+                    "next_run": job.next_run_time.isoformat() if job.next_run_time else None}))
+        return [item for _, item in sorted(found, key=lambda pair: pair[0])]
+
     async def cancel(self, key: ConversationKey, job_id: str) -> bool:
         """Remove one of the conversation's jobs; False if it has no job with that id."""
         if not any(j.id == job_id for j in await self.jobs(key)):

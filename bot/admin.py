@@ -147,6 +147,11 @@ class LocalAdmin:
         return [{"day": d, "tenant": tenant, "provider": p, "model": m, **t}
                 for (d, tenant, p, m), t in sorted(totals.items())]
 
+    async def quotas(self) -> list[dict[str, Any]]:
+        """Today's quota counts per user, chat and tenant that has a limit."""
+        quotas = self.runtime.engine.deps.quotas
+        return await quotas.today() if quotas is not None else []
+
     async def jobs(self, tenant: str | None) -> list[dict[str, Any]]:
         """Scheduled jobs (of one tenant, or all), soonest first."""
         scheduler = self.runtime.scheduler

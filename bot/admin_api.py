@@ -135,6 +135,10 @@ def build_admin_api(settings: "Settings", runtime: Callable[[], "Runtime"]) -> F
     async def usage(days: int = Query(30, ge=1, le=400), a: LocalAdmin = Depends(admin)) -> Any:
         return await a.usage(days)
 
+    @api.get("/quotas", summary="Today's quota counts per user, chat and tenant")
+    async def quotas(a: LocalAdmin = Depends(admin)) -> Any:
+        return await a.quotas()
+
     @api.get("/jobs", summary="Scheduled jobs")
     async def jobs(tenant: str | None = None, a: LocalAdmin = Depends(admin)) -> Any:
         return await a.jobs(tenant)

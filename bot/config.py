@@ -203,6 +203,14 @@ class Settings(BaseSettings):
         None, description="Redis for rate limits shared by several replicas."
     )
     rate_limit_per_minute: int = Field(20, ge=1, description="Messages per user per minute.")
+    # daily quotas on model use (bot/quota.py); 0 means no limit; days follow `timezone`
+    quota_user_requests: int = Field(0, ge=0, description="Questions per user per day.")
+    quota_user_tokens: int = Field(0, ge=0, description="Model tokens per user per day.")
+    quota_chat_requests: int = Field(0, ge=0, description="Questions per chat per day.")
+    quota_chat_tokens: int = Field(0, ge=0, description="Model tokens per chat per day.")
+    quota_tenant_requests: int = Field(
+        0, ge=0, description="Questions per tenant (workspace, bot, account) per day.")
+    quota_tenant_tokens: int = Field(0, ge=0, description="Model tokens per tenant per day.")
     # the durable inbox (bot/inbox.py) and this replica's workers (bot/workers.py)
     workers: int = Field(
         16, ge=1, le=1000, description="Answers this replica makes at once (other chats wait)."

@@ -16,6 +16,7 @@ from bot.knowledge import KnowledgeSearch
 from bot.kv import StateStore
 from bot.llm import LLMRouter
 from bot.outbox import Outbox
+from bot.quota import Quotas
 from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
 from bot.types import ConversationKey, Reply
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
+
+
+def fan_out(*sinks: Callable[[object], Awaitable[None]]) -> Callable[[object], Awaitable[None]]:
+    """One usage sink that hands each event to several (the recorder, the quotas)."""
+    async def sink(event: object) -> None:
+        for each in sinks:
+            await each(event)
+
+    return sink
 
 
 def build_knowledge(settings: Settings, store: Store, model: object | None = None
@@ -131,10 +141,12 @@ class Runtime:
         store = await Store.open(settings.resolved_database_url, clock=clock)
 
         usage = UsageRecorder(store)
-        if llm is None:
-            llm = LLMRouter.from_settings(settings, usage_sink=usage)
-        closers: list[Callable[[], Awaitable[None]]] = []
         state = StateStore(store)
+        quotas = Quotas(state, settings)
+        if llm is None:
+            llm = LLMRouter.from_settings(
+                settings, usage_sink=fan_out(usage, quotas.on_usage) if quotas.active else usage)
+        closers: list[Callable[[], Awaitable[None]]] = []
         policy = None
         if registry is None:
             registry = load_registry(
@@ -162,7 +174,7 @@ class Runtime:
             knowledge.translator = LLMTranslator(llm)  # type: ignore[attr-defined]
         engine = Engine(
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
-                       knowledge=knowledge, ingestor=ingestor, clock=clock)
+                       knowledge=knowledge, ingestor=ingestor, clock=clock, quotas=quotas)
         )
         if hasattr(knowledge, "registry"):  # the real knowledge service: chat can manage it
             from knowledge.commands import kb_command

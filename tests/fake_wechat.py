@@ -164,6 +164,7 @@ class WeChatServer:
                  aes_key: str | None = None, mode: str = "plain", account: str = "gh_test",
                  timeout: float = 5.0, tries: int = 3, api: FakeWeChatAPI | None = None) -> None:
         self.url = base_url.rstrip("/") + "/wechat"
+        self.urls = [self.url]  # several replicas behind a balancer: each try goes to the next
         self.token = token
         self.account = account
         self.mode = mode
@@ -215,9 +216,10 @@ class WeChatServer:
     async def post(self, params: dict[str, str], body: bytes) -> Exchange:
         """POST one message, re-sending it on each timeout as WeChat does."""
         statuses: list[int | None] = []
-        for _ in range(self.tries):
+        for n in range(self.tries):
             try:
-                resp = await self.http.post(self.url, params=params, content=body,
+                resp = await self.http.post(self.urls[n % len(self.urls)], params=params,
+                                            content=body,
                                             headers={"Content-Type": "text/xml"})
             except httpx.TimeoutException:
                 statuses.append(None)

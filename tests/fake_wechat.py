@@ -125,7 +125,7 @@ class FakeWeChatAPI:
         if body.get("msgtype") != "text" or not body.get("text", {}).get("content"):
             return JSONResponse({"errcode": 40008, "errmsg": "invalid message type"})
         self.used[openid] = self.used.get(openid, 0) + 1
-        self.sent.append(body)
+        self.sent.append({**body, "_at": time.monotonic()})
         return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
     def app(self) -> Starlette:

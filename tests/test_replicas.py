@@ -290,8 +290,12 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
     total = CONVERSATIONS * MESSAGES
     deadline = time.monotonic() + 150
     while questions_answered() < total:
-        assert time.monotonic() < deadline, (
-            f"{questions_answered()} of {total} answered:\n" + replicas[0].log.read_text()[-2000:])
+        if time.monotonic() >= deadline:
+            found = answered()
+            missing = {c: len(found.get(c, [])) for c in range(CONVERSATIONS)
+                       if len({t for t, _ in found.get(c, [])}) < MESSAGES}
+            raise AssertionError(f"{questions_answered()} of {total} answered; short: {missing}\n"
+                                 + _backlog(replicas[0].env["KNOWBOT_DATABASE_URL"]))
         await asyncio.sleep(0.2)
     await asyncio.sleep(6)  # past the inbox lease: a second answer would have come by now
 
@@ -320,3 +324,15 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
             history = json.dumps(request["messages"], ensure_ascii=False)
             assert f"question 1 of conversation {conv}" in history
     assert seconds >= CONVERSATIONS
+
+
+def _backlog(url: str) -> str:
+    """The unfinished inbox entries and waiting replies, for a failure's message."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        inbox = conn.execute("SELECT id, channel, message_id, status, attempts, lease_until, "
+                             "last_error FROM inbox_entry WHERE status <> 'done'").fetchall()
+        outbox = conn.execute("SELECT channel, attempts, next_attempt_at, last_error, inbox_id "
+                              "FROM outbox_entry").fetchall()
+    return f"inbox: {inbox}\noutbox: {outbox}"

@@ -172,7 +172,7 @@ async def test_replicas_answer_every_message_once_in_order_through_a_kill(
                 "KNOWBOT_WECHAT_TOKEN": WECHAT_TOKEN, "KNOWBOT_WECHAT_APP_ID": WECHAT_APP,
                 "KNOWBOT_WECHAT_APP_SECRET": wechat.secret, "KNOWBOT_WECHAT_API_BASE": wechat_api,
                 "KNOWBOT_WECHAT_VERIFIED": "true", "KNOWBOT_SECRET_KEY": "k" * 32,
-                "KNOWBOT_INBOX_LEASE_SECONDS": "4", "KNOWBOT_SCHEDULER_ENABLED": "false",
+                "KNOWBOT_INBOX_LEASE_SECONDS": "8", "KNOWBOT_SCHEDULER_ENABLED": "false",
                 "KNOWBOT_RATE_LIMIT_PER_MINUTE": "100", "PYTHONPATH": str(ROOT),
             })
             replicas = [Replica(f"replica-{n}", env, tmp_path / f"data-{n}") for n in range(2)]
@@ -288,7 +288,7 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
     await wechat_chats
 
     total = CONVERSATIONS * MESSAGES
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 200
     while questions_answered() < total:
         if time.monotonic() >= deadline:
             found = answered()
@@ -297,7 +297,7 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
             raise AssertionError(f"{questions_answered()} of {total} answered; short: {missing}\n"
                                  + _backlog(replicas[0].env["KNOWBOT_DATABASE_URL"]))
         await asyncio.sleep(0.2)
-    await asyncio.sleep(6)  # past the inbox lease: a second answer would have come by now
+    await asyncio.sleep(9)  # past the inbox lease: a second answer would have come by now
 
     found = answered()
     assert sorted(found) == list(range(CONVERSATIONS))  # nothing lost

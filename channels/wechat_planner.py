@@ -62,6 +62,12 @@ class Timings:
     poll: float = 0.2  # how often a waiting request looks for an answer made on another replica
 
 
+def _promise(record: dict[str, Any]) -> bool:
+    """Note that the person was told the answer will be sent as a message of its own."""
+    record["promised"] = True
+    return True
+
+
 class Planner:
     """Decides, per WeChat request, what the passive reply says, and follows up on the rest."""
 
@@ -174,6 +180,7 @@ class Planner:
         if last:
             settled = await self._settle_by_follow_up(name)
             if await self._pushable(openid):
+                await self._change(name, _promise)
                 return wt.PREPARING_PUSH
             page = wt.PREPARING_PAGE.format(url=settled["page_url"]) if settled["page_url"] else ""
             return wt.join(wt.PREPARING_HOLD, page)
@@ -236,7 +243,9 @@ class Planner:
         taken = await self.delivery.take_next(openid)
         if taken is None:
             return ""
-        part, more, page = taken
+        part, more, page, waited = taken
+        if waited:  # it was promised as a message of its own, and that failed
+            part = wt.join(wt.PUSH_FAILED, part)
         if not more:
             return part
         link = wt.MORE_PAGE.format(url=page) if page else ""
@@ -277,7 +286,7 @@ class Planner:
         record, claimed = await self._take(name, parts)  # no request took it: follow up
         if claimed:
             await self.delivery.follow_up(openid, list(record["answer"]["parts"]),
-                                          record.get("page_url"))
+                                          record.get("page_url"), bool(record.get("promised")))
 
     # ---- background work -------------------------------------------------------------
 

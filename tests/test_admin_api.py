@@ -115,21 +115,30 @@ async def test_a_second_process_waits_for_the_store_then_says_who_holds_it(tmp_p
 def test_a_command_waits_while_another_process_holds_the_store(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    script = ("import asyncio, time, sys; from bot.storelock import StoreLock\n"
-              f"lock = StoreLock(sys.argv[1], 'ingest'); asyncio.run(lock.acquire(0))\n"
-              "print('held', flush=True); time.sleep(6); lock.release()\n")
-    holder = subprocess.Popen([sys.executable, "-c", script, str(data)], stdout=subprocess.PIPE,
-                              text=True)
+    script = ("import asyncio, sys; from bot.storelock import StoreLock\n"
+              "lock = StoreLock(sys.argv[1], 'ingest'); asyncio.run(lock.acquire(0))\n"
+              "print('held', flush=True); sys.stdin.readline(); lock.release()\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(data)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         refused = run("kb", "list", env=_env(data, KNOWBOT_STORE_WAIT_SECONDS="0"), timeout=60)
-        started = time.monotonic()
-        listed = run("kb", "list", env=_env(data))
-        waited = time.monotonic() - started
+        waiting = subprocess.Popen([KNOWBOT, "kb", "list"], env=_env(data), text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert waiting.stderr is not None
+        notice = waiting.stderr.readline()  # it says whom it waits for, and keeps waiting
+        assert waiting.poll() is None
+        assert holder.stdin is not None
+        holder.stdin.write("done\n")
+        holder.stdin.flush()  # the first process finishes: the waiting one goes on
+        out, rest = waiting.communicate(timeout=120)
     finally:
+        if holder.poll() is None:
+            holder.kill()
         holder.wait(20)
     assert refused.returncode == 2  # no waiting allowed: one clear line, never a traceback
     assert "is in use by process" in refused.stderr and "(knowbot ingest)" in refused.stderr
     assert "Traceback" not in refused.stderr and "went wrong" not in refused.stderr
-    assert listed.returncode == 0, listed.stderr
-    assert "waiting for process" in listed.stderr and waited >= 1.0
+    assert "waiting for process" in notice and "(knowbot ingest)" in notice
+    assert waiting.returncode == 0, rest
+    assert "No knowledge bases yet" in out

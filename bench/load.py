@@ -1,0 +1,193 @@
+"""Load on the webhooks of every channel against several `knowbot serve` replicas.
+
+Starts the loopback platforms (Telegram Bot API, Slack Web API, WeChat API) and a scripted model
+that answers in 1 s, then two replicas on PostgreSQL and Redis, and drives Telegram webhook
+updates, Slack events and WeChat messages (each a new conversation, round-robin over the
+replicas) at a fixed total rate. Prints, per channel: acknowledgement latency p50/p99 (the
+webhook's HTTP answer; for WeChat the passive reply, which carries the answer, so its figure
+includes the model's second), answers delivered, lost and duplicated; and each replica's peak
+RSS. The load generator and the fakes share this process, which shares the machine's cores
+with the replicas: compare figures from one run.
+
+    python bench/load.py [--rate 200] [--seconds 60] [--replicas 2] [--workers 256] [--quick]
+
+Needs PostgreSQL (KNOWBOT_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test,
+where it makes and drops a database of its own) and Redis (KNOWBOT_BENCH_REDIS_URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for _p in (ROOT, ROOT / "tests"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from channels.telegram import derive_webhook_secret  # noqa: E402
+from fake_telegram import parse_telegram_html, private_chat, user  # noqa: E402
+from replicas import (TG_TOKEN, Balancer, Platforms, Replica, WeChatUser,  # noqa: E402
+                      slack_event, slack_headers)
+
+ACK_GOAL_MS = 50.0
+CHANNELS = ("telegram", "slack", "wechat")
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: Platforms
+                 ) -> dict[str, dict[str, list[float] | int]]:
+    balancer = Balancer(replicas)
+    secret = {"X-Telegram-Bot-Api-Secret-Token": derive_webhook_secret(TG_TOKEN)}
+    acks: dict[str, list[float]] = {c: [] for c in CHANNELS}
+    failed = {c: 0 for c in CHANNELS}
+    people: dict[int, WeChatUser] = {}
+    total = int(args.rate * args.seconds)
+
+    async def one(n: int) -> None:
+        channel = CHANNELS[n % 3]
+        text = f"load message {n} here"
+        started = time.perf_counter()
+        try:
+            if channel == "telegram":
+                chat = 10_000 + n
+                update = platforms.telegram.text_update(private_chat(chat), user(chat), text)
+                await balancer.post("/telegram/webhook", json=update, headers=secret)
+            elif channel == "slack":
+                raw = slack_event(n, text, f"EvLoad{n:07d}")
+                await balancer.post("/slack/events", content=raw, headers=slack_headers(raw))
+            else:
+                person = people[n] = WeChatUser(replicas, platforms.wechat, n)
+                await person.say(text, n)
+        except AssertionError:
+            failed[channel] += 1
+            return
+        acks[channel].append((time.perf_counter() - started) * 1000)
+
+    start = time.perf_counter()
+    tasks = []
+    for n in range(total):
+        delay = start + n / args.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    sent_for = time.perf_counter() - start
+
+    def delivered() -> dict[str, list[int]]:
+        seen: dict[str, list[int]] = {c: [] for c in CHANNELS}
+        for call in platforms.telegram.calls_of("sendMessage"):
+            seen["telegram"] += _ids(parse_telegram_html(call.params["text"]))
+        for call in platforms.slack.called("chat.postMessage"):
+            seen["slack"] += _ids(str(call.params.get("text", "")))
+        for person in people.values():
+            for text, _ in person.answers("load message"):
+                seen["wechat"] += _ids(text)
+        return seen
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if sum(len(set(v)) for v in delivered().values()) >= total:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(2)
+    seen = delivered()
+    results: dict[str, dict[str, list[float] | int]] = {}
+    for n, channel in enumerate(CHANNELS):
+        expected = {i for i in range(total) if i % 3 == n}
+        got = seen[channel]
+        results[channel] = {"acks": acks[channel], "sent": len(expected), "failed": failed[channel],
+                            "delivered": len(expected & set(got)),
+                            "lost": len(expected - set(got)),
+                            "duplicated": len(got) - len(set(got))}
+    print(f"sent {total} messages in {sent_for:.1f} s ({total / sent_for:.0f}/s asked "
+          f"{args.rate:.0f}/s)")
+    return results
+
+
+def _ids(text: str) -> list[int]:
+    words = text.split()
+    return [int(words[i + 2]) for i, w in enumerate(words[:-2])
+            if w == "load" and words[i + 1] == "message" and words[i + 2].isdigit()]
+
+
+async def main(args: argparse.Namespace) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin_url = os.environ.get("KNOWBOT_BENCH_POSTGRES_URL",
+                               "postgresql://postgres@127.0.0.1:5432/test")
+    redis_url = os.environ.get("KNOWBOT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    name = f"knowbot_load_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with Platforms(model_latency=1.0) as platforms:
+                env = platforms.env(url, redis_url, KNOWBOT_WORKERS=str(args.workers),
+                                    KNOWBOT_RATE_LIMIT_PER_MINUTE="1000",
+                                    KNOWBOT_LOG_LEVEL="WARNING")
+                replicas = [Replica(f"replica-{n}", env, Path(tmp) / f"data-{n}")
+                            for n in range(args.replicas)]
+                for replica in replicas:
+                    replica.start()
+                try:
+                    await asyncio.gather(*(r.ready() for r in replicas))
+                    results = await _drive(args, replicas, platforms)
+                    rss = [_peak_rss_mb(r.proc.pid) for r in replicas if r.proc is not None]
+                finally:
+                    for replica in replicas:
+                        replica.stop()
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print(f"{'channel':<9} {'ack p50':>9} {'ack p99':>9} {'sent':>6} {'delivered':>9} "
+          f"{'lost':>5} {'dup':>4} {'refused':>7}")
+    for channel, r in results.items():
+        acks = r["acks"]
+        assert isinstance(acks, list)
+        print(f"{channel:<9} {_pct(acks, 0.5):>7.1f}ms {_pct(acks, 0.99):>7.1f}ms {r['sent']:>6} "
+              f"{r['delivered']:>9} {r['lost']:>5} {r['duplicated']:>4} {r['failed']:>7}")
+    wechat = results["wechat"]["acks"]
+    assert isinstance(wechat, list)
+    print(f"goals: Telegram/Slack ack p99 < {ACK_GOAL_MS:.0f} ms; WeChat passive reply p99 < "
+          f"model 1000 ms + {ACK_GOAL_MS:.0f} ms (measured {_pct(wechat, 0.99):.0f} ms, median "
+          f"{statistics.median(wechat) if wechat else float('nan'):.0f} ms); 0 lost; 0 duplicated")
+    print("peak RSS per replica: " + ", ".join(f"{m:.0f} MB" for m in rss))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="messages per second in all")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=256, help="KNOWBOT_WORKERS per replica")
+    parser.add_argument("--quick", action="store_true", help="30 messages/s for 10 s")
+    parsed = parser.parse_args()
+    if parsed.quick:
+        parsed.rate, parsed.seconds = 30.0, 10.0
+    asyncio.run(main(parsed))

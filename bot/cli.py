@@ -216,7 +216,14 @@ def _register_knowledge() -> None:
     register(app, _settings, _run, _with_runtime)
 
 
+def _register_ops() -> None:
+    from bot.cli_ops import register
+
+    register(app, _settings, _run)
+
+
 _register_knowledge()
+_register_ops()
 
 
 def run() -> None:

@@ -45,8 +45,8 @@ def build_knowledge(settings: Settings, store: Store, model: object | None = Non
         from knowledge.embedder import Embedder
 
         if settings.embedding_model == DEFAULT_EMBEDDING_MODEL:
-            return Embedder.default(settings.data_dir)
-        return Embedder.from_name(settings.embedding_model, settings.data_dir / "models")
+            return Embedder.default(settings.data_dir, models_dir=settings.resolved_models_dir)
+        return Embedder.from_name(settings.embedding_model, settings.resolved_models_dir)
 
     dim = 384 if settings.embedding_model == DEFAULT_EMBEDDING_MODEL else None
     if model is not None:
@@ -123,7 +123,8 @@ class Runtime:
         `clock` is the one clock every part decides by (tests pass a ManualClock).
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await Store.open(settings.resolved_database_url, clock=clock)
+        store = await Store.open(settings.resolved_database_url, clock=clock,
+                                 migrate=settings.migrate_on_start, wait=settings.migrate_wait)
 
         usage = UsageRecorder(store)
         if llm is None:

@@ -43,13 +43,9 @@ def _settings(*, quiet: bool = True, **overrides: Any) -> Settings:
     level = settings.log_level
     if quiet and "KNOWBOT_LOG_LEVEL" not in os.environ and "log_level" not in overrides:
         level = "WARNING"
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("alembic", "httpx", "httpx2"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    from bot.logs import configure
+
+    configure(settings, level, sys.stderr)  # text or JSON lines, secrets masked
     return settings
 
 
@@ -99,7 +95,7 @@ def serve(
         uvicorn.Config(
             create_app(settings, channels=channels), host=settings.host, port=settings.port,
             log_level=settings.log_level.lower(), timeout_graceful_shutdown=30,
-            proxy_headers=True,
+            proxy_headers=True, log_config=None,  # uvicorn's lines go through bot.logs too
         )
     )
     _run(server.serve())

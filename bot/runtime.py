@@ -13,6 +13,7 @@ from bot.engine import Engine, EngineDeps, Ingestor
 from bot.knowledge import KnowledgeSearch
 from bot.kv import StateStore
 from bot.llm import LLMRouter
+from bot.metrics import Metrics, outbox_probe
 from bot.outbox import Outbox
 from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
@@ -92,6 +93,7 @@ class Runtime:
     usage: UsageRecorder
     state: StateStore
     channels: list["Channel"] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)  # GET /metrics reads its registry
     outbox: Outbox = field(init=False)  # retries sends through whatever channels run now
     plugin_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     scheduler: "Scheduler | None" = None
@@ -126,7 +128,8 @@ class Runtime:
         store = await Store.open(settings.resolved_database_url, clock=clock,
                                  migrate=settings.migrate_on_start, wait=settings.migrate_wait)
 
-        usage = UsageRecorder(store)
+        metrics = Metrics()
+        usage = UsageRecorder(store, metrics=metrics)
         if llm is None:
             llm = LLMRouter.from_settings(settings, usage_sink=usage)
         closers: list[Callable[[], Awaitable[None]]] = []
@@ -158,7 +161,7 @@ class Runtime:
             knowledge.translator = LLMTranslator(llm)  # type: ignore[attr-defined]
         engine = Engine(
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
-                       knowledge=knowledge, ingestor=ingestor, clock=clock)
+                       knowledge=knowledge, ingestor=ingestor, clock=clock, metrics=metrics)
         )
         if hasattr(knowledge, "registry"):  # the real knowledge service: chat can manage it
             from knowledge.commands import kb_command
@@ -168,7 +171,7 @@ class Runtime:
             from plugins.policy import confirm_command
 
             engine.commands.add(confirm_command(engine, policy))
-        dispatcher = Dispatcher(engine.handle, store, limiter)
+        dispatcher = Dispatcher(engine.handle, store, limiter, metrics)
         log.info(
             "Knowbot ready: database %s, %s, %d tools",
             store.dialect,
@@ -176,12 +179,13 @@ class Runtime:
             len(registry),
         )
         runtime = cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage,
-                      state)
+                      state, metrics=metrics)
         runtime.plugin_closers = closers
         return runtime
 
     def __post_init__(self) -> None:
         self.outbox = Outbox(self.store, lambda: self.channels)
+        self.metrics.add_probe("outbox", outbox_probe(self.metrics, self.outbox))
 
     async def deliver(self, key: ConversationKey, reply: Reply) -> bool:
         """Send a reply that no inbound message waits for (a job), through the outbox."""
@@ -211,7 +215,7 @@ class Runtime:
             changes=getattr(self.knowledge, "changes", None),
             timezone_name=self.settings.timezone, housekeeping=housekeeping,
             recrawl=recrawl, recrawl_hours=self.settings.recrawl_hours if recrawl else 0,
-            redis_url=self.settings.redis_url)
+            redis_url=self.settings.redis_url, metrics=self.metrics)
         await self.scheduler.start(lead=lead)
         jobs = JobCommands(self.scheduler, self.state, self.settings.timezone, self.channel)
         self.engine.jobs = jobs

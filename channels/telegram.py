@@ -43,6 +43,7 @@ from starlette.responses import Response
 
 from bot.commands import Command
 from bot.config import Settings
+from bot.logs import fresh_context
 from bot.errors import ChannelSendError, ConfigError, IngestError
 from bot.outbox import RESUME_AT
 from bot.types import Attachment, ConversationKey, InboundMessage, Reply
@@ -269,7 +270,9 @@ class TelegramChannel:
                 self._spawn(self.handle_update(update))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro, context=contextvars.Context())
+        # a context of its own, carrying only the log context (the request id of the webhook
+        # call, or a new one for a polled update)
+        task = asyncio.create_task(coro, context=fresh_context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -93,14 +93,18 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
-def schema_revisions(url: str) -> tuple[str | None, str | None]:
+def schema_revisions(url: str, connect_timeout: float | None = None
+                     ) -> tuple[str | None, str | None]:
     """The database's current migration revision and the newest one Knowbot has (blocking)."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     _ensure_sqlite_dir(url)
-    engine = create_engine(sync_url(url))
+    args = {}
+    if connect_timeout and make_url(url).get_backend_name() == "postgresql":
+        args["connect_timeout"] = max(1, int(connect_timeout))
+    engine = create_engine(sync_url(url), connect_args=args)
     try:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()

@@ -67,8 +67,15 @@ def register(app: typer.Typer, settings_loader: Any, run: Any) -> None:
     @app.command()
     def doctor() -> None:
         """Check the settings and everything they point at; one line per check, exit 1 on a failure."""
-        from bot.doctor import run_doctor
+        from bot.config import load_settings
+        from bot.doctor import Result, run_doctor
+        from bot.errors import KnowbotError
 
+        try:
+            load_settings()
+        except KnowbotError as exc:  # a bad setting is a finding too, on a line of its own
+            typer.echo(Result("settings", "fail", str(exc), "fix that setting").line())
+            raise typer.Exit(1) from None
         settings = settings_loader()
         results = run(run_doctor(settings))
         for result in results:

@@ -124,3 +124,27 @@ async def test_a_replica_waits_for_the_migration_on_postgresql(pg_url: str) -> N
         assert current == head and store.dialect == "postgresql"
     finally:
         await store.close()
+
+
+async def test_doctor_checks_wechat_credentials_without_replacing_the_token(
+        tmp_path: Path) -> None:
+    from fake_wechat import FakeWeChatAPI, serve
+
+    api = FakeWeChatAPI(app_id="wx-doctor", secret="the-real-app-secret")
+    async with serve(api.app()) as base:
+        api.valid_tokens = {"TOKEN-in-use-by-the-server"}
+        env = {"KNOWBOT_WECHAT_TOKEN": "t0ken", "KNOWBOT_WECHAT_APP_ID": "wx-doctor",
+               "KNOWBOT_WECHAT_API_BASE": base}
+        code, out, _ = await knowbot(
+            "doctor", env={**env, "KNOWBOT_WECHAT_APP_SECRET": "the-real-app-secret"},
+            cwd=tmp_path)
+        assert code == 0, out
+        assert line_of(out, "wechat").startswith("ok")
+        assert api.valid_tokens == {"TOKEN-in-use-by-the-server"}  # the server's token still works
+        assert api.token_hits == 0 and api.stable_hits == 1
+        code, out, _ = await knowbot(
+            "doctor", env={**env, "KNOWBOT_WECHAT_APP_SECRET": "a-wrong-app-secret"}, cwd=tmp_path)
+    assert code == 1
+    wechat = line_of(out, "wechat")
+    assert wechat.startswith("FAIL") and "40125" in wechat and "KNOWBOT_WECHAT_APP_SECRET" in wechat
+    assert "a-wrong-app-secret" not in out

@@ -227,35 +227,72 @@ async def check_providers(settings: Settings) -> list[Result]:
     return results
 
 
-async def check_slack(settings: Settings) -> Result | None:
-    """Slack accepts the bot token (auth.test)."""
-    if settings.slack_bot_token is None:
-        if settings.slack_client_id:
-            return Result("slack", "ok", "OAuth mode: each workspace's token comes with its "
-                          "install (/slack/install)")
-        return None
+@dataclass(frozen=True)
+class _SlackAnswer:
+    """What one Slack Web API call gave: the response, Slack's error code, or why it failed."""
+
+    response: Any = None
+    error: str = ""  # Slack's error code (invalid_auth, not_authed, ...)
+    unreachable: str = ""  # the transport failure when Slack was not reached
+
+
+async def _slack_call(settings: Settings, token: str, method: str) -> _SlackAnswer:
+    """One harmless Slack Web API call with `token`."""
     from slack_sdk.errors import SlackApiError
     from slack_sdk.web.async_client import AsyncWebClient
 
     from channels.slack import api_base_of
 
-    client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(),
-                            base_url=api_base_of(settings), timeout=int(TIMEOUT))
+    client = AsyncWebClient(token=token, base_url=api_base_of(settings), timeout=int(TIMEOUT))
     try:
-        found = await client.auth_test()
+        return _SlackAnswer(response=await client.api_call(method))
     except SlackApiError as exc:
         error = exc.response.get("error", "error") if exc.response is not None else "error"
-        return Result("slack", "fail", f"Slack refused the bot token ({error})",
-                      "check KNOWBOT_SLACK_BOT_TOKEN (the xoxb-... token of the installed app)")
+        return _SlackAnswer(error=str(error))
     except Exception as exc:  # noqa: BLE001 - aiohttp and OS errors: Slack not reachable
-        return Result("slack", "fail", f"could not reach {api_base_of(settings)} "
-                      f"({type(exc).__name__})", "check the network or KNOWBOT_SLACK_API_BASE")
+        return _SlackAnswer(unreachable=f"could not reach {api_base_of(settings)} "
+                                        f"({type(exc).__name__})")
     finally:
         session = getattr(client, "session", None)
         if session is not None:
             await session.close()
-    return Result("slack", "ok", f"workspace {found.get('team')} ({found.get('team_id')}) as "
-                  f"@{found.get('user')}")
+
+
+async def check_slack(settings: Settings) -> list[Result]:
+    """Slack accepts the bot token (auth.test) and the app token (apps.connections.open)."""
+    results = []
+    network = "check the network or KNOWBOT_SLACK_API_BASE"
+    if settings.slack_bot_token is None:
+        if settings.slack_client_id:
+            results.append(Result("slack", "ok", "OAuth mode: each workspace's token comes with "
+                                  "its install (/slack/install)"))
+    else:
+        answer = await _slack_call(settings, settings.slack_bot_token.get_secret_value(),
+                                   "auth.test")
+        if answer.unreachable:
+            results.append(Result("slack", "fail", answer.unreachable, network))
+        elif answer.error:
+            results.append(Result("slack", "fail", f"Slack refused the bot token "
+                                  f"({answer.error})", "check KNOWBOT_SLACK_BOT_TOKEN (the "
+                                  "xoxb-... token of the installed app)"))
+        else:
+            found = answer.response
+            results.append(Result("slack", "ok", f"workspace {found.get('team')} "
+                                  f"({found.get('team_id')}) as @{found.get('user')}"))
+    if settings.slack_app_token is not None:
+        # Asking for a Socket Mode URL connects nothing: the running server's sockets stay.
+        answer = await _slack_call(settings, settings.slack_app_token.get_secret_value(),
+                                   "apps.connections.open")
+        if answer.unreachable:
+            results.append(Result("slack socket mode", "fail", answer.unreachable, network))
+        elif answer.error:
+            results.append(Result("slack socket mode", "fail", f"Slack refused the app token "
+                                  f"({answer.error})", "check KNOWBOT_SLACK_APP_TOKEN (an "
+                                  "xapp-... token with connections:write)"))
+        else:
+            results.append(Result("slack socket mode", "ok", "the app token may open a "
+                                  "connection"))
+    return results
 
 
 async def check_telegram(settings: Settings) -> list[Result]:

@@ -83,14 +83,19 @@ async def test_doctor_names_a_wrong_slack_token_a_dead_database_and_a_bad_model_
 async def test_doctor_passes_when_everything_answers(tmp_path: Path) -> None:
     async with FakeSlack() as slack:
         slack.add_workspace("T9", "xoxb-good", bot_user_id="UBOT")
+        slack.add_app_token("xapp-1-good")
         with FakeOpenAI() as model:
             env = {"KNOWBOT_SLACK_BOT_TOKEN": "xoxb-good", "KNOWBOT_SLACK_SIGNING_SECRET": "s",
+                   "KNOWBOT_SLACK_APP_TOKEN": "xapp-1-good",
                    "KNOWBOT_SLACK_API_BASE": slack.api_base,
                    "KNOWBOT_LLM_BASE_URL": model.base_url, "KNOWBOT_LLM_MODEL": "m"}
             code, out, err = await knowbot("doctor", env=env, cwd=tmp_path)
             assert model.requests[0]["max_tokens"] == 1  # one tiny request
     assert code == 0, out + err
     assert line_of(out, "slack").startswith("ok") and "T9" in line_of(out, "slack")
+    assert line_of(out, "slack socket mode").startswith("ok")
+    assert [c.token for c in slack.called("apps.connections.open")] == ["xapp-1-good"]
+    assert slack.acks == [] and not slack._sockets  # nothing connected
     assert line_of(out, "model").startswith("ok")
     assert line_of(out, "database").startswith("ok")
     assert not (tmp_path / "data" / "knowbot.db").exists()  # doctor creates nothing

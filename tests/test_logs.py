@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
-from bot.logs import JsonFormatter, configure, secret_values
+from bot.logs import ContextFilter, JsonFormatter, bound, configure, secret_values
 from bot.runtime import Runtime
 from channels.slack import SlackChannel
 from channels.telegram import TelegramChannel
@@ -52,13 +52,21 @@ def captured() -> Iterator[tuple[io.StringIO, Raw]]:
     root.setLevel(level)
 
 
-def every_secret(tmp_path: Path, pg_url: str, model: FakeOpenAI, slack: FakeSlack,
+@pytest.fixture
+def database(request: pytest.FixtureRequest, pg_available: bool, tmp_path: Path) -> str:
+    """PostgreSQL with a password in its URL (the test server trusts any), else SQLite."""
+    if not pg_available:
+        return f"sqlite:///{tmp_path / 'knowbot.db'}"
+    url = make_url(request.getfixturevalue("pg_url"))
+    return url.set(password="pg-password-never-logged-31337").render_as_string(
+        hide_password=False)
+
+
+def every_secret(tmp_path: Path, database: str, model: FakeOpenAI, slack: FakeSlack,
                  telegram: FakeBotAPI) -> Any:
     """Settings with every secret setting given a distinct value."""
-    database = make_url(pg_url).set(password="pg-password-never-logged-31337")  # trust auth
     return make_settings(
-        tmp_path, log_format="json",
-        database_url=database.render_as_string(hide_password=False),
+        tmp_path, log_format="json", database_url=database,
         llm_base_url=model.base_url, llm_model="m", llm_api_key="sk-default-key-never-logged",
         llm_providers={"backup": {"base_url": model.base_url, "model": "m",
                                   "api_key": "sk-backup-key-never-logged"}},
@@ -78,25 +86,26 @@ def every_secret(tmp_path: Path, pg_url: str, model: FakeOpenAI, slack: FakeSlac
 
 
 async def test_request_id_reaches_the_model_call_and_no_secret_is_logged(
-        tmp_path: Path, pg_url: str, captured: tuple[io.StringIO, Raw]) -> None:
+        tmp_path: Path, database: str, captured: tuple[io.StringIO, Raw]) -> None:
     stream, raw = captured
     telegram = await FakeBotAPI(TELEGRAM_TOKEN).start()
     try:
-        await _full_run(tmp_path, pg_url, stream, raw, telegram)
+        await _full_run(tmp_path, database, stream, raw, telegram)
     finally:
         await telegram.stop()
 
 
-async def _full_run(tmp_path: Path, pg_url: str, stream: io.StringIO, raw: Raw,
+async def _full_run(tmp_path: Path, database: str, stream: io.StringIO, raw: Raw,
                     telegram: FakeBotAPI) -> None:
     knowledge = WordKnowledge()
     async with FakeSlack() as slack:
         slack.add_workspace("T1", SLACK_TOKEN, bot_user_id="UBOT")
         slack.add_user("T1", "U1")
         with FakeOpenAI() as model:
-            settings = every_secret(tmp_path, pg_url, model, slack, telegram)
+            settings = every_secret(tmp_path, database, model, slack, telegram)
             secrets = secret_values(settings)
-            assert len(secrets) == 15  # every SecretStr setting, the backup key, the DB password
+            # every SecretStr setting, the backup provider's key, and the database password
+            assert len(secrets) == 14 + (":pg-password" in database)
             configure(settings, "DEBUG", stream)
             # Slack over HTTP (the app token would switch it to Socket Mode) and Telegram's webhook
             slack_channel = SlackChannel(settings.model_copy(update={"slack_app_token": None}))
@@ -152,15 +161,11 @@ async def _full_run(tmp_path: Path, pg_url: str, stream: io.StringIO, raw: Raw,
 
 
 def test_json_formatter_masks_secrets_and_keeps_context() -> None:
-    from bot.logs import bound
-
     formatter = JsonFormatter(["hunter2-secret"])
     logger = logging.getLogger("tests.logs")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
-    from bot.logs import ContextFilter
-
     handler.addFilter(ContextFilter())
     logger.addHandler(handler)
     try:

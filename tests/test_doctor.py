@@ -153,3 +153,33 @@ async def test_doctor_checks_wechat_credentials_without_replacing_the_token(
     wechat = line_of(out, "wechat")
     assert wechat.startswith("FAIL") and "40125" in wechat and "KNOWBOT_WECHAT_APP_SECRET" in wechat
     assert "a-wrong-app-secret" not in out
+
+
+async def test_doctor_on_telegram_redis_and_qdrant(tmp_path: Path) -> None:
+    from fake_telegram import FakeBotAPI
+
+    telegram = await FakeBotAPI("123456789:AAH-doctor_token").start()
+    try:
+        telegram.webhook_url = "https://bot.example.com/telegram/webhook"
+        telegram.webhook_error = "Connection timed out"
+        env = {"KNOWBOT_TELEGRAM_TOKEN": "123456789:AAH-doctor_token",
+               "KNOWBOT_TELEGRAM_API_BASE": telegram.base_url,
+               "KNOWBOT_TELEGRAM_WEBHOOK_URL": "https://bot.example.com/telegram/webhook",
+               "KNOWBOT_REDIS_URL": f"redis://:redis-pass-never-shown@127.0.0.1:{closed_port()}/0",
+               "KNOWBOT_QDRANT_URL": f"http://127.0.0.1:{closed_port()}",
+               "KNOWBOT_QDRANT_API_KEY": "qdrant-key-never-shown"}
+        code, out, err = await knowbot("doctor", env=env, cwd=tmp_path)
+        assert code == 1, out + err
+        assert line_of(out, "telegram").startswith("ok") and "@knowbot_test" in out
+        hook = line_of(out, "telegram webhook")
+        assert hook.startswith("WARN") and "Connection timed out" in hook
+        assert line_of(out, "redis").startswith("FAIL") and "KNOWBOT_REDIS_URL" in out
+        assert line_of(out, "vector store").startswith("FAIL") and "KNOWBOT_QDRANT_URL" in out
+        assert "redis-pass-never-shown" not in out and "qdrant-key-never-shown" not in out
+        wrong = {**env, "KNOWBOT_TELEGRAM_TOKEN": "123456789:AAH-not_the_token"}
+        code, out, _ = await knowbot("doctor", env=wrong, cwd=tmp_path)
+        line = line_of(out, "telegram")
+        assert code == 1 and line.startswith("FAIL") and "refused the bot token" in line
+        assert "AAH-not_the_token" not in out
+    finally:
+        await telegram.stop()

@@ -73,10 +73,15 @@ async def test_slack_messages_model_calls_and_retrieval_are_counted(tmp_path: Pa
             await slack.wait_for("chat.postMessage", 1)
             await post_slack(client, slack_mention("T1", "U1", "C1", "<@UBOT> and gift cards?"))
             await slack.wait_for("chat.postMessage", 2)
+            forged = await client.post("/slack/events", content="{}", headers={
+                "Content-Type": "application/json", "X-Slack-Request-Timestamp": "1",
+                "X-Slack-Signature": "v0=00"})
+            assert forged.status_code == 401
             await settle(runtime, [channel])
             after = await scrape(client)
     assert value(after, "knowbot_http_requests_total", channel="slack", status="2xx") == 2
-    assert value(after, "knowbot_http_ack_seconds_count", channel="slack") == 2
+    assert value(after, "knowbot_http_requests_total", channel="slack", status="4xx") == 1
+    assert value(after, "knowbot_http_ack_seconds_count", channel="slack") == 3
     assert value(after, "knowbot_messages_total", channel="slack", outcome="answered") == 1
     # the second question: every model attempt failed, the answer is the fallback
     assert value(after, "knowbot_model_calls_total", provider="default", outcome="ok") == 1

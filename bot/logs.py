@@ -126,6 +126,7 @@ class _Masking:
         self.secrets = secrets
 
     def mask(self, text: str) -> str:
+        """`text` with every secret value replaced by ***."""
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, MASK)

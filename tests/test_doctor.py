@@ -88,10 +88,13 @@ async def test_doctor_passes_when_everything_answers(tmp_path: Path) -> None:
             env = {"KNOWBOT_SLACK_BOT_TOKEN": "xoxb-good", "KNOWBOT_SLACK_SIGNING_SECRET": "s",
                    "KNOWBOT_SLACK_APP_TOKEN": "xapp-1-good",
                    "KNOWBOT_SLACK_API_BASE": slack.api_base,
-                   "KNOWBOT_LLM_BASE_URL": model.base_url, "KNOWBOT_LLM_MODEL": "m"}
+                   "KNOWBOT_LLM_BASE_URL": model.base_url, "KNOWBOT_LLM_MODEL": "m",
+                   "KNOWBOT_PUBLIC_URL": "http://bot.example.com"}
             code, out, err = await knowbot("doctor", env=env, cwd=tmp_path)
             assert model.requests[0]["max_tokens"] == 1  # one tiny request
-    assert code == 0, out + err
+    assert code == 0, out + err  # warnings do not fail
+    public = line_of(out, "public url")
+    assert public.startswith("WARN") and "not HTTPS" in public
     assert line_of(out, "slack").startswith("ok") and "T9" in line_of(out, "slack")
     assert line_of(out, "slack socket mode").startswith("ok")
     assert [c.token for c in slack.called("apps.connections.open")] == ["xapp-1-good"]

@@ -58,6 +58,10 @@ def create_app(
         runtime = await factory(settings)
         app.state.runtime = runtime
         app.state.readiness = Readiness(runtime)
+        if runtime.store.dialect == "postgresql" and not settings.qdrant_url:
+            log.warning("the database is shared (PostgreSQL) but the knowledge base is this "
+                        "replica's own Qdrant Edge folder: other replicas will not see its "
+                        "documents. Set KNOWBOT_QDRANT_URL to a Qdrant server to share them.")
         runtime.channels = list(channels if channels is not None else enabled_channels(settings))
         for channel in runtime.channels:
             channel.mount(app, runtime)
@@ -65,17 +69,25 @@ def create_app(
             log.info("channel %s started", channel.name)
         if runtime.channels:
             runtime.outbox.start()
+            runtime.workers.start()
         await runtime.start_scheduler()
         try:
             yield
         finally:
+            # stop answering first (finish or hand back), while the channels can still send
+            await runtime.workers.stop()
             for channel in runtime.channels:
                 await channel.stop()
             await app.state.readiness.close()
             await runtime.close()
+            for stopped in getattr(app.state, "on_stopped", ()):
+                stopped()
 
     app = FastAPI(title="Knowbot", version=bot.__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
+    from bot.admin_api import build_admin_api
+
+    app.mount("/api", build_admin_api(settings, lambda: app.state.runtime))
 
     def running() -> Runtime | None:
         return getattr(app.state, "runtime", None)
@@ -104,7 +116,7 @@ def create_app(
             "database": database,
             "llm": "configured" if runtime.llm.configured else "none",
             "channels": [c.name for c in runtime.channels],
-            "in_flight": runtime.dispatcher.in_flight,
+            "in_flight": runtime.dispatcher.in_flight + runtime.workers.in_flight,
         }
         return JSONResponse(body)
 

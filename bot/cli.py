@@ -13,6 +13,7 @@ import typer
 
 import bot
 from bot.config import Settings, load_settings
+from bot.admin_client import SERVER_HELP
 from bot.errors import KnowbotError
 
 app = typer.Typer(
@@ -91,24 +92,56 @@ def serve(
     except KnowbotError as exc:
         _fail(str(exc))
         raise  # unreachable
+    web = create_app(settings, channels=channels)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, channels=channels), host=settings.host, port=settings.port,
+            web, host=settings.host, port=settings.port,
             log_level=settings.log_level.lower(), timeout_graceful_shutdown=30,
             proxy_headers=True, log_config=None,  # uvicorn's lines go through bot.logs too
         )
     )
-    _run(server.serve())
+    _run(_serve(settings, web, server))
+
+
+async def _serve(settings: Settings, web: Any, server: Any) -> None:
+    """Hold the data dir's store, tell local commands where the API is, and serve."""
+    from bot.admin_api import admin_token, write_server_file
+    from bot.storelock import StoreLock, tell
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = None
+    if not settings.qdrant_url:  # Qdrant Edge: one process owns ./data/qdrant
+        lock = StoreLock(settings.data_dir, "serve")
+        await lock.acquire(settings.store_wait_seconds, on_wait=tell)
+    admin_token(settings, create=True)
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    marker = write_server_file(settings, f"http://{host}:{settings.port}")
+
+    def cleanup() -> None:
+        marker.unlink(missing_ok=True)
+        if lock is not None:
+            lock.release()
+
+    # uvicorn re-raises SIGTERM once it has shut down, so clean up when the app stops
+    web.state.on_stopped = [cleanup]
+    try:
+        await server.serve()
+    finally:
+        cleanup()
 
 
 async def _with_runtime(settings: Settings, work: Any) -> Any:
-    from bot.runtime import Runtime
+    from bot.admin_client import local_runtime
 
-    runtime = await Runtime.start(settings)
-    try:
+    async with local_runtime(settings, "chat") as runtime:
         return await work(runtime)
-    finally:
-        await runtime.close()
+
+
+async def _with_admin(settings: Settings, server: str | None, work: Any) -> Any:
+    from bot.admin_client import open_admin
+
+    async with open_admin(settings, server) as admin:
+        return await work(admin)
 
 
 @app.command()
@@ -136,29 +169,27 @@ def ask(
     question: str = typer.Argument(..., help="The question."),
     kb: Optional[str] = typer.Option(None, "--kb", help="Search only this knowledge base."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer and citations as JSON."),
+    server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP),
 ) -> None:
     """Ask one question and print the answer with its sources."""
-    from channels.console import ConsoleChannel, render_plain
+    from bot.types import Citation, Reply
+    from channels.console import console_key, render_plain
 
     settings = _settings()
+    user = console_key().user_id
 
-    async def work(runtime: Any) -> Any:
-        console = ConsoleChannel(runtime)
-        message = console.message(question)
-        if question.strip().startswith("/"):
-            return await runtime.dispatcher.process(message)
+    async def work(admin: Any) -> Any:
+        return await admin.ask(question, kb, user)
 
-        async def handler(msg: Any) -> Any:
-            return await runtime.engine.answer(msg, question, kb=kb)
-
-        return await runtime.dispatcher.process(message, handler=handler)
-
-    reply = _run(_with_runtime(settings, work))
+    answer = _run(_with_admin(settings, server, work))
     if as_json:
-        typer.echo(json.dumps(reply.as_dict(), ensure_ascii=False, indent=2))
+        typer.echo(json.dumps({"answer": answer["answer"], "citations": answer["citations"]},
+                              ensure_ascii=False, indent=2))
     else:
-        typer.echo(render_plain(reply))
-    if reply.kind == "error":
+        citations = tuple(Citation(c["source"], c.get("location", ""), c.get("snippet", ""))
+                          for c in answer["citations"])
+        typer.echo(render_plain(Reply(answer["answer"], citations)))
+    if answer.get("kind") == "error":
         raise typer.Exit(1)
 
 
@@ -209,7 +240,7 @@ def plugins_list(
 def _register_knowledge() -> None:
     from knowledge.cli import register
 
-    register(app, _settings, _run, _with_runtime)
+    register(app, _settings, _run, _with_admin)
 
 
 def _register_ops() -> None:

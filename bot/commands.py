@@ -167,4 +167,12 @@ def builtin_commands(engine: "Engine") -> CommandSet:
     commands.add(Command("ask", "ask a question (useful in groups)", ask, usage="QUESTION"))
     commands.add(Command("memory", "show what I remember of this conversation", memory))
     commands.add(Command("reset", "forget this conversation", reset))
+
+    async def quota(args: str, message: InboundMessage) -> Reply:
+        quotas = engine.deps.quotas
+        if quotas is None:
+            return Reply("No quotas are set here: ask as much as you like.", kind="command")
+        return Reply(await quotas.describe(message.key), kind="command")
+
+    commands.add(Command("quota", "how much of today's question and token quota is used", quota))
     return commands

@@ -220,6 +220,24 @@ class Settings(BaseSettings):
         None, description="Redis for rate limits shared by several replicas."
     )
     rate_limit_per_minute: int = Field(20, ge=1, description="Messages per user per minute.")
+    # daily quotas on model use (bot/quota.py); 0 means no limit; days follow `timezone`
+    quota_user_requests: int = Field(0, ge=0, description="Questions per user per day.")
+    quota_user_tokens: int = Field(0, ge=0, description="Model tokens per user per day.")
+    quota_chat_requests: int = Field(0, ge=0, description="Questions per chat per day.")
+    quota_chat_tokens: int = Field(0, ge=0, description="Model tokens per chat per day.")
+    quota_tenant_requests: int = Field(
+        0, ge=0, description="Questions per tenant (workspace, bot, account) per day.")
+    quota_tenant_tokens: int = Field(0, ge=0, description="Model tokens per tenant per day.")
+    # the durable inbox (bot/inbox.py) and this replica's workers (bot/workers.py)
+    workers: int = Field(
+        16, ge=1, le=1000, description="Answers this replica makes at once (other chats wait)."
+    )
+    inbox_lease_seconds: float = Field(
+        60.0, ge=1, description="A worker's lease on a message; a dead replica's lapse after it."
+    )
+    inbox_max_attempts: int = Field(
+        3, ge=1, le=20, description="Tries of one message before it is given up (the user is told)."
+    )
     admins: list[str] = Field(
         default_factory=list, description="Knowbot admins, as CHANNEL:USER_ID."
     )
@@ -238,6 +256,12 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         None, description="Signs links; default is a random key kept in the data dir."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin API; default is a random one in the data dir."
+    )
+    store_wait_seconds: float = Field(
+        60.0, ge=0, description="How long a command waits for another process to free the store."
     )
 
     telegram_token: SecretStr | None = Field(None, description="Telegram bot token (BotFather).")

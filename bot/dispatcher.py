@@ -21,6 +21,7 @@ Deliver = Callable[[Reply], Awaitable[None]]
 Handler = Callable[[InboundMessage], Awaitable[Reply]]
 
 UNEXPECTED = "Sorry, something went wrong on my side while answering. Please try again."
+_LIMITED = Reply(RateLimited.user_message, kind="error")
 
 
 class Dispatcher:
@@ -43,7 +44,11 @@ class Dispatcher:
     async def process(
         self, message: InboundMessage, handler: Handler | None = None
     ) -> Reply | None:
-        """Answer a message now; None if it is a redelivery of one already taken."""
+        """Answer a message now; None if it is a redelivery of one already taken.
+
+        For callers that wait for the answer themselves (the terminal, WeChat's passive reply);
+        channels whose platforms redeliver put messages in the inbox instead.
+        """
         with message_context(message):
             return await self._process(message, handler)
 
@@ -54,22 +59,37 @@ class Dispatcher:
                 log.info("duplicate delivery %s on %s ignored", message.message_id, key.channel)
                 self.metrics.message(key.channel, "duplicate")
                 return None
-            allowed = await self.limiter.allow(key.user_scope())
         except KnowbotError as exc:
             log.error("could not take message %s on %s: %s", message.message_id, key.channel, exc)
             self.metrics.message(key.channel, "not_taken")
             return Reply(exc.user_message, kind="error")
+        reply = await self.answer(message, handler)
+        # Recording the outcome is bookkeeping: it runs after the reply is handed back.
+        status = ("limited" if reply is _LIMITED else "failed" if reply.kind == "error"
+                  else "done")
+        self._track(self._finish(message, status))
+        return reply
+
+    async def answer(self, message: InboundMessage, handler: Handler | None = None) -> Reply:
+        """Rate limit, then the handler inside the one error boundary (no dedupe: taken already)."""
+        with message_context(message):
+            return await self._answer(message, handler)
+
+    async def _answer(self, message: InboundMessage, handler: Handler | None) -> Reply:
+        key = message.key
+        try:
+            allowed = await self.limiter.allow(key.user_scope())
+        except KnowbotError as exc:
+            log.error("could not check the rate limit for %s: %s", key.channel, exc)
+            return Reply(exc.user_message, kind="error")
         if not allowed:
             log.info("rate limit hit by %s", key.user_scope())
             self.metrics.message(key.channel, "rate_limited")
-            await self._finish(message, "limited")
-            return Reply(RateLimited.user_message, kind="error")
+            return _LIMITED
         started = time.perf_counter()
         reply = await self._guarded(message, handler or self.handler)
         self.metrics.message(key.channel, "failed" if reply.kind == "error" else "answered",
                              time.perf_counter() - started)
-        # Recording the outcome is bookkeeping: it runs after the reply is handed back.
-        self._track(self._finish(message, "failed" if reply.kind == "error" else "done"))
         return reply
 
     def _track(self, coro: Any) -> None:

@@ -49,6 +49,7 @@ class EngineDeps:
     ingestor: Ingestor | None = None
     clock: Clock = SYSTEM_CLOCK
     metrics: Metrics | None = None
+    quotas: Any = None  # bot.quota.Quotas: daily limits checked before each model call
 
 
 NO_MODEL_INTRO = (
@@ -210,6 +211,10 @@ class Engine:
             await self.memory.remember(key, question, text, user_id=key.user_id)
             return Reply(text, citations)
 
+        if self.deps.quotas is not None:
+            refused = await self.deps.quotas.admit(key)  # over a limit: the model is not called
+            if refused is not None:
+                return refused
         summary, history = await self.memory.recall(key)
         now = self.deps.clock.now().astimezone(ZoneInfo(self.settings.timezone))
         messages = build_messages(

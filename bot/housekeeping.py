@@ -1,4 +1,4 @@
-"""Housekeeping, run by the scheduler: message retention, dedupe and state expiry, usage roll-ups."""
+"""Housekeeping, run by the scheduler: message retention, dedupe, inbox and state expiry, usage roll-ups."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from datetime import timedelta
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from bot.inbox import Inbox
 from bot.kv import StateStore
 from bot.models import Message, StateEntry, UsageRecord
 from bot.store import Store
@@ -76,10 +77,11 @@ async def roll_up_usage(store: Store, older_than: timedelta = USAGE_DETAIL_KEEP)
 
 async def run_housekeeping(store: Store, state: StateStore, retention_days: int) -> dict[str, int]:
     """Everything housekeeping does, once; returns what it removed."""
-    done = {"messages": 0, "dedupe": 0, "state": 0, "usage": 0}
+    done = {"messages": 0, "dedupe": 0, "inbox": 0, "state": 0, "usage": 0}
     if retention_days > 0:
         done["messages"] = await prune_messages(store, timedelta(days=retention_days))
     done["dedupe"] = await store.prune_inbound(DEDUPE_KEEP)
+    done["inbox"] = await Inbox(store).prune(DEDUPE_KEEP)  # finished entries dedupe until then
     done["state"] = await state.purge_expired()
     done["usage"] = await roll_up_usage(store)
     log.info("housekeeping: %s", done)

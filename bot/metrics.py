@@ -28,6 +28,7 @@ import bot
 from bot.errors import KnowbotError
 
 if TYPE_CHECKING:
+    from bot.inbox import Inbox
     from bot.llm import UsageEvent
     from bot.outbox import Outbox
 
@@ -93,8 +94,10 @@ class Metrics:
                                   registry=r)
         self.outbox_oldest = Gauge("knowbot_outbox_oldest_age_seconds", "Age of the oldest "
                                    "reply waiting in the outbox (0 when empty).", registry=r)
-        # The durable inbox adds knowbot_inbox_depth / knowbot_inbox_oldest_age_seconds here,
-        # with a probe like outbox_probe below.
+        self.inbox_depth = Gauge("knowbot_inbox_depth", "Messages in the inbox not yet "
+                                 "answered (queued or being answered).", registry=r)
+        self.inbox_oldest = Gauge("knowbot_inbox_oldest_age_seconds", "Age of the oldest "
+                                  "unanswered message in the inbox (0 when empty).", registry=r)
         self.scrape_errors = Counter("knowbot_scrape_probe_errors", "State probes that failed "
                                      "during a scrape.", ["probe"], registry=r)
         self._probes: list[tuple[str, Probe]] = []
@@ -192,5 +195,16 @@ def outbox_probe(metrics: Metrics, outbox: "Outbox") -> Probe:
             oldest = oldest.replace(tzinfo=timezone.utc)
         now: datetime = outbox.clock.now()
         metrics.outbox_oldest.set(max(0.0, (now - oldest).total_seconds()))
+
+    return probe
+
+
+def inbox_probe(metrics: Metrics, inbox: "Inbox") -> Probe:
+    """A probe that sets the inbox's depth and oldest age from the database."""
+
+    async def probe() -> None:
+        depth, age = await inbox.backlog()
+        metrics.inbox_depth.set(depth)
+        metrics.inbox_oldest.set(age)
 
     return probe

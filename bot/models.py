@@ -1,4 +1,4 @@
-"""SQLModel tables: conversations, messages, processed inbound ids, usage records."""
+"""SQLModel tables: conversations, messages, inbox and outbox, dedupe ids, usage, state."""
 
 from __future__ import annotations
 
@@ -144,4 +144,42 @@ class OutboxEntry(SQLModel, table=True):
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    # what the channel needs to send it (a message to reply to); the inbox entry it answers,
+    # which stays unfinished (and holds its conversation) until this reply has left
+    context: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
+    inbox_id: Optional[int] = Field(default=None, index=True)
+
+
+class InboxEntry(SQLModel, table=True):
+    """A message a platform handed over: kept until its answer has been sent.
+
+    Written before the platform is told the message arrived; unique by the platform's id, so a
+    redelivery is never taken twice. Workers on any replica take entries under a lease, the
+    oldest unfinished one of each conversation only, so a conversation is answered in order.
+    """
+
+    __tablename__ = "inbox_entry"
+    __table_args__ = (
+        UniqueConstraint("channel", "tenant", "message_id", name="uq_inbox_entry"),
+        Index("ix_inbox_entry_conversation_id_id", "conversation_id", "id"),
+        Index("ix_inbox_entry_status_id", "status", "id"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=32)
+    tenant: str = Field(max_length=128)
+    message_id: str = Field(max_length=255)
+    conversation_id: str = Field(max_length=512)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    context: str = Field(sa_column=Column(Text, nullable=False))
+    # queued -> running (leased) -> answered (reply in the outbox) -> done; or dead
+    status: str = Field(default="queued", max_length=16)
+    attempts: int = 0
+    lease_owner: str = Field(default="", max_length=64)
+    lease_until: Optional[datetime] = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+    finished_at: Optional[datetime] = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))

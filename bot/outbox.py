@@ -1,9 +1,13 @@
 """The outbox: a reply a channel could not send yet is kept in the database and retried.
 
-`Outbox.deliver` sends at once through the channel; when the send fails with a retryable
-ChannelSendError the reply is stored and a background loop retries it with backoff, across
-restarts and on whichever replica gets to it first (a lease on each entry stops two replicas
-sending the same one).
+An answer to an inbox entry is written here by `Inbox.finish` (in the transaction that
+finishes the entry) and sent from here with `send_stored`; a job's reply goes through `deliver`,
+which sends at once and keeps the reply only when the send fails. A reply that fails with a
+retryable ChannelSendError is retried by a background loop with backoff, across restarts and on
+whichever replica gets to it first (a lease on each entry stops two replicas sending the same
+one). A channel reports each part it has sent (`part_sent`), so a send interrupted mid-way, even
+by a killed process, resumes after the parts already out; only a part sent in the instant
+before its report was written can go out twice.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ import contextvars
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable
+from datetime import timedelta, timezone
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy import Connection, delete, insert, select, update
 
 from bot.clock import Clock
 from bot.errors import ChannelSendError, KnowbotError
-from bot.models import OutboxEntry
+from bot.models import InboxEntry, OutboxEntry
 from bot.store import Store
 from bot.types import ConversationKey, Reply
 
@@ -30,13 +34,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _OUTBOX = OutboxEntry.__table__  # type: ignore[attr-defined]
+_INBOX = InboxEntry.__table__  # type: ignore[attr-defined]
 
 # While the outbox retries a reply, the index of its first part not yet sent: a channel that
 # splits replies into several messages skips the ones before it.
 RESUME_AT: contextvars.ContextVar[int] = contextvars.ContextVar("knowbot_resume_at", default=0)
+# What the channel asked to keep with the reply for sending it (e.g. the message it answers).
+SEND_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("knowbot_send_context")
+# Told how many parts have gone out after each part, so a send killed mid-way resumes there.
+PART_SENT: contextvars.ContextVar[Callable[[int], Awaitable[None]] | None] = contextvars.ContextVar(
+    "knowbot_part_sent", default=None)
 
-LEASE = timedelta(minutes=2)
+LEASE = timedelta(seconds=30)  # a replica sending a reply holds it this long, renewed while sending
 MAX_AGE = timedelta(days=2)  # past this a reply is stale: it is dropped with a warning
+
+
+def send_context() -> dict[str, Any]:
+    """What the reply being sent was stored with ({} when sent straight away)."""
+    return SEND_CONTEXT.get({})
+
+
+async def part_sent(parts: int) -> None:
+    """A channel calls this after each part of a reply has gone out (`parts` sent so far)."""
+    report = PART_SENT.get()
+    if report is not None:
+        await report(parts)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -95,10 +117,10 @@ class Outbox:
         count, oldest = await self.store.read(lambda conn: conn.execute(query).one())
         return int(count), oldest
 
-    async def _claim_due(self, limit: int = 50) -> list[tuple[str, str, str, str, int, datetime]]:
+    async def _claim_due(self, limit: int = 50) -> list[Any]:
         now = self.clock.now()
 
-        def claim(conn: Connection) -> list[tuple[str, str, str, str, int, datetime]]:
+        def claim(conn: Connection) -> list[Any]:
             rows = conn.execute(select(_OUTBOX).where(_OUTBOX.c.next_attempt_at <= now)
                                 .order_by(_OUTBOX.c.next_attempt_at).limit(limit)).all()
             taken = []
@@ -108,8 +130,7 @@ class Outbox:
                     _OUTBOX.c.id == row.id, _OUTBOX.c.next_attempt_at == row.next_attempt_at)
                     .values(next_attempt_at=now + LEASE))
                 if done.rowcount == 1:
-                    taken.append((row.id, row.channel, row.key, row.reply, row.attempts,
-                                  row.created_at))
+                    taken.append(row)
             return taken
 
         return await self.store.write(claim)
@@ -118,36 +139,72 @@ class Outbox:
         """Try every reply that is due once; return how many went out."""
         channels = {c.name: c for c in self._channels()}
         sent = 0
-        for entry_id, name, key_json, reply_json, attempts, created in await self._claim_due():
-            channel = channels.get(name)
-            created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
-            if self.clock.now() - created > MAX_AGE:
-                log.warning("outbox reply %s for %s dropped: not sent in %s", entry_id, name,
-                            MAX_AGE)
-                await self._remove(entry_id)
-                continue
-            if channel is None:  # not running on this replica: another one (or a restart) may
-                await self._reschedule(entry_id, attempts, "channel not running here")
-                continue
-            key = ConversationKey.from_record(json.loads(key_json))
-            record = json.loads(reply_json)
-            resume = RESUME_AT.set(int(record.get("sent_parts", 0)))
-            try:
-                await channel.send(key, Reply.from_record(record))
-            except ChannelSendError as exc:
-                if not exc.retryable:
-                    log.warning("outbox reply %s dropped: %s", entry_id, exc)
-                    await self._remove(entry_id)
-                    continue
-                if exc.sent_parts > record.get("sent_parts", 0):
-                    record["sent_parts"] = exc.sent_parts
-                await self._reschedule(entry_id, attempts, str(exc), record)
-                continue
-            finally:
-                RESUME_AT.reset(resume)
-            await self._remove(entry_id)
-            sent += 1
+        for row in await self._claim_due():
+            sent += await self._send_row(channels.get(row.channel), row)
         return sent
+
+    async def send_stored(self, entry_id: str) -> bool:
+        """Send a reply just written to the outbox (by the inbox's finish); True if it went out."""
+        query = select(_OUTBOX).where(_OUTBOX.c.id == entry_id)
+        row = await self.store.read(lambda conn: conn.execute(query).first())
+        if row is None:
+            return False
+        channel = next((c for c in self._channels() if c.name == row.channel), None)
+        return bool(await self._send_row(channel, row))
+
+    async def _send_row(self, channel: "Channel | None", row: Any) -> int:
+        """One try of one stored reply: 1 if it went out, else 0 (kept, rescheduled or dropped)."""
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(
+            tzinfo=timezone.utc)
+        if self.clock.now() - created > MAX_AGE:
+            log.warning("outbox reply %s for %s dropped: not sent in %s", row.id, row.channel,
+                        MAX_AGE)
+            await self._remove(row.id, row.inbox_id)
+            return 0
+        if channel is None:  # not running on this replica: another one (or a restart) may
+            await self._reschedule(row.id, row.attempts, "channel not running here")
+            return 0
+        key = ConversationKey.from_record(json.loads(row.key))
+        record = json.loads(row.reply)
+
+        async def progress(parts: int) -> None:
+            record["sent_parts"] = parts
+            stmt = update(_OUTBOX).where(_OUTBOX.c.id == row.id).values(
+                reply=json.dumps(record, ensure_ascii=False))
+            await self.store.write(lambda conn: conn.execute(stmt))
+
+        tokens = (RESUME_AT.set(int(record.get("sent_parts", 0))),
+                  SEND_CONTEXT.set(json.loads(row.context or "{}")), PART_SENT.set(progress))
+        renewing = asyncio.create_task(self._hold(row.id))
+        try:
+            await channel.send(key, Reply.from_record(record))
+        except ChannelSendError as exc:
+            if not exc.retryable:
+                log.warning("outbox reply %s dropped: %s", row.id, exc)
+                await self._remove(row.id, row.inbox_id)
+                return 0
+            if exc.sent_parts > record.get("sent_parts", 0):
+                record["sent_parts"] = exc.sent_parts
+            await self._reschedule(row.id, row.attempts, str(exc), record)
+            return 0
+        finally:
+            renewing.cancel()
+            PART_SENT.reset(tokens[2])
+            SEND_CONTEXT.reset(tokens[1])
+            RESUME_AT.reset(tokens[0])
+        await self._remove(row.id, row.inbox_id)
+        return 1
+
+    async def _hold(self, entry_id: str) -> None:
+        """Keep the lease on a reply while it is being sent (a long, paced send outlives it)."""
+        while True:
+            await asyncio.sleep(LEASE.total_seconds() / 3)
+            stmt = update(_OUTBOX).where(_OUTBOX.c.id == entry_id).values(
+                next_attempt_at=self.clock.now() + LEASE)
+            try:
+                await self.store.write(lambda conn: conn.execute(stmt))
+            except KnowbotError as exc:
+                log.warning("could not renew the lease of outbox reply %s: %s", entry_id, exc)
 
     async def _reschedule(self, entry_id: str, attempts: int, error: str,
                           record: dict | None = None) -> None:
@@ -158,9 +215,18 @@ class Outbox:
         stmt = update(_OUTBOX).where(_OUTBOX.c.id == entry_id).values(**values)
         await self.store.write(lambda conn: conn.execute(stmt))
 
-    async def _remove(self, entry_id: str) -> None:
+    async def _remove(self, entry_id: str, inbox_id: int | None = None) -> None:
+        """Forget a sent (or dropped) reply; the inbox entry it answers is done with it."""
         stmt = delete(_OUTBOX).where(_OUTBOX.c.id == entry_id)
-        await self.store.write(lambda conn: conn.execute(stmt))
+        finished = (update(_INBOX).where(_INBOX.c.id == inbox_id, _INBOX.c.status == "answered")
+                    .values(status="done") if inbox_id is not None else None)
+
+        def write(conn: Connection) -> None:
+            conn.execute(stmt)
+            if finished is not None:
+                conn.execute(finished)
+
+        await self.store.write(write)
 
     def start(self) -> None:
         """Run the retry loop in the background."""

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bot.clock import SYSTEM_CLOCK, Clock
 from bot.config import Settings
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine, EngineDeps, Ingestor
+from bot.inbox import Inbox
 from bot.knowledge import KnowledgeSearch
 from bot.kv import StateStore
 from bot.llm import LLMRouter
-from bot.metrics import Metrics, outbox_probe
+from bot.metrics import Metrics, inbox_probe, outbox_probe
 from bot.outbox import Outbox
+from bot.quota import Quotas
 from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
 from bot.types import ConversationKey, Reply
 from bot.usage import UsageRecorder
+from bot.workers import Workers
 from plugins import ToolRegistry, load_registry
 
 if TYPE_CHECKING:
@@ -30,6 +34,15 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
+
+
+def fan_out(*sinks: Callable[[object], Awaitable[None]]) -> Callable[[object], Awaitable[None]]:
+    """One usage sink that hands each event to several (the recorder, the quotas)."""
+    async def sink(event: object) -> None:
+        for each in sinks:
+            await each(event)
+
+    return sink
 
 
 def build_knowledge(settings: Settings, store: Store, model: object | None = None
@@ -95,6 +108,8 @@ class Runtime:
     channels: list["Channel"] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)  # GET /metrics reads its registry
     outbox: Outbox = field(init=False)  # retries sends through whatever channels run now
+    inbox: Inbox = field(init=False)  # where platform messages wait for a worker
+    workers: Workers = field(init=False)
     plugin_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     scheduler: "Scheduler | None" = None
 
@@ -130,10 +145,12 @@ class Runtime:
 
         metrics = Metrics()
         usage = UsageRecorder(store, metrics=metrics)
-        if llm is None:
-            llm = LLMRouter.from_settings(settings, usage_sink=usage)
-        closers: list[Callable[[], Awaitable[None]]] = []
         state = StateStore(store)
+        quotas = Quotas(state, settings)
+        if llm is None:
+            llm = LLMRouter.from_settings(
+                settings, usage_sink=fan_out(usage, quotas.on_usage) if quotas.active else usage)
+        closers: list[Callable[[], Awaitable[None]]] = []
         policy = None
         if registry is None:
             registry = load_registry(
@@ -161,7 +178,8 @@ class Runtime:
             knowledge.translator = LLMTranslator(llm)  # type: ignore[attr-defined]
         engine = Engine(
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
-                       knowledge=knowledge, ingestor=ingestor, clock=clock, metrics=metrics)
+                       knowledge=knowledge, ingestor=ingestor, clock=clock, quotas=quotas,
+                       metrics=metrics)
         )
         if hasattr(knowledge, "registry"):  # the real knowledge service: chat can manage it
             from knowledge.commands import kb_command
@@ -185,7 +203,13 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.outbox = Outbox(self.store, lambda: self.channels)
+        self.inbox = Inbox(self.store, lease=timedelta(seconds=self.settings.inbox_lease_seconds),
+                           max_attempts=self.settings.inbox_max_attempts)
+        self.workers = Workers(self.inbox, self.outbox, lambda: self.channels,
+                               concurrency=self.settings.workers)
         self.metrics.add_probe("outbox", outbox_probe(self.metrics, self.outbox))
+        self.metrics.add_probe("inbox", inbox_probe(self.metrics, self.inbox))
+        self.inbox.duplicates.append(lambda channel: self.metrics.message(channel, "duplicate"))
 
     async def deliver(self, key: ConversationKey, reply: Reply) -> bool:
         """Send a reply that no inbound message waits for (a job), through the outbox."""
@@ -224,6 +248,7 @@ class Runtime:
 
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Finish the messages in flight, then close every connection."""
+        await self.workers.stop(drain_timeout)
         if self.scheduler is not None:
             await self.scheduler.close()
         await self.outbox.close()

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from bot.clock import Clock, follow_in_apscheduler, release_apscheduler
 from bot.errors import CommandError, KnowbotError
 from bot.kv import StateStore
+from bot.lease import LEASE_SECONDS, Lease, RedisLease
 from bot.types import ConversationKey, InboundMessage, Reply
 from bot.when import When
 
@@ -38,7 +39,6 @@ CHANGES_WORDS = {"changes", "new documents", "what's new", "whats new", "news", 
 JOB_TABLE = "scheduled_job"
 MISFIRE_GRACE = 24 * 3600  # a job missed by up to a day still fires (once) after downtime
 MAX_JOBS_PER_CONVERSATION = 50
-LEASE_SECONDS = 45.0
 RENEW_SECONDS = 15.0
 
 _active: "Scheduler | None" = None  # the scheduler whose process runs jobs (APScheduler calls by name)
@@ -61,63 +61,6 @@ class JobInfo:
     text: str
     schedule: str
     next_run: datetime | None
-
-
-class Lease:
-    """Leadership among replicas: an entry in the database that the holder renews."""
-
-    NAMESPACE = "scheduler"
-    KEY = "leader"
-
-    def __init__(self, state: StateStore, owner: str, seconds: float = LEASE_SECONDS) -> None:
-        self.state = state
-        self.owner = owner
-        self.seconds = seconds
-
-    async def acquire(self) -> bool:
-        """Take or renew the lease; True while this replica holds it."""
-        entry = await self.state.get(self.NAMESPACE, self.KEY)
-        if entry is None:
-            return await self.state.swap(self.NAMESPACE, self.KEY, {"owner": self.owner}, 0,
-                                         ttl=self.seconds)
-        if entry.value.get("owner") != self.owner:
-            return False
-        return await self.state.swap(self.NAMESPACE, self.KEY, {"owner": self.owner},
-                                     entry.version, ttl=self.seconds)
-
-    async def release(self) -> None:
-        """Give the lease up (at shutdown) so another replica takes over at once."""
-        entry = await self.state.get(self.NAMESPACE, self.KEY)
-        if entry is not None and entry.value.get("owner") == self.owner:
-            await self.state.take(self.NAMESPACE, self.KEY)
-
-
-class RedisLease:
-    """The same lease as a Redis key (SET NX PX), for replicas that share Redis."""
-
-    KEY = "knowbot:scheduler:leader"
-    _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-              "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
-    _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-                "return redis.call('del', KEYS[1]) else return 0 end")
-
-    def __init__(self, url: str, owner: str, seconds: float = LEASE_SECONDS) -> None:
-        from redis.asyncio import Redis
-
-        self.redis = Redis.from_url(url)
-        self.owner = owner
-        self.ms = int(seconds * 1000)
-
-    async def acquire(self) -> bool:
-        """Take or renew the lease; True while this replica holds it."""
-        if await self.redis.set(self.KEY, self.owner, nx=True, px=self.ms):
-            return True
-        return bool(await self.redis.eval(self._RENEW, 1, self.KEY, self.owner, self.ms))
-
-    async def release(self) -> None:
-        """Give the lease up."""
-        await self.redis.eval(self._RELEASE, 1, self.KEY, self.owner)
-        await self.redis.aclose()
 
 
 class Scheduler:
@@ -146,8 +89,8 @@ class Scheduler:
         self.owner = uuid.uuid4().hex
         self.renew_seconds = renew_seconds
         self.lease: Lease | RedisLease = (
-            RedisLease(redis_url, self.owner, lease_seconds) if redis_url
-            else Lease(state, self.owner, lease_seconds))
+            RedisLease(redis_url, self.owner, lease_seconds, key="knowbot:scheduler:leader")
+            if redis_url else Lease(state, self.owner, lease_seconds, "scheduler", "leader"))
         self._housekeeping = housekeeping
         self._recrawl = recrawl
         self._recrawl_hours = recrawl_hours
@@ -290,6 +233,20 @@ class Scheduler:
                                      payload.get("schedule", ""), job.next_run_time))
         far = datetime.max.replace(tzinfo=timezone.utc)
         return sorted(found, key=lambda j: j.next_run or far)
+
+    async def all_jobs(self) -> list[dict[str, Any]]:
+        """Every conversation's jobs (system jobs left out), soonest first, as data."""
+        far = datetime.max.replace(tzinfo=timezone.utc)
+        found = []
+        for job in await asyncio.to_thread(self.aps.get_jobs):
+            payload = job.kwargs.get("payload", {})
+            if "key" in payload:
+                found.append((job.next_run_time or far, {
+                    "id": job.id, "kind": job.kwargs["kind"], "text": payload.get("text", ""),
+                    "schedule": payload.get("schedule", ""), "key": payload["key"],
+                    "created_by": payload.get("by", ""),
+                    "next_run": job.next_run_time.isoformat() if job.next_run_time else None}))
+        return [item for _, item in sorted(found, key=lambda pair: pair[0])]
 
     async def cancel(self, key: ConversationKey, job_id: str) -> bool:
         """Remove one of the conversation's jobs; False if it has no job with that id."""

@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 DEFAULT_API_BASE = "https://slack.com/api/"
 BOT_SCOPES = ["app_mentions:read", "channels:history", "chat:write", "commands", "files:read",
               "groups:history", "im:history", "im:read", "im:write", "mpim:history", "users:read"]
-EVENTS_SEEN = "slack.event"  # namespace of the event ids already taken (retries dropped early)
-EVENT_MEMORY = 2 * 24 * 3600  # seconds an event id is remembered
 MAX_BODY = 1024 * 1024  # the largest request body taken on /slack/events
 ADMIN_CACHE_SECONDS = 300.0
 THREAD_MESSAGES = 30  # earlier thread messages read as context (conversations.replies)
@@ -187,9 +185,9 @@ class SlackChannel:
                                     retry_handlers=self.client.retry_handlers)
             bolt = AsyncApp(client=client, signing_secret=signing_secret, logger=log,
                             name="knowbot", process_before_response=True)
-        # Listeners only take the event (a dedupe write) and spawn the answer, so Bolt may run
-        # them before it responds: the ack stays fast and a failure to take it is a 500 that
-        # Slack retries, while the answer itself never blocks the response.
+        # Listeners only put the event in the inbox (one write, deduped by event id), so Bolt
+        # runs them before it responds: the ack comes after the event is safe, stays fast, and
+        # a failure to keep it is a 500 that Slack retries. Workers answer it after the ack.
         bolt.event("app_mention")(self._on_mention)
         bolt.event({"type": "message", "subtype": (None, "file_share")})(self._on_message)
         bolt.event("message")(self._on_other)  # edits, deletions, bots: acknowledged, ignored
@@ -292,12 +290,6 @@ class SlackChannel:
         self._admins[(team_id, user_id)] = (now + ADMIN_CACHE_SECONDS, admin)
         return admin
 
-    async def first_delivery(self, team_id: str, event_id: str) -> bool:
-        """Take an event id once; Slack's retries (X-Slack-Retry-Num) of it get False."""
-        assert self.runtime is not None
-        return await self.runtime.state.swap(EVENTS_SEEN, f"{team_id}:{event_id}", True, 0,
-                                             ttl=EVENT_MEMORY)
-
     # ---- events ------------------------------------------------------------------------------
 
     async def _on_other(self, event: dict[str, Any]) -> None:
@@ -325,14 +317,10 @@ class SlackChannel:
         thread = str(posted.get("thread_ts") or posted.get("ts") or "")
         if not (code.isdigit() and team and channel and user and thread):
             return
-        if not await self.first_delivery(team, f"action:{body.get('trigger_id') or code}"):
-            return
         key = ConversationKey("slack", team, channel, user, thread)
-        message = InboundMessage(key=key, message_id=f"action:{body.get('trigger_id', code)}",
-                                 text=f"/confirm {code}",
-                                 is_group=not channel.startswith("D"), raw=body)
-        token = context.bot_token or await self.token_for(team)
-        self.spawn(self._answer(message, token, []), f"knowbot:slack:confirm:{code}")
+        message = InboundMessage(key=key, message_id=f"action:{body.get('trigger_id') or code}",
+                                 text=f"/confirm {code}", is_group=not channel.startswith("D"))
+        await self._keep(message, {"files": []})
 
     def _ignored(self, event: dict[str, Any], context: AsyncBoltContext) -> bool:
         user = event.get("user")
@@ -346,9 +334,6 @@ class SlackChannel:
             return
         team = str(body.get("team_id") or context.team_id or "")
         event_id = str(body.get("event_id") or f"{event.get('channel')}:{event.get('ts')}")
-        if not await self.first_delivery(team, event_id):
-            log.info("Slack event %s already taken: redelivery ignored", event_id)
-            return
         channel = str(event.get("channel", ""))
         is_group = event.get("channel_type") != "im" and not channel.startswith("D")
         key = ConversationKey("slack", team, channel, str(event["user"]),
@@ -356,44 +341,48 @@ class SlackChannel:
         message = InboundMessage(
             key=key, message_id=event_id, text=plain_text(str(event.get("text") or ""),
                                                           context.bot_user_id),
-            is_group=is_group, mentions_bot=event.get("type") == "app_mention", raw=body)
-        token = context.bot_token or await self.token_for(team)
+            is_group=is_group, mentions_bot=event.get("type") == "app_mention")
         files = [f.get("id") for f in event.get("files") or () if f.get("id")][:MAX_FILES]
-        self.spawn(self._answer(message, token, files), f"knowbot:slack:{event_id}")
+        thread = {k: event[k] for k in ("ts", "thread_ts") if event.get(k)}
+        await self._keep(message, {"files": files, "thread": thread})
 
-    async def _answer(self, message: InboundMessage, token: str, file_ids: list[str]) -> None:
-        """Fetch the shared files, run the message through the dispatcher, post the reply."""
+    async def _keep(self, message: InboundMessage, context: dict[str, Any]) -> None:
+        """Put an event in the inbox before Bolt acks it (process_before_response)."""
+        assert self.runtime is not None
+        if not await self.runtime.inbox.put(message, context):
+            log.info("Slack event %s already taken: redelivery ignored", message.message_id)
+
+    async def work(self, message: InboundMessage, context: dict[str, Any]) -> Reply | None:
+        """Answer one event from the inbox: fetch its files, run it through the dispatcher."""
         assert self.runtime is not None
         key = message.key
-        try:
-            if message.is_group:
-                message = replace(message, is_admin=await self.is_admin(token, key.tenant,
-                                                                        key.user_id))
-            await self._thread_context(message, token)
-            problem: Reply | None = None
-            if file_ids:
-                # the engine refuses a non-admin's file in a channel: don't download it then
-                allowed = not message.is_group or message.is_admin
-                try:
-                    attachments = tuple([
-                        await fetch_file(self.client, self._http(), token, file_id,
-                                         max_bytes=self.settings.ingest_max_bytes,
-                                         api_base=self.api_base, download=allowed)
-                        for file_id in file_ids])
-                    message = replace(message, attachments=attachments)
-                except IngestError as exc:
-                    problem = Reply(exc.user_message, kind="error")
+        token = await self.token_for(key.tenant)
+        file_ids = list(context.get("files") or ())
+        message = replace(message, raw={"event": context.get("thread") or {}})
+        if message.is_group:
+            message = replace(message, is_admin=await self.is_admin(token, key.tenant,
+                                                                    key.user_id))
+        await self._thread_context(message, token)
+        problem: Reply | None = None
+        if file_ids:
+            # the engine refuses a non-admin's file in a channel: don't download it then
+            allowed = not message.is_group or message.is_admin
+            try:
+                attachments = tuple([
+                    await fetch_file(self.client, self._http(), token, file_id,
+                                     max_bytes=self.settings.ingest_max_bytes,
+                                     api_base=self.api_base, download=allowed)
+                    for file_id in file_ids])
+                message = replace(message, attachments=attachments)
+            except IngestError as exc:
+                problem = Reply(exc.user_message, kind="error")
 
-            async def refuse(_: InboundMessage) -> Reply:
-                assert problem is not None
-                return problem
+        async def refuse(_: InboundMessage) -> Reply:
+            assert problem is not None
+            return problem
 
-            # through the dispatcher either way: dedupe, rate limit, one error boundary
-            reply = await self.runtime.dispatcher.process(message, refuse if problem else None)
-            if reply is not None:
-                await self.runtime.outbox.deliver(self, key, reply)
-        except Exception:  # noqa: BLE001 - one event must not take the channel down
-            log.exception("Slack event %s failed", message.message_id)
+        # through the dispatcher either way: rate limit, one error boundary
+        return await self.runtime.dispatcher.answer(message, refuse if problem else None)
 
     async def _thread_context(self, message: InboundMessage, token: str) -> None:
         """Put a thread's earlier messages into the conversation's memory the first time."""

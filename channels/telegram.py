@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextvars
 import hashlib
 import hmac
 import json
 import logging
 import re
+import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiogram import Bot
 from aiogram.client.default import DefaultBotProperties
@@ -43,9 +43,9 @@ from starlette.responses import Response
 
 from bot.commands import Command
 from bot.config import Settings
-from bot.logs import fresh_context
-from bot.errors import ChannelSendError, ConfigError, IngestError
-from bot.outbox import RESUME_AT
+from bot.errors import ChannelSendError, ConfigError, IngestError, KnowbotError
+from bot.lease import Lease, RedisLease
+from bot.outbox import RESUME_AT, part_sent, send_context
 from bot.types import Attachment, ConversationKey, InboundMessage, Reply
 from channels import telegram_inbound as inbound
 from channels.telegram_pacing import Pacer
@@ -62,17 +62,13 @@ WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 ALLOWED_UPDATES = ["message"]
 MAX_UPDATE_BYTES = 1024 * 1024  # an update is a few KB; anything far larger is not Telegram
-MAX_IN_FLIGHT = 100  # updates being answered at once; polling waits, the webhook says 503
 MAX_SEND_TRIES = 4  # tries of one message part (429s, a migrated group, a markup fallback)
 MAX_RETRY_WAIT = 60.0  # seconds of retry_after honoured inside one send before the outbox
 TYPING_EVERY = 4.0  # Telegram shows "typing…" for about 5 s
 _SECRET_OK = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 
-# The Telegram message a reply answers (groups): set around the reply's delivery only, so the
-# outbox retrying later (without it) simply sends without the reply link.
-_REPLY_TO: contextvars.ContextVar[int | None] = contextvars.ContextVar("telegram_reply_to",
-                                                                      default=None)
+POLL_LEASE_SECONDS = 45.0  # one replica polls; another takes over within this after it dies
 
 def derive_webhook_secret(token: str) -> str:
     """A webhook secret derived from the bot token (HMAC-SHA256, URL-safe base64, 43 chars)."""
@@ -86,7 +82,7 @@ class TelegramChannel:
     name = "telegram"
 
     def __init__(self, settings: Settings, *, poll_timeout: int = 25, pacer: Pacer | None = None,
-                 typing_every: float = TYPING_EVERY) -> None:
+                 typing_every: float = TYPING_EVERY, lease_check: float = 5.0) -> None:
         if settings.telegram_token is None:
             raise ConfigError("KNOWBOT_TELEGRAM_TOKEN: required for the Telegram channel")
         token = settings.telegram_token.get_secret_value()
@@ -117,8 +113,9 @@ class TelegramChannel:
         self.admins = inbound.AdminCache(self.bot)
         self.runtime: Runtime | None = None
         self._me: User | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._chat_locks: dict[str, list[Any]] = {}  # chat id -> [lock, users]
+        self._owner = uuid.uuid4().hex  # this replica, for the polling lease
+        self.lease_check = lease_check
+        self.polling = False  # this replica holds the polling lease and calls getUpdates
         self._runner: asyncio.Task[None] | None = None
         self._stopped = False
         self._closed = False
@@ -140,26 +137,20 @@ class TelegramChannel:
         self._runner = asyncio.create_task(self._run(), name="knowbot:telegram")
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop polling, finish the updates in flight (bounded) and close the HTTP session."""
+        """Stop polling and close the HTTP session (the workers have stopped answering first)."""
         self._stopped = True
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
-        await self.wait_idle(timeout, cancel=True)
         self._closed = True
         await self.bot.session.close()
 
-    async def wait_idle(self, timeout: float = 30.0, cancel: bool = False) -> int:
-        """Wait until no update is being answered; return how many still were (cancelled if asked)."""
-        if not self._tasks:
+    async def wait_idle(self, timeout: float = 30.0) -> int:
+        """Wait until this replica answers nothing; return how many answers still were running."""
+        if self.runtime is None:
             return 0
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        if cancel:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        return len(pending)
+        return await self.runtime.workers.wait_idle(timeout)
 
     async def _run(self) -> None:
         await self._bootstrap()
@@ -232,18 +223,52 @@ class TelegramChannel:
         except (ValueError, ValidationError):
             log.warning("telegram webhook body is not an update")
             return Response(status_code=400)
-        if len(self._tasks) >= MAX_IN_FLIGHT or self._stopped:
+        if self._stopped:
             return Response(status_code=503)  # Telegram delivers it again later
-        self._spawn(self.handle_update(update))
+        try:
+            await self.take(update)
+        except KnowbotError as exc:
+            log.warning("telegram update %s not kept (%s): Telegram will resend it",
+                        update.update_id, exc)
+            return Response(status_code=503)
         return Response(status_code=200)
 
+    def _poll_lease(self) -> Lease | RedisLease:
+        assert self.runtime is not None
+        seconds = max(POLL_LEASE_SECONDS, self.poll_timeout * 2 + 5)
+        if self.settings.redis_url:
+            return RedisLease(self.settings.redis_url, self._owner, seconds,
+                              key=f"knowbot:telegram:poller:{self.tenant}")
+        return Lease(self.runtime.state, self._owner, seconds, "telegram", f"poller:{self.tenant}")
+
     async def _poll(self) -> None:
-        """Long polling with getUpdates, offset confirmed on the next call; bounded backoff."""
+        """Long polling by one replica (a lease); the offset moves past what the inbox holds."""
+        lease = self._poll_lease()
+        try:
+            await self._poll_while(lease)
+        finally:
+            self.polling = False
+            try:
+                await lease.release()
+            except Exception:  # noqa: BLE001 - shutting down; the lease lapses anyway
+                log.debug("could not release the telegram polling lease", exc_info=True)
+
+    async def _poll_while(self, lease: Lease | RedisLease) -> None:
         offset: int | None = None
         delay = 1.0
+        polling = False
         while not self._stopped:
-            if len(self._tasks) >= MAX_IN_FLIGHT:
-                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                held = await lease.acquire()
+            except Exception as exc:  # noqa: BLE001 - a database or Redis outage: try later
+                log.warning("telegram polling lease check failed: %s", exc)
+                held = False
+            if held != polling:
+                log.info("telegram: this replica %s polling", "starts" if held else "stops")
+                polling = self.polling = held
+                offset = None  # getUpdates without an offset resumes after the confirmed ones
+            if not held:
+                await asyncio.sleep(self.lease_check)
                 continue
             try:
                 updates = await self.bot.get_updates(
@@ -266,28 +291,27 @@ class TelegramChannel:
                 continue
             delay = 1.0
             for update in updates:
+                try:
+                    await self.take(update)
+                except KnowbotError as exc:  # not kept: the offset stays, Telegram resends it
+                    log.warning("telegram update %s not kept (%s); retrying", update.update_id,
+                                exc)
+                    await asyncio.sleep(delay)
+                    break
                 offset = max(offset or 0, update.update_id + 1)
-                self._spawn(self.handle_update(update))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        # a context of its own, carrying only the log context (the request id of the webhook
-        # call, or a new one for a polled update)
-        task = asyncio.create_task(coro, context=fresh_context())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def handle_update(self, update: Update) -> None:
-        """Answer one update if it is addressed to the bot (deduped by update_id)."""
+    async def _examine(self, update: Update) -> tuple[InboundMessage, Any, inbound.Seen] | None:
+        """The message an update carries for the bot, or None if it is not addressed to it."""
         message = update.message
-        if message is None or self.runtime is None:
-            return
+        if message is None:
+            return None
         try:
             me = await self.identity()
         except AiogramError:
             me = User(id=self.bot.id, is_bot=True, first_name="Knowbot")  # mentions by @name lost
         seen = inbound.examine(message, me)
         if seen is None:
-            return
+            return None
         chat = message.chat
         group = chat.type in inbound.GROUP_TYPES
         user_id = message.from_user.id if message.from_user else chat.id
@@ -298,24 +322,41 @@ class TelegramChannel:
         item = InboundMessage(key=key, message_id=str(update.update_id), text=seen.text,
                               is_group=group, mentions_bot=seen.mentions_bot,
                               received_at=message.date, raw=update)
-        runtime = self.runtime
+        return item, message, seen
+
+    async def take(self, update: Update) -> bool:
+        """Keep an update addressed to the bot in the inbox; False if ignored or seen before."""
+        if self.runtime is None:
+            return False
+        found = await self._examine(update)
+        if found is None:
+            return False
+        item, message, _ = found
+        send = {"reply_to": message.message_id} if item.is_group else {}
+        context = {"update": update.model_dump(mode="json", exclude_none=True, by_alias=True),
+                   "send": send}
+        added = await self.runtime.inbox.put(item, context)
+        if not added:
+            log.info("telegram update %s already taken: redelivery ignored", update.update_id)
+        return added
+
+    async def work(self, item: InboundMessage, context: dict[str, Any]) -> Reply | None:
+        """Answer one update from the inbox (called by a worker; the reply goes to the outbox)."""
+        assert self.runtime is not None
+        update = Update.model_validate(context["update"], context={"bot": self.bot})
+        found = await self._examine(update)
+        if found is None:
+            return None
+        _, message, seen = found
 
         async def answer(msg: InboundMessage) -> Reply:
-            typing = asyncio.create_task(self._typing(key))
+            typing = asyncio.create_task(self._typing(msg.key))
             try:
                 return await self._answer(msg, message, seen)
             finally:
                 typing.cancel()
 
-        async with self._chat_lock(key.chat_id):  # one answer at a time per chat, in order
-            reply = await runtime.dispatcher.process(item, handler=answer)
-            if reply is None:
-                return
-            token = _REPLY_TO.set(message.message_id if group else None)
-            try:
-                await runtime.outbox.deliver(self, key, reply)
-            finally:
-                _REPLY_TO.reset(token)
+        return await self.runtime.dispatcher.answer(replace(item, raw=update), handler=answer)
 
     async def _answer(self, msg: InboundMessage, message: Any, seen: inbound.Seen) -> Reply:
         assert self.runtime is not None
@@ -356,9 +397,6 @@ class TelegramChannel:
         except AiogramError as exc:
             log.debug("typing action stopped: %s", type(exc).__name__)
 
-    def _chat_lock(self, chat_id: str) -> "_ChatLock":
-        return _ChatLock(self._chat_locks, chat_id)
-
     async def _start_command(self, args: str, message: InboundMessage) -> Reply:
         """/start: a welcome, what this chat's knowledge holds, and how to add documents."""
         assert self.runtime is not None
@@ -395,17 +433,20 @@ class TelegramChannel:
         """Send a reply as Telegram HTML, split to 4096 characters, paced, 429s honoured."""
         if self._closed:
             raise ChannelSendError("the Telegram channel is stopped", retryable=True)
-        reply_to = _REPLY_TO.get()
+        reply_to = send_context().get("reply_to")
         chat_id = int(key.chat_id)
         start = RESUME_AT.get()  # parts an earlier try already sent (an outbox retry)
-        for n, part in enumerate(render_reply(reply)):
+        parts = render_reply(reply)
+        for n, part in enumerate(parts):
             if n < start:
                 continue
             try:
-                chat_id = await self._send_part(chat_id, key, part, reply_to if n == 0 else None)
+                chat_id = await self._send_part(chat_id, key, part, reply_to if n == start else None)
             except ChannelSendError as exc:
                 exc.sent_parts = n
                 raise
+            if n + 1 < len(parts):
+                await part_sent(n + 1)
 
     async def _send_part(self, chat_id: int, key: ConversationKey, text: str,
                          reply_to: int | None) -> int:
@@ -449,30 +490,3 @@ class TelegramChannel:
             except TelegramAPIError as exc:
                 raise ChannelSendError(f"Telegram error: {exc.message}", retryable=True) from exc
         raise ChannelSendError("Telegram kept refusing the message", retryable=True)
-
-
-class _ChatLock:
-    """An asyncio lock per chat, removed when nobody holds or waits for it."""
-
-    def __init__(self, locks: dict[str, list[Any]], chat_id: str) -> None:
-        self.locks = locks
-        self.chat_id = chat_id
-
-    async def __aenter__(self) -> None:
-        entry = self.locks.setdefault(self.chat_id, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            await entry[0].acquire()
-        except BaseException:
-            self._leave(entry)
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        entry = self.locks[self.chat_id]
-        entry[0].release()
-        self._leave(entry)
-
-    def _leave(self, entry: list[Any]) -> None:
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.locks.pop(self.chat_id, None)

@@ -30,6 +30,7 @@ from wechatpy.utils import check_signature
 from bot.commands import Command
 from bot.config import Settings
 from bot.errors import ChannelSendError, ConfigError, IngestError, StorageError
+from bot.httpbody import read_bounded
 from bot.signing import LinkSigner, signing_key
 from bot.types import Attachment, ConversationKey, InboundMessage, Reply
 from channels import wechat_text as wt
@@ -168,7 +169,7 @@ class WeChatChannel:
         if not self._signed(request):
             log.warning("WeChat message with a bad signature refused")
             return PlainTextResponse("forbidden", status_code=403)
-        body = await _read_bounded(request, MAX_XML_BYTES)
+        body = await read_bounded(request, MAX_XML_BYTES)
         if body is None:
             return PlainTextResponse("too large", status_code=413)
         q = request.query_params
@@ -331,16 +332,3 @@ def _menu_command(event_key: str) -> str:
     """A menu button's key as a command: "help" or "/help" -> "/help"."""
     name = event_key.strip().lstrip("/")
     return f"/{name}" if name else "/help"
-
-
-async def _read_bounded(request: Request, limit: int) -> bytes | None:
-    """The request body, or None if it is longer than `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            return None
-    return bytes(body)

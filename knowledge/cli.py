@@ -13,10 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.errors import IngestError
+from bot.admin import CONSOLE_TENANT
+from bot.admin_client import SERVER_HELP
+from bot.errors import IngestError, KnowbotError
+from bot.storelock import StoreBusy
 
-CONSOLE_TENANT = "console:local"
 DEFAULT_KB = "default"
+
 
 kb_app = typer.Typer(help="List, search and delete knowledge bases and their sources.",
                      no_args_is_help=True)
@@ -43,9 +46,8 @@ def _expand(targets: list[str]) -> tuple[list[str], list[str]]:
     return items, missing
 
 
-async def _ingest(runtime: Any, items: list[str], tenant: str, kb: str, show: bool
-                  ) -> list[dict[str, Any]]:
-    service = runtime.knowledge
+async def _ingest(admin: Any, items: list[str], tenant: str, kb: str, show: bool,
+                  limit: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     started = time.monotonic()
     chunks_done = 0
@@ -65,24 +67,24 @@ async def _ingest(runtime: Any, items: list[str], tenant: str, kb: str, show: bo
 
             try:
                 if item.lower().startswith(("http://", "https://")):
-                    receipt = await service.ingest_url(tenant, kb, item, added_by="cli",
-                                                       shared=True, progress=report)
+                    receipt = await admin.ingest_url(tenant, kb, item, progress=report)
                 else:
                     path = Path(item)
-                    limit = runtime.settings.ingest_max_bytes
                     if path.stat().st_size > limit:
                         raise IngestError(
                             f"{path.name} is {path.stat().st_size / 2**20:.1f} MB, over the "
                             f"{limit / 2**20:.0f} MB limit (KNOWBOT_INGEST_MAX_BYTES).")
                     data = path.read_bytes()
-                    receipt = await service.ingest_bytes(
-                        tenant, kb, data, path.name, mime=mimetypes.guess_type(path.name)[0] or "",
-                        origin=str(path.resolve()), added_by="cli", shared=True, progress=report)
-                chunks_done += receipt.chunks if receipt.status != "unchanged" else 0
-                results.append({"item": item, "ok": True, **receipt.as_dict(),
-                                "message": receipt.text()})
-            except IngestError as exc:
-                results.append({"item": item, "ok": False, "message": exc.user_message})
+                    receipt = await admin.ingest_file(
+                        tenant, kb, data, path.name, mimetypes.guess_type(path.name)[0] or "",
+                        str(path.resolve()), progress=report)
+                chunks_done += receipt["chunks"] if receipt["status"] != "unchanged" else 0
+                results.append({"item": item, "ok": True, **receipt})
+            except StoreBusy:
+                raise  # nothing else can be ingested either: say so once
+            except KnowbotError as exc:
+                message = exc.user_message if isinstance(exc, IngestError) else str(exc)
+                results.append({"item": item, "ok": False, "message": message})
             except OSError as exc:
                 results.append({"item": item, "ok": False,
                                 "message": f"could not read {item}: {exc.strerror}"})
@@ -90,7 +92,7 @@ async def _ingest(runtime: Any, items: list[str], tenant: str, kb: str, show: bo
     return results
 
 
-def register(app: typer.Typer, settings_loader: Any, run: Any, with_runtime: Any) -> None:
+def register(app: typer.Typer, settings_loader: Any, run: Any, with_admin: Any) -> None:
     """Add `ingest` and `kb` to the main command."""
 
     @app.command()
@@ -100,6 +102,7 @@ def register(app: typer.Typer, settings_loader: Any, run: Any, with_runtime: Any
         tenant: str = typer.Option(CONSOLE_TENANT, "--tenant",
                                    help="Tenant, as CHANNEL:WORKSPACE (e.g. slack:T0123)."),
         as_json: bool = typer.Option(False, "--json", help="Print the receipts as JSON."),
+        server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP),
     ) -> None:
         """Add documents and web pages to a knowledge base, with a progress bar."""
         settings = settings_loader()
@@ -109,10 +112,10 @@ def register(app: typer.Typer, settings_loader: Any, run: Any, with_runtime: Any
         if not items:
             raise typer.Exit(1 if missing else 0)
 
-        async def work(runtime: Any) -> list[dict[str, Any]]:
-            return await _ingest(runtime, items, tenant, kb, show=not as_json)
+        async def work(admin: Any) -> list[dict[str, Any]]:
+            return await _ingest(admin, items, tenant, kb, not as_json, settings.ingest_max_bytes)
 
-        results = run(with_runtime(settings, work))
+        results = run(with_admin(settings, server, work))
         if as_json:
             out.print_json(json.dumps(results, default=str, ensure_ascii=False))
         else:
@@ -126,33 +129,36 @@ def register(app: typer.Typer, settings_loader: Any, run: Any, with_runtime: Any
             raise typer.Exit(1)
 
     @kb_app.command("list")
-    def kb_list(tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant.")) -> None:
+    def kb_list(tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant."),
+                server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP)) -> None:
         """List knowledge bases and how many sources each holds."""
         settings = settings_loader()
 
-        async def work(runtime: Any) -> Any:
-            return await runtime.knowledge.registry.list_kbs(tenant)
+        async def work(admin: Any) -> Any:
+            return await admin.list_kbs(tenant)
 
-        rows = run(with_runtime(settings, work))
+        rows = run(with_admin(settings, server, work))
         table = Table("tenant", "knowledge base", "shared", "sources")
         for row in rows:
-            table.add_row(row.tenant, row.name, "yes" if row.shared else "no", str(row.sources))
+            table.add_row(row["tenant"], row["name"], "yes" if row["shared"] else "no",
+                          str(row["sources"]))
         out.print(table if rows else "No knowledge bases yet. Add documents with `knowbot ingest PATH`.")
 
     @kb_app.command("sources")
     def kb_sources(name: str = typer.Argument(DEFAULT_KB, help="Knowledge base."),
-                   tenant: str = typer.Option(CONSOLE_TENANT, "--tenant")) -> None:
+                   tenant: str = typer.Option(CONSOLE_TENANT, "--tenant"),
+                   server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP)) -> None:
         """List the sources of a knowledge base."""
         settings = settings_loader()
 
-        async def work(runtime: Any) -> Any:
-            return await runtime.knowledge.registry.sources(tenant, name)
+        async def work(admin: Any) -> Any:
+            return await admin.sources(tenant, name)
 
-        rows = run(with_runtime(settings, work))
+        rows = run(with_admin(settings, server, work))
         table = Table("id", "title", "kind", "pages", "chunks", "added", "origin")
         for s in rows:
-            table.add_row(s.id[:12], s.title, s.kind, str(s.pages or ""), str(s.chunk_count),
-                          s.added_at.strftime("%Y-%m-%d %H:%M"), s.origin)
+            table.add_row(s["id"][:12], s["title"], s["kind"], str(s["pages"] or ""),
+                          str(s["chunks"]), s["added_at"][:16].replace("T", " "), s["origin"])
         out.print(table if rows else f"The knowledge base {name!r} has no sources.")
 
     @kb_app.command("delete")
@@ -160,49 +166,48 @@ def register(app: typer.Typer, settings_loader: Any, run: Any, with_runtime: Any
                   source: Optional[str] = typer.Argument(None, help="A source's id, title or origin; "
                                                                      "without it, the whole knowledge base."),
                   tenant: str = typer.Option(CONSOLE_TENANT, "--tenant"),
-                  yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+                  yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+                  server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP)) -> None:
         """Delete a source, or a whole knowledge base."""
         settings = settings_loader()
         what = f"source {source!r} of {name!r}" if source else f"the whole knowledge base {name!r}"
         if not yes and not typer.confirm(f"Delete {what}?"):
             raise typer.Exit(1)
 
-        async def work(runtime: Any) -> str:
+        async def work(admin: Any) -> str:
             if source:
-                found = await runtime.knowledge.delete_source(tenant, name, source)
-                return f"Deleted “{found.title}” from {name}."
-            count = await runtime.knowledge.delete_kb(tenant, name)
+                found = await admin.delete_source(tenant, name, source)
+                return f"Deleted “{found['title']}” from {name}."
+            count = (await admin.delete_kb(tenant, name))["sources"]
             return f"Deleted the knowledge base {name} ({count} sources)."
 
-        out.print(run(with_runtime(settings, work)))
+        out.print(run(with_admin(settings, server, work)))
 
     @kb_app.command("search")
     def kb_search(query: str = typer.Argument(..., help="What to look for."),
                   kb: Optional[str] = typer.Option(None, "--kb", help="Only this knowledge base."),
                   tenant: str = typer.Option(CONSOLE_TENANT, "--tenant"),
                   top_k: int = typer.Option(5, "--top-k", min=1, max=50),
-                  as_json: bool = typer.Option(False, "--json")) -> None:
+                  as_json: bool = typer.Option(False, "--json"),
+                  server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP)) -> None:
         """Search the knowledge bases and show the matching passages."""
         settings = settings_loader()
 
-        async def work(runtime: Any) -> Any:
-            service = runtime.knowledge
-            if kb:
-                kbs = [kb]
-            else:
-                kbs = [k.name for k in await service.registry.list_kbs(tenant)]
-            return await service.search_scope(tenant, kbs, query, top_k)
+        async def work(admin: Any) -> Any:
+            return await admin.search(tenant, kb, query, top_k)
 
-        passages = run(with_runtime(settings, work))
+        passages = run(with_admin(settings, server, work))
         if as_json:
-            out.print_json(json.dumps([p.__dict__ for p in passages], ensure_ascii=False))
+            out.print_json(json.dumps(passages, ensure_ascii=False))
             return
         if not passages:
             out.print("Nothing relevant found.")
         for n, p in enumerate(passages, 1):
-            where = f", {p.location}" if p.location else ""
-            out.print(f"[bold][{n}] {p.source}{where}[/] (score {p.score:.3f})", highlight=False)
-            out.print(p.text if len(p.text) <= 600 else p.text[:600] + "…", highlight=False)
+            where = f", {p['location']}" if p["location"] else ""
+            out.print(f"[bold][{n}] {p['source']}{where}[/] (score {p['score']:.3f})",
+                      highlight=False)
+            text = p["text"]
+            out.print(text if len(text) <= 600 else text[:600] + "…", highlight=False)
             out.print()
 
     app.add_typer(kb_app, name="kb")

@@ -34,6 +34,7 @@ class Call:
     method: str
     token: str | None
     params: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -67,10 +67,13 @@ async def test_slack_messages_model_calls_and_retrieval_are_counted(tmp_path: Pa
             before = await scrape(client)
             assert value(before, "knowbot_messages_total", channel="slack",
                          outcome="answered") == 0
-            first = await post_slack(client, slack_mention("T1", "U1", "C1",
-                                                           "<@UBOT> how long do refunds take?"))
+            event = slack_mention("T1", "U1", "C1", "<@UBOT> how long do refunds take?")
+            first = await post_slack(client, event)
             assert first.status_code == 200
             await slack.wait_for("chat.postMessage", 1)
+            again = await post_slack(client, event, {"X-Slack-Retry-Num": "1",
+                                                     "X-Slack-Retry-Reason": "http_timeout"})
+            assert again.status_code == 200  # a redelivery: acked, not answered again
             await post_slack(client, slack_mention("T1", "U1", "C1", "<@UBOT> and gift cards?"))
             await slack.wait_for("chat.postMessage", 2)
             forged = await client.post("/slack/events", content="{}", headers={
@@ -79,9 +82,12 @@ async def test_slack_messages_model_calls_and_retrieval_are_counted(tmp_path: Pa
             assert forged.status_code == 401
             await settle(runtime, [channel])
             after = await scrape(client)
-    assert value(after, "knowbot_http_requests_total", channel="slack", status="2xx") == 2
+    assert value(after, "knowbot_http_requests_total", channel="slack", status="2xx") == 3
     assert value(after, "knowbot_http_requests_total", channel="slack", status="4xx") == 1
-    assert value(after, "knowbot_http_ack_seconds_count", channel="slack") == 3
+    assert value(after, "knowbot_http_ack_seconds_count", channel="slack") == 4
+    assert value(after, "knowbot_dedupe_hits_total", channel="slack") == 1
+    assert len(slack.called("chat.postMessage")) == 2
+    assert value(after, "knowbot_inbox_depth") == 0
     assert value(after, "knowbot_messages_total", channel="slack", outcome="answered") == 1
     # the second question: every model attempt failed, the answer is the fallback
     assert value(after, "knowbot_model_calls_total", provider="default", outcome="ok") == 1
@@ -116,6 +122,10 @@ async def test_duplicates_rate_limits_and_the_outbox_are_counted(tmp_path: Path)
         assert value(empty, "knowbot_outbox_depth") == 0
         assert value(empty, "knowbot_outbox_oldest_age_seconds") == 0
         await runtime.outbox.keep("slack", key, Reply("later"), "HTTP 503")
+        # a message for a channel no replica runs here waits in the inbox
+        waiting = InboundMessage(key=ConversationKey("slack", "T1", "C1", "U1"),
+                                 message_id="Ev-waiting", text="hello?")
+        assert await runtime.inbox.put(waiting)
         clock.advance(90)
         await runtime.outbox.keep("slack", key, Reply("later too"), "HTTP 503")
         clock.advance(30)
@@ -126,6 +136,8 @@ async def test_duplicates_rate_limits_and_the_outbox_are_counted(tmp_path: Path)
     assert value(found, "knowbot_messages_total", channel="test", outcome="answered") == 2
     assert value(found, "knowbot_outbox_depth") == 2
     assert value(found, "knowbot_outbox_oldest_age_seconds") == pytest.approx(120, abs=1)
+    assert value(found, "knowbot_inbox_depth") == 1
+    assert value(found, "knowbot_inbox_oldest_age_seconds") == pytest.approx(120, abs=1)
 
 
 async def test_jobs_run_and_failed_are_counted(tmp_path: Path) -> None:

@@ -389,12 +389,12 @@ async def test_the_redis_lease_has_one_holder_and_is_handed_over() -> None:
     import os
     import uuid as _uuid
 
-    from bot.scheduler import RedisLease
+    from bot.lease import RedisLease
 
     url = os.environ.get("KNOWBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    first = RedisLease(url, "replica-a", seconds=30)
-    second = RedisLease(url, "replica-b", seconds=30)
-    first.KEY = second.KEY = f"knowbot:test:leader:{_uuid.uuid4().hex}"  # type: ignore[misc]
+    name = f"knowbot:test:leader:{_uuid.uuid4().hex}"
+    first = RedisLease(url, "replica-a", seconds=30, key=name)
+    second = RedisLease(url, "replica-b", seconds=30, key=name)
     try:
         await first.redis.ping()
     except Exception:  # noqa: BLE001 - no Redis here
@@ -406,11 +406,11 @@ async def test_the_redis_lease_has_one_holder_and_is_handed_over() -> None:
     assert await first.acquire()
     assert not await second.acquire()
     assert await first.acquire()  # renewing its own lease
-    ttl = await first.redis.pttl(first.KEY)
+    ttl = await first.redis.pttl(name)
     assert 0 < ttl <= 30_000
     await first.release()  # a clean shutdown hands it over at once
     assert await second.acquire()
-    await second.redis.delete(second.KEY)
+    await second.redis.delete(name)
     await second.release()
 
 

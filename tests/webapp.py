@@ -62,6 +62,9 @@ async def running_app(settings: Settings, channels: list[Any] | None = None,
 
 async def settle(runtime: Runtime, channels: list[Any]) -> None:
     """Wait until the channels' answers in flight are finished."""
+    workers = getattr(runtime, "workers", None)
+    if workers is not None:
+        await workers.wait_idle(60)
     for channel in channels:
         tasks = getattr(channel, "_tasks", None)
         while tasks:

@@ -1,0 +1,275 @@
+"""The inbox: every message a platform hands over waits here until its answer has left.
+
+A channel calls `put` before it tells the platform the message arrived (the webhook's 2xx,
+Socket Mode's ack, the Telegram offset). The platform's id is unique here, so a redelivery is
+refused at that write: never answered twice, never lost. Workers (`bot/workers.py`) on any
+replica `take` entries under a lease, and only the oldest unfinished entry of a conversation
+can be taken, so a conversation is answered one message at a time and in order while
+different conversations run in parallel. `finish` writes the reply to the outbox in the same
+transaction that marks the entry answered; the outbox marks it done once the reply has left,
+and until then the conversation's next message waits. A worker that dies leaves a lease that
+lapses; the next taker answers the message. An entry taken `max_attempts` times without being
+finished is given up, and the person is told so, once.
+
+Taking is a compare-and-swap on the entry's attempt count (one code path on SQLite and
+PostgreSQL, the equivalent of `FOR UPDATE SKIP LOCKED`): of two replicas that pick the same
+entry, one update matches and the other moves on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bot.clock import Clock
+from bot.logs import current as log_context, new_request_id
+from bot.models import InboxEntry, OutboxEntry
+from bot.outbox import LEASE as SEND_LEASE  # the finishing worker sends first; others after it
+from bot.store import Store
+from bot.types import Attachment, ConversationKey, InboundMessage, Reply
+
+log = logging.getLogger(__name__)
+
+_INBOX = InboxEntry.__table__  # type: ignore[attr-defined]
+_OUTBOX = OutboxEntry.__table__  # type: ignore[attr-defined]
+
+OPEN = ("queued", "running", "answered")  # an entry in one of these holds its conversation
+TAKEABLE = ("queued", "running")  # running ones only once their lease has lapsed
+LEASE = timedelta(seconds=60)
+MAX_ATTEMPTS = 3
+GAVE_UP = ("Sorry, I could not answer your message: it failed {n} times on my side. "
+           "Please send it again, or ask an admin to look at the logs.")
+
+
+def message_record(message: InboundMessage) -> dict[str, Any]:
+    """A message as JSON-ready data (attachments without their bytes: the channel refetches)."""
+    return {
+        "key": message.key.to_record(), "message_id": message.message_id, "text": message.text,
+        "attachments": [{"kind": a.kind, "name": a.name, "url": a.url, "mime_type": a.mime_type,
+                         "size": a.size} for a in message.attachments],
+        "is_group": message.is_group, "mentions_bot": message.mentions_bot,
+        "is_admin": message.is_admin, "received_at": message.received_at.isoformat(),
+    }
+
+
+def message_from_record(record: dict[str, Any]) -> InboundMessage:
+    """Rebuild a message saved with `message_record`."""
+    received = datetime.fromisoformat(record["received_at"])
+    return InboundMessage(
+        key=ConversationKey.from_record(record["key"]), message_id=record["message_id"],
+        text=record["text"],
+        attachments=tuple(Attachment(**a) for a in record.get("attachments", ())),
+        is_group=bool(record.get("is_group")), mentions_bot=bool(record.get("mentions_bot")),
+        is_admin=bool(record.get("is_admin")),
+        received_at=received if received.tzinfo else received.replace(tzinfo=timezone.utc))
+
+
+@dataclass(frozen=True)
+class Taken:
+    """An entry a worker holds under a lease."""
+
+    id: int
+    channel: str
+    message: InboundMessage
+    context: dict[str, Any]
+    attempts: int  # this take included
+    owner: str
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+class Inbox:
+    """Durable intake of platform messages, taken by workers under leases."""
+
+    def __init__(self, store: Store, clock: Clock | None = None, *, lease: timedelta = LEASE,
+                 max_attempts: int = MAX_ATTEMPTS) -> None:
+        self.store = store
+        self.clock = clock or store.clock
+        self.lease = lease
+        self.max_attempts = max_attempts
+        self.listeners: list[Callable[[], None]] = []  # told after each put (local workers)
+        self.duplicates: list[Callable[[str], None]] = []  # told the channel of each redelivery
+
+    # ---- in -------------------------------------------------------------------------------
+
+    async def put(self, message: InboundMessage, context: dict[str, Any] | None = None) -> bool:
+        """Keep a message for the workers; False if its platform id is already here."""
+        key = message.key
+        # the request id travels with the entry, so the worker's log lines carry it too
+        context = {"request_id": log_context().get("request_id") or new_request_id(),
+                   **(context or {})}
+        row = dict(channel=key.channel, tenant=key.tenant, message_id=message.message_id,
+                   conversation_id=key.conversation_id(),
+                   message=json.dumps(message_record(message), ensure_ascii=False),
+                   context=json.dumps(context or {}, ensure_ascii=False), status="queued",
+                   attempts=0, lease_owner="", created_at=self.clock.now(), last_error="")
+
+        def write(conn: Connection) -> bool:
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(_INBOX).values(**row))
+            except IntegrityError:
+                return False
+            return True
+
+        added = await self.store.write(write)
+        for listener in (self.listeners if added else ()):
+            listener()
+        for counter in (self.duplicates if not added else ()):
+            counter(key.channel)
+        return added
+
+    # ---- taking ---------------------------------------------------------------------------
+
+    async def take(self, owner: str, channels: Iterable[str], limit: int = 20) -> Taken | None:
+        """Lease the oldest takeable entry of a free conversation on one of `channels`."""
+        names = list(channels)
+        if not names:
+            return None
+        now = self.clock.now()
+        earlier = _INBOX.alias("earlier")
+        blocked = exists().where(earlier.c.conversation_id == _INBOX.c.conversation_id,
+                                 earlier.c.id < _INBOX.c.id, earlier.c.status.in_(OPEN))
+        lapsed = or_(_INBOX.c.lease_until.is_(None), _INBOX.c.lease_until <= now)
+        candidates = (select(_INBOX.c.id, _INBOX.c.attempts)
+                      .where(_INBOX.c.status.in_(TAKEABLE), _INBOX.c.channel.in_(names), lapsed,
+                             ~blocked)
+                      .order_by(_INBOX.c.id).limit(limit))
+
+        def claim(conn: Connection) -> Taken | None:
+            for _ in range(limit):  # a given-up entry frees its conversation's next one: look again
+                gave_up = False
+                for entry_id, attempts in conn.execute(candidates).all():
+                    matches = and_(_INBOX.c.id == entry_id, _INBOX.c.attempts == attempts,
+                                   _INBOX.c.status.in_(TAKEABLE), lapsed)
+                    if attempts >= self.max_attempts:
+                        if self._give_up(conn, entry_id, attempts, matches, now):
+                            log.error("inbox entry %s failed %d times: given up", entry_id,
+                                      attempts)
+                            gave_up = True
+                        continue
+                    done = conn.execute(update(_INBOX).where(matches).values(
+                        status="running", attempts=attempts + 1, lease_owner=owner,
+                        lease_until=now + self.lease))
+                    if done.rowcount != 1:
+                        continue  # another worker took it first
+                    row = conn.execute(select(_INBOX).where(_INBOX.c.id == entry_id)).one()
+                    return Taken(entry_id, row.channel,
+                                 message_from_record(json.loads(row.message)),
+                                 json.loads(row.context), attempts + 1, owner)
+                if not gave_up:
+                    return None
+            return None
+
+        return await self.store.write(claim)
+
+    def _give_up(self, conn: Connection, entry_id: int, attempts: int, matches: Any,
+                 now: datetime) -> bool:
+        """Mark an entry dead and queue one message telling the person (one transaction)."""
+        done = conn.execute(update(_INBOX).where(matches).values(
+            status="dead", finished_at=now, lease_until=None,
+            last_error=f"given up after {attempts} attempts"))
+        if done.rowcount != 1:
+            return False
+        row = conn.execute(select(_INBOX).where(_INBOX.c.id == entry_id)).one()
+        record = json.loads(row.message)
+        context = json.loads(row.context).get("send", {})
+        reply = Reply(GAVE_UP.format(n=attempts), kind="error")
+        conn.execute(insert(_OUTBOX).values(
+            id=uuid.uuid4().hex, channel=row.channel, key=json.dumps(record["key"]),
+            reply=json.dumps({**reply.to_record(), "sent_parts": 0}, ensure_ascii=False),
+            attempts=0, next_attempt_at=now, created_at=now, last_error="",
+            context=json.dumps(context, ensure_ascii=False), inbox_id=None))
+        return True
+
+    def _held(self, taken: Taken) -> Any:
+        return and_(_INBOX.c.id == taken.id, _INBOX.c.lease_owner == taken.owner,
+                    _INBOX.c.attempts == taken.attempts, _INBOX.c.status == "running")
+
+    async def renew(self, taken: Taken) -> bool:
+        """Extend the lease while the answer is being made; False if it was lost."""
+        stmt = update(_INBOX).where(self._held(taken)).values(
+            lease_until=self.clock.now() + self.lease)
+        return await self.store.write(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    # ---- out ------------------------------------------------------------------------------
+
+    async def finish(self, taken: Taken, reply: Reply | None) -> str | None:
+        """Mark the entry answered and put its reply in the outbox, in one transaction.
+
+        Returns the outbox entry's id for the caller to send now; None when there is nothing
+        to send or the lease was lost (then whoever holds it now answers).
+        """
+        now = self.clock.now()
+        status = "answered" if reply is not None else "done"
+        mark = update(_INBOX).where(self._held(taken)).values(
+            status=status, finished_at=now, lease_until=None)
+        outbox_id = uuid.uuid4().hex
+        key = taken.message.key
+
+        def write(conn: Connection) -> str | None:
+            if conn.execute(mark).rowcount != 1:
+                return None
+            if reply is None:
+                return None
+            conn.execute(insert(_OUTBOX).values(
+                id=outbox_id, channel=taken.channel, key=json.dumps(key.to_record()),
+                reply=json.dumps({**reply.to_record(), "sent_parts": 0}, ensure_ascii=False),
+                attempts=0, next_attempt_at=now + SEND_LEASE, created_at=now, last_error="",
+                context=json.dumps(taken.context.get("send", {}), ensure_ascii=False),
+                inbox_id=taken.id))
+            return outbox_id
+
+        result = await self.store.write(write)
+        if result is None and reply is not None:
+            log.warning("inbox entry %s: lease lost before finishing; not sending", taken.id)
+        return result
+
+    async def retry_later(self, taken: Taken, error: str, delay: timedelta) -> None:
+        """Give an entry back after a failure outside the answer's own error boundary."""
+        stmt = update(_INBOX).where(self._held(taken)).values(
+            status="queued", lease_owner="", lease_until=self.clock.now() + delay,
+            last_error=error[:500])
+        await self.store.write(lambda conn: conn.execute(stmt))
+
+    async def hand_back(self, taken: Taken) -> None:
+        """Return an entry untouched (a graceful stop): the try does not count."""
+        stmt = update(_INBOX).where(self._held(taken)).values(
+            status="queued", lease_owner="", lease_until=None, attempts=taken.attempts - 1)
+        await self.store.write(lambda conn: conn.execute(stmt))
+
+    # ---- looking --------------------------------------------------------------------------
+
+    async def status(self, channel: str, tenant: str, message_id: str) -> str | None:
+        """An entry's status, or None if no such message was ever put."""
+        query = select(_INBOX.c.status).where(_INBOX.c.channel == channel,
+                                              _INBOX.c.tenant == tenant,
+                                              _INBOX.c.message_id == message_id)
+        return await self.store.read(lambda conn: conn.execute(query).scalar_one_or_none())
+
+    async def backlog(self) -> tuple[int, float]:
+        """How many entries are unfinished, and the oldest one's age in seconds (0 if none)."""
+        query = select(func.count(), func.min(_INBOX.c.created_at)).where(
+            _INBOX.c.status.in_(OPEN))
+        count, oldest = await self.store.read(lambda conn: conn.execute(query).one())
+        oldest = _aware(oldest)
+        age = (self.clock.now() - oldest).total_seconds() if oldest is not None else 0.0
+        return int(count), max(0.0, age)
+
+    async def prune(self, older_than: timedelta) -> int:
+        """Drop finished entries older than a bound (they served as dedupe records until then)."""
+        cutoff = self.clock.now() - older_than
+        stmt = (_INBOX.delete().where(_INBOX.c.status.in_(("done", "dead")),
+                                      _INBOX.c.created_at < cutoff))
+        return await self.store.write(lambda conn: int(conn.execute(stmt).rowcount or 0))

@@ -1,0 +1,151 @@
+"""The durable inbox: deduped at the write, one conversation at a time, leases that lapse."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from bot.clock import ManualClock
+from bot.inbox import Inbox, message_from_record, message_record
+from bot.models import OutboxEntry
+from bot.outbox import Outbox
+from bot.store import Store
+from bot.types import Attachment, ConversationKey, InboundMessage, Reply
+
+ALICE = ConversationKey("test", "team-1", "chat-a", "alice")
+BOB = ConversationKey("test", "team-1", "chat-b", "bob")
+_OUTBOX = OutboxEntry.__table__  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def env(db_url: str):  # type: ignore[no-untyped-def]
+    clock = ManualClock(datetime(2031, 3, 9, 12, 0, tzinfo=timezone.utc))
+    store = await Store.open(db_url, clock=clock)
+    try:
+        yield Inbox(store, lease=timedelta(seconds=30), max_attempts=3), clock
+    finally:
+        await store.close()
+
+
+def msg(key: ConversationKey, message_id: str, text: str = "hi") -> InboundMessage:
+    return InboundMessage(key=key, message_id=message_id, text=text)
+
+
+async def outbox_rows(inbox: Inbox) -> list:  # type: ignore[type-arg]
+    return await inbox.store.read(lambda conn: conn.execute(select(_OUTBOX)).all())
+
+
+def test_a_message_survives_the_round_trip_without_file_bytes() -> None:
+    doc = Attachment(kind="file", name="a.pdf", mime_type="application/pdf", size=3, data=b"abc")
+    original = InboundMessage(key=ALICE, message_id="m1", text="see file", attachments=(doc,),
+                              is_group=True, mentions_bot=True, is_admin=True)
+    back = message_from_record(json.loads(json.dumps(message_record(original))))
+    assert back.key == ALICE and back.text == "see file" and back.is_group and back.is_admin
+    assert back.attachments[0].name == "a.pdf" and back.attachments[0].data is None
+    assert back.received_at == original.received_at
+
+
+async def test_a_redelivery_is_refused_at_the_write(env) -> None:  # type: ignore[no-untyped-def]
+    inbox, _ = env
+    assert await inbox.put(msg(ALICE, "m1"), {"x": 1})
+    assert not await inbox.put(msg(ALICE, "m1", "again"))
+    # platform ids are unique per workspace: the same id in another one is another message
+    assert await inbox.put(msg(ConversationKey("test", "team-2", "chat-a", "alice"), "m1"))
+    assert (await inbox.backlog())[0] == 2
+
+
+async def test_one_conversation_at_a_time_in_order_others_in_parallel(env) -> None:  # type: ignore[no-untyped-def]
+    inbox, _ = env
+    for n in range(3):
+        await inbox.put(msg(ALICE, f"a{n}", f"question {n}"))
+    await inbox.put(msg(BOB, "b0"))
+    first = await inbox.take("replica-1", ["test"])
+    second = await inbox.take("replica-2", ["test"])
+    assert first is not None and first.message.text == "question 0"
+    assert second is not None and second.message.key == BOB  # Alice's next one waits
+    assert await inbox.take("replica-2", ["test"]) is None
+    outbox_id = await inbox.finish(first, Reply("answer 0"))
+    assert outbox_id is not None
+    # answered but not sent yet: the conversation still waits, so answers arrive in order
+    assert await inbox.take("replica-2", ["test"]) is None
+    sender = Outbox(inbox.store, lambda: [Recorder()])  # type: ignore[list-item]
+    assert await sender.send_stored(outbox_id)
+    assert await inbox.status("test", "team-1", "a0") == "done"
+    nxt = await inbox.take("replica-2", ["test"])
+    assert nxt is not None and nxt.message.text == "question 1"
+    assert await inbox.take("replica-1", ["other-channel"]) is None  # only channels run here
+
+
+async def test_a_dead_workers_lease_lapses_and_another_answers(env) -> None:  # type: ignore[no-untyped-def]
+    inbox, clock = env
+    await inbox.put(msg(ALICE, "m1"))
+    lost = await inbox.take("replica-1", ["test"])
+    assert lost is not None
+    clock.advance(20)
+    assert await inbox.take("replica-2", ["test"]) is None  # the lease still holds
+    assert await inbox.renew(lost)  # renewed while the answer is being made...
+    clock.advance(29)
+    assert await inbox.take("replica-2", ["test"]) is None
+    clock.advance(2)  # ...then the replica dies: no more renewals
+    again = await inbox.take("replica-2", ["test"])
+    assert again is not None and again.attempts == 2
+    assert not await inbox.renew(lost)
+    assert await inbox.finish(lost, Reply("late answer")) is None  # the dead one can't finish
+    assert await inbox.finish(again, Reply("answer")) is not None
+    rows = await outbox_rows(inbox)
+    assert len(rows) == 1 and json.loads(rows[0].reply)["text"] == "answer"
+
+
+async def test_a_message_that_keeps_failing_is_given_up_and_the_person_told_once(env) -> None:  # type: ignore[no-untyped-def]
+    inbox, clock = env
+    await inbox.put(msg(ALICE, "m1"), {"send": {"reply_to": 7}})
+    await inbox.put(msg(ALICE, "m2", "next question"))
+    for _ in range(3):
+        taken = await inbox.take("replica-1", ["test"])
+        assert taken is not None and taken.message.message_id == "m1"
+        clock.advance(31)  # it dies while answering, each time
+    nxt = await inbox.take("replica-1", ["test"])
+    assert nxt is not None and nxt.message.message_id == "m2"  # the conversation goes on
+    assert await inbox.status("test", "team-1", "m1") == "dead"
+    (told,) = await outbox_rows(inbox)
+    assert "failed 3 times" in json.loads(told.reply)["text"]
+    assert json.loads(told.context) == {"reply_to": 7}
+    clock.advance(31)
+    assert await inbox.take("replica-1", ["test"]) is not None  # m2 again, not m1
+    assert len(await outbox_rows(inbox)) == 1
+
+
+async def test_handing_back_at_shutdown_does_not_count_a_try(env) -> None:  # type: ignore[no-untyped-def]
+    inbox, _ = env
+    await inbox.put(msg(ALICE, "m1"))
+    for _ in range(5):
+        taken = await inbox.take("replica-1", ["test"])
+        assert taken is not None and taken.attempts == 1
+        await inbox.hand_back(taken)
+
+
+async def test_finished_entries_are_pruned_after_the_dedupe_period(env) -> None:  # type: ignore[no-untyped-def]
+    inbox, clock = env
+    await inbox.put(msg(ALICE, "m1"))
+    taken = await inbox.take("replica-1", ["test"])
+    await inbox.finish(taken, None)  # type: ignore[arg-type]
+    await inbox.put(msg(BOB, "m2"))  # still queued: never pruned
+    clock.advance(timedelta(days=8))
+    assert await inbox.prune(timedelta(days=7)) == 1
+    assert await inbox.status("test", "team-1", "m1") is None
+    assert await inbox.status("test", "team-1", "m2") == "queued"
+
+
+class Recorder:
+    """A channel that records what it is asked to send (the platform seam)."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        self.sent: list[Reply] = []
+
+    async def send(self, key: ConversationKey, reply: Reply) -> None:
+        self.sent.append(reply)

@@ -82,7 +82,8 @@ class TelegramChannel:
     name = "telegram"
 
     def __init__(self, settings: Settings, *, poll_timeout: int = 25, pacer: Pacer | None = None,
-                 typing_every: float = TYPING_EVERY, lease_check: float = 5.0) -> None:
+                 typing_every: float = TYPING_EVERY, lease_check: float = 5.0,
+                 poll_lease: float = POLL_LEASE_SECONDS) -> None:
         if settings.telegram_token is None:
             raise ConfigError("KNOWBOT_TELEGRAM_TOKEN: required for the Telegram channel")
         token = settings.telegram_token.get_secret_value()
@@ -115,6 +116,7 @@ class TelegramChannel:
         self._me: User | None = None
         self._owner = uuid.uuid4().hex  # this replica, for the polling lease
         self.lease_check = lease_check
+        self.poll_lease = max(poll_lease, poll_timeout * 2 + 5)  # outlives one getUpdates call
         self.polling = False  # this replica holds the polling lease and calls getUpdates
         self._runner: asyncio.Task[None] | None = None
         self._stopped = False
@@ -235,7 +237,7 @@ class TelegramChannel:
 
     def _poll_lease(self) -> Lease | RedisLease:
         assert self.runtime is not None
-        seconds = max(POLL_LEASE_SECONDS, self.poll_timeout * 2 + 5)
+        seconds = self.poll_lease
         if self.settings.redis_url:
             return RedisLease(self.settings.redis_url, self._owner, seconds,
                               key=f"knowbot:telegram:poller:{self.tenant}")

@@ -8,6 +8,7 @@ planned by `channels/wechat_planner.py`; other deliveries go through `wechat_del
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
 import struct
@@ -31,13 +32,14 @@ from bot.commands import Command
 from bot.config import Settings
 from bot.errors import ChannelSendError, ConfigError, IngestError, StorageError
 from bot.httpbody import read_bounded
+from bot.outbox import send_context
 from bot.signing import LinkSigner, signing_key
 from bot.types import Attachment, ConversationKey, InboundMessage, Reply
 from channels import wechat_text as wt
 from channels.wechat_api import DEFAULT_API_BASE, TokenManager, WeChatAPI
 from channels.wechat_delivery import Delivery
 from channels.wechat_pages import ACCOUNT_KB, WeChatPages
-from channels.wechat_planner import Planner, Timings, Work
+from channels.wechat_planner import Planner, Timings
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -124,7 +126,8 @@ class WeChatChannel:
         self.pages = WeChatPages(runtime.state,
                                  LinkSigner(signing_key(settings), clock=runtime.state.clock.time),
                                  settings.public_url, account, settings.ingest_max_bytes)
-        self.planner = Planner(self.delivery, self.pages, self.timings)
+        self.planner = Planner(self.delivery, self.pages, runtime.state, account, self.timings,
+                               can_push=self._can_push)
         runtime.engine.commands.add(Command(
             "upload", "get a private link to upload documents to this account's knowledge base",
             self._upload_command, admin_only=True))
@@ -218,47 +221,68 @@ class WeChatChannel:
             (openid, fields.get("CreateTime", ""), fields.get("Event", ""),
              fields.get("EventKey", "")))
         is_admin = self.settings.is_admin("wechat", openid)
-        work: Work
+        fixed: str | None = None
+        message: InboundMessage | None = None
+        kind_of_work = "ask"
         if kind == "event":
             event = fields.get("Event", "").lower()
             if event == "subscribe":
-                work = _fixed(wt.WELCOME)
+                fixed = wt.WELCOME
             elif event == "click" and fields.get("EventKey"):
-                work = self._ask(key, msg_id, _menu_command(fields["EventKey"]), is_admin, fields)
+                message = self._message(key, msg_id, _menu_command(fields["EventKey"]), is_admin)
             else:
                 return ""  # unsubscribe, VIEW, LOCATION reports and the like need no answer
         elif kind == "text":
-            work = self._ask(key, msg_id, fields.get("Content", ""), is_admin, fields)
+            message = self._message(key, msg_id, fields.get("Content", ""), is_admin)
         elif kind == "voice":
             heard = fields.get("Recognition", "").strip()
-            work = (self._ask(key, msg_id, heard, is_admin, fields) if heard
-                    else _fixed(wt.VOICE_UNRECOGNISED))
+            if heard:
+                message = self._message(key, msg_id, heard, is_admin)
+            else:
+                fixed = wt.VOICE_UNRECOGNISED
         elif kind == "link":
             url = fields.get("Url", "").strip()
             if not is_admin:
-                work = _fixed(wt.LINK_NOT_ADMIN)
+                fixed = wt.LINK_NOT_ADMIN
             else:
-                work = self._add_link(key, msg_id, url, fields)
+                link = Attachment(kind="link", url=url, name=fields.get("Title", "") or url)
+                message = InboundMessage(key=key, message_id=msg_id, text=url,
+                                         attachments=(link,), is_admin=True)
+                kind_of_work = "link"
         else:
-            work = _fixed(wt.NOT_SUPPORTED.format(what=UNSUPPORTED.get(kind, "that kind of message")))
-        return await self.planner.respond(openid, msg_id, work, arrived)
+            fixed = wt.NOT_SUPPORTED.format(what=UNSUPPORTED.get(kind, "that kind of message"))
+        if message is None:
+            return await self.planner.respond(openid, msg_id, arrived, fixed=fixed or "")
+        inbox = self.runtime.inbox
+        context = {"kind": kind_of_work, "send": {"msg_id": msg_id}}
+        queued = message
 
-    def _ask(self, key: ConversationKey, msg_id: str, text: str, is_admin: bool,
-             raw: dict[str, str]) -> Work:
-        assert self.runtime is not None
-        dispatcher = self.runtime.dispatcher
-        message = InboundMessage(key=key, message_id=msg_id, text=text, is_admin=is_admin,
-                                 raw=raw)
-        return lambda: dispatcher.process(message)
+        async def enqueue() -> bool:
+            return await inbox.put(queued, context)
 
-    def _add_link(self, key: ConversationKey, msg_id: str, url: str,
-                  raw: dict[str, str]) -> Work:
+        return await self.planner.respond(openid, msg_id, arrived, enqueue=enqueue)
+
+    @staticmethod
+    def _message(key: ConversationKey, msg_id: str, text: str, is_admin: bool) -> InboundMessage:
+        return InboundMessage(key=key, message_id=msg_id, text=text, is_admin=is_admin)
+
+    async def work(self, message: InboundMessage, context: dict[str, Any]) -> Reply | None:
+        """Answer one message from the inbox (a worker calls this; `send` publishes the reply)."""
         assert self.runtime is not None
-        dispatcher = self.runtime.dispatcher
-        link = Attachment(kind="link", url=url, name=raw.get("Title", "") or url)
-        message = InboundMessage(key=key, message_id=msg_id, text=url, attachments=(link,),
-                                 is_admin=True, raw=raw)
-        return lambda: dispatcher.process(message, self._ingest_link)
+        handler = self._ingest_link if context.get("kind") == "link" else None
+        return await self.runtime.dispatcher.answer(message, handler)
+
+    async def _can_push(self) -> bool:
+        """Whether a customer-service message could go out now (an access token to be had)."""
+        if self.api is None:
+            return False
+        try:
+            await asyncio.wait_for(self.api.tokens.token(), 3.0)
+        except (ChannelSendError, StorageError, TimeoutError) as exc:
+            log.warning("no WeChat access token to be had (%s): answers will be held",
+                        type(exc).__name__)
+            return False
+        return True
 
     async def _ingest_link(self, message: InboundMessage) -> Reply:
         """Fetch an article an admin shared and add it to the account's knowledge base."""
@@ -293,12 +317,21 @@ class WeChatChannel:
     # ---- sending outside a passive reply --------------------------------------------
 
     async def send(self, key: ConversationKey, reply: Reply) -> None:
-        """Push as customer-service messages while allowed; hold the rest for the next message."""
-        if self.delivery is None or self.pages is None:
+        """The answer to a message goes to its requests (the planner); anything else is pushed
+        as customer-service messages while allowed, the rest held for the next message."""
+        if self.delivery is None or self.pages is None or self.planner is None:
             raise ChannelSendError("the WeChat channel is not running yet", retryable=True)
         if key.channel != self.name or (self.app_id and key.tenant != self.app_id):
             raise ChannelSendError("that conversation is not on this WeChat account",
                                    retryable=False)
+        msg_id = send_context().get("msg_id")
+        if msg_id:
+            try:
+                await self.planner.publish(key.chat_id, str(msg_id), reply)
+            except StorageError as exc:
+                raise ChannelSendError("could not keep the answer for the user",
+                                       retryable=True) from exc
+            return
         parts = wt.parts_of(reply)
         page_id, url = self.pages.reserve()
         try:
@@ -319,13 +352,6 @@ class WeChatChannel:
             return ("Note: WeChat lets me message you only within 48 hours of your last message. "
                     "If you haven't written to me by then, you'll get it with your next message.")
         return None
-
-
-def _fixed(text: str) -> Work:
-    async def work() -> Reply:
-        return Reply(text, kind="notice")
-
-    return work
 
 
 def _menu_command(event_key: str) -> str:

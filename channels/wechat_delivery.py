@@ -91,17 +91,23 @@ class Delivery:
             value = {**entry.value, "used": ALLOWANCE}
             await self.state.swap(self.quota_ns, openid, value, entry.version, ttl=WINDOW)
 
-    async def follow_up(self, openid: str, parts: list[str], page: str | None) -> bool:
-        """Push what the allowance permits and hold the rest; True if everything was pushed."""
+    async def follow_up(self, openid: str, parts: list[str], page: str | None,
+                        promised: bool = False) -> bool:
+        """Push what the allowance permits and hold the rest; True if everything was pushed.
+
+        `promised`: the person was told the answer would be sent; if it is held instead, the
+        hand-over says so.
+        """
         remaining = await self.push(openid, parts)
         if remaining:
-            await self.hold(openid, remaining, page)
+            await self.hold(openid, remaining, page, waited=promised)
             return False
         return True
 
-    async def hold(self, openid: str, parts: list[str], page: str | None) -> None:
-        """Keep parts for the user's next message."""
-        item = {"parts": list(parts), "page": page}
+    async def hold(self, openid: str, parts: list[str], page: str | None,
+                   waited: bool = False) -> None:
+        """Keep parts for the user's next message (`waited`: a push of them failed)."""
+        item = {"parts": list(parts), "page": page, "waited": waited}
         for _ in range(CAS_TRIES):
             entry = await self.state.get(self.held_ns, openid)
             items: list[dict[str, Any]] = list(entry.value) if entry is not None else []
@@ -120,8 +126,9 @@ class Delivery:
         entry = await self.state.get(self.held_ns, openid)
         return entry is not None and bool(entry.value)
 
-    async def take_next(self, openid: str) -> tuple[str, bool, str | None] | None:
-        """The next held part, whether more is held, and the page of its answer; None if none."""
+    async def take_next(self, openid: str) -> tuple[str, bool, str | None, bool] | None:
+        """The next held part, whether more is held, its answer's page, and whether a push of
+        it failed (the person was told it would come); None if nothing is held."""
         for _ in range(CAS_TRIES):
             entry = await self.state.get(self.held_ns, openid)
             if entry is None:
@@ -130,10 +137,12 @@ class Delivery:
             if not items:
                 return None
             first = items[0]
+            waited = bool(first.get("waited"))
+            first["waited"] = False  # said once, with the first part handed over
             part = first["parts"].pop(0)
             if not first["parts"]:
                 items.pop(0)
             # an empty list rather than a delete: a concurrent hold must not be lost
             if await self.state.swap(self.held_ns, openid, items, entry.version, ttl=HELD_TTL):
-                return part, bool(items), first.get("page")
+                return part, bool(items), first.get("page"), waited
         return None

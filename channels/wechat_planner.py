@@ -1,15 +1,20 @@
-"""The delivery planner: every WeChat message gets its answer, whatever the answer's timing.
+"""The delivery planner: every WeChat message gets its answer, on whichever replica it lands.
 
 WeChat waits 5 s for a passive reply and re-sends the same message (same MsgId) when it gets
 none, up to `requests_per_message` requests in all; any reply, even "success", ends the retries.
-For each message the planner runs ONE answer task, shared by the retries, and:
+The retries may reach any replica. A message that needs the engine is put in the inbox at its
+first request; a worker on any replica answers it and `publish`es the answer in the shared
+state (reached through the outbox). Each request, wherever it lands, looks there and:
 
 1. answers in the passive reply if the answer is ready within `window` (a margin under 5 s);
-2. otherwise holds the request unanswered, so WeChat retries, and answers the retry if ready;
-3. on the last request, if still not ready, replies that the answer is being prepared, and when
-   it is ready pushes it as customer-service messages (verified account, within the allowance),
-4. or holds it for the user's next message (with a signed link to a page showing it in full).
+   only one request can take an answer (compare-and-swap), so it is never given twice;
+2. otherwise says nothing, so WeChat retries, and the retry looks again;
+3. on the last request, if still not ready, replies that the answer is being prepared, and marks
+   the message for a follow-up: when the answer is published it is pushed as customer-service
+   messages (a verified account, within the allowance, with an access token to be had),
+4. or held for the user's next message (with a signed link to a page showing it in full).
 
+If no request takes a published answer by the message's last chance, the publisher follows up.
 The parts of a long answer that do not fit in the passive reply go the way of steps 3 and 4.
 """
 
@@ -18,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
 
 from bot.errors import KnowbotError
+from bot.kv import StateStore
 from bot.types import Reply
 from channels import wechat_text as wt
 from channels.wechat_delivery import Delivery
 
 log = logging.getLogger(__name__)
 
-Work = Callable[[], Awaitable[Reply | None]]
+Enqueue = Callable[[], Awaitable[bool]]
+CAS_TRIES = 8
 
 
 class Pages(Protocol):
@@ -50,191 +57,256 @@ class Timings:
     window: float = 4.3  # answer a request within this many seconds of its arrival
     platform_timeout: float = 5.0  # WeChat gives up on a request after this long and retries
     requests_per_message: int = 3  # the last one must be answered, with the answer or a notice
-    keep_done: float = 60.0  # how long a finished message is remembered (to spot late retries)
-    max_messages: int = 10000  # messages tracked at once, at most
+    keep_done: float = 600.0  # how long a message is remembered (to spot late retries)
+    max_messages: int = 10000  # requests waiting at once on this replica, at most
+    poll: float = 0.2  # how often a waiting request looks for an answer made on another replica
 
 
-@dataclass
-class _Message:
-    openid: str
-    msg_id: str
-    arrived: float
-    requests: int = 0
-    parts: list[str] | None = None
-    reply: Reply | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-    taken: bool = False  # a passive reply carried the answer, or it went the follow-up way
-    fallback: bool = False  # no passive reply will carry it: follow up as soon as it is ready
-    foreign: bool = False  # another replica (or an earlier run) owns this message
-    page_id: str = ""
-    page_url: str | None = None
+def _promise(record: dict[str, Any]) -> bool:
+    """Note that the person was told the answer will be sent as a message of its own."""
+    record["promised"] = True
+    return True
 
 
 class Planner:
     """Decides, per WeChat request, what the passive reply says, and follows up on the rest."""
 
-    def __init__(self, delivery: Delivery, pages: Pages, timings: Timings = Timings(),
+    def __init__(self, delivery: Delivery, pages: Pages, state: StateStore, account: str,
+                 timings: Timings = Timings(), can_push: Callable[[], Awaitable[bool]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.delivery = delivery
         self.pages = pages
+        self.state = state
+        self.namespace = f"wechat:msg:{account}"
         self.timings = timings
         self.clock = clock
-        self._messages: dict[tuple[str, str], _Message] = {}
+        self._can_push = can_push
+        self._events: dict[str, asyncio.Event] = {}  # requests waiting here, by message
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     @property
     def tracked(self) -> int:
-        """How many messages the planner remembers now."""
-        return len(self._messages)
+        """How many requests wait on this replica now."""
+        return len(self._events)
 
-    async def respond(self, openid: str, msg_id: str, work: Work, arrived: float) -> str:
-        """The passive reply text for one request ("" for a bare "success")."""
+    # ---- the shared record of a message ----------------------------------------------
+
+    async def _change(self, name: str, change: Callable[[dict[str, Any]], bool]
+                      ) -> tuple[dict[str, Any], bool]:
+        """Apply `change` to the message's record (compare-and-swap); (record, whether changed)."""
+        for _ in range(CAS_TRIES):
+            entry = await self.state.get(self.namespace, name)
+            record = dict(entry.value) if entry is not None else {
+                "requests": 0, "first": self.state.clock.time(), "answer": None, "taken": False,
+                "fallback": False, "page_id": "", "page_url": None}
+            if not change(record):
+                return record, False
+            if await self.state.swap(self.namespace, name, record,
+                                     entry.version if entry is not None else 0,
+                                     ttl=self.timings.keep_done):
+                return record, True
+        raise KnowbotError("the WeChat message's state kept changing under us")
+
+    async def _record(self, name: str) -> dict[str, Any] | None:
+        entry = await self.state.get(self.namespace, name)
+        return dict(entry.value) if entry is not None else None
+
+    async def _take(self, name: str, parts: list[str] | None = None
+                    ) -> tuple[dict[str, Any], bool]:
+        """Claim the published answer (for one request, or the follow-up); (record, claimed).
+
+        `parts` republishes the answer should its record have expired meanwhile.
+        """
+        def take(record: dict[str, Any]) -> bool:
+            if record["answer"] is None and parts is not None:
+                record["answer"] = {"parts": parts}
+            if record["answer"] is None or record["taken"]:
+                return False
+            record["taken"] = True
+            return True
+
+        return await self._change(name, take)
+
+    def _reserve_page(self, record: dict[str, Any]) -> None:
+        if not record["page_id"]:
+            record["page_id"], record["page_url"] = self.pages.reserve()
+
+    # ---- a request -------------------------------------------------------------------
+
+    async def respond(self, openid: str, msg_id: str, arrived: float, *,
+                      fixed: str | None = None, enqueue: Enqueue | None = None) -> str:
+        """The passive reply text for one request ("" for a bare "success").
+
+        `fixed` is an answer known at once (a welcome, a notice); `enqueue` puts a message
+        that needs the engine in the inbox (False: it is there already).
+        """
         t = self.timings
-        key = (openid, msg_id)
-        msg = self._messages.get(key)
-        first = msg is None
-        if msg is None:
-            if len(self._messages) >= t.max_messages:
-                log.warning("too many WeChat messages in flight; answering one as busy")
-                return wt.BUSY_ELSEWHERE
-            msg = _Message(openid, msg_id, arrived)
-            self._messages[key] = msg
-            self._spawn(self._run(msg, work))
-        msg.requests += 1
+        name = f"{openid}:{msg_id}"
+
+        def count(record: dict[str, Any]) -> bool:
+            record["requests"] += 1
+            return True
+
+        record, _ = await self._change(name, count)
+        first = record["requests"] == 1
+        if fixed is not None:
+            return fixed if first else ""
         if first:  # a new message from the user: the customer-service allowance starts again
             await self.delivery.note_inbound(openid)
-        last = msg.requests >= t.requests_per_message
+            if enqueue is not None and not await enqueue():
+                return ""  # taken long ago (its record expired): a very late retry
+        if len(self._events) >= t.max_messages:
+            log.warning("too many WeChat requests waiting; answering one as busy")
+            return wt.BUSY_ELSEWHERE
+        last = record["requests"] >= t.requests_per_message
         held = first and await self.delivery.has_held(openid)
-        remaining = t.window - (self.clock() - arrived)
-        if not msg.ready.is_set() and remaining > 0:
-            try:
-                await asyncio.wait_for(asyncio.shield(msg.ready.wait()), remaining)
-            except TimeoutError:
-                pass
-        if msg.ready.is_set():
-            if msg.taken:
+        mine = self._events.setdefault(name, asyncio.Event())
+        try:
+            taken = await self._wait_for_answer(name, mine, arrived)
+        finally:
+            if self._events.get(name) is mine:
+                self._events.pop(name, None)
+        if taken is not None:
+            if not taken["claimed"]:
                 return ""  # answered already: a late retry gets no second answer
-            msg.taken = True
-            msg.settled.set()
-            return await self._passive_answer(msg, held)
+            return await self._passive_answer(openid, taken, held)
         if held:
-            handed = await self._handover(msg.openid)
+            handed = await self._handover(openid)
             if handed:
-                self._settle_by_follow_up(msg)
-                note = wt.NEW_QUESTION_PUSH if self.delivery.verified else wt.NEW_QUESTION_LATER
+                await self._settle_by_follow_up(name)
+                note = wt.NEW_QUESTION_PUSH if await self._pushable(openid) else wt.NEW_QUESTION_LATER
                 return wt.fit(wt.join(handed, note))
         if last:
-            if msg.foreign:
-                return wt.BUSY_ELSEWHERE
-            self._settle_by_follow_up(msg)
-            if self.delivery.verified and await self.delivery.allowance_left(openid):
+            settled = await self._settle_by_follow_up(name)
+            if await self._pushable(openid):
+                await self._change(name, _promise)
                 return wt.PREPARING_PUSH
-            page = wt.PREPARING_PAGE.format(url=msg.page_url) if msg.page_url else ""
+            page = wt.PREPARING_PAGE.format(url=settled["page_url"]) if settled["page_url"] else ""
             return wt.join(wt.PREPARING_HOLD, page)
         # Say nothing: WeChat retries the message once it gives up on this request.
         await asyncio.sleep(max(0.0, arrived + t.platform_timeout + 0.2 - self.clock()))
         return ""
 
-    def _settle_by_follow_up(self, msg: _Message) -> None:
-        msg.fallback = True
-        if not msg.page_id:
-            msg.page_id, msg.page_url = self.pages.reserve()
-        msg.settled.set()
+    async def _wait_for_answer(self, name: str, event: asyncio.Event, arrived: float
+                               ) -> dict[str, Any] | None:
+        """The record once this request took the answer (or found it taken); None: not ready."""
+        while True:
+            record, claimed = await self._take(name)
+            if claimed or record["taken"]:
+                return {**record, "claimed": claimed}
+            remaining = self.timings.window - (self.clock() - arrived)
+            if remaining <= 0:
+                return None
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), min(remaining, self.timings.poll))
+            except TimeoutError:
+                pass
 
-    async def _passive_answer(self, msg: _Message, held: bool) -> str:
-        assert msg.parts is not None
-        parts = list(msg.parts)
+    async def _pushable(self, openid: str) -> bool:
+        """True only if a customer-service message can really be sent now (say only that)."""
+        if not self.delivery.verified or not await self.delivery.allowance_left(openid):
+            return False
+        return await self._can_push() if self._can_push is not None else True
+
+    async def _settle_by_follow_up(self, name: str) -> dict[str, Any]:
+        def settle(record: dict[str, Any]) -> bool:
+            self._reserve_page(record)
+            record["fallback"] = True
+            return True
+
+        record, _ = await self._change(name, settle)
+        return record
+
+    async def _passive_answer(self, openid: str, record: dict[str, Any], held: bool) -> str:
+        parts = list(record["answer"]["parts"])
         if held:
-            handed = await self._handover(msg.openid)
+            handed = await self._handover(openid)
             if handed:
                 if len(parts) == 1 and wt.fits(wt.join(handed, parts[0])):
                     return wt.join(handed, parts[0])
                 # both do not fit: hand over the held one, the new one follows
-                self._spawn(self._follow_up(msg, parts))
-                note = wt.NEW_QUESTION_PUSH if self.delivery.verified else wt.NEW_QUESTION_LATER
+                self._spawn(self.delivery.follow_up(openid, parts, record.get("page_url")))
+                note = wt.NEW_QUESTION_PUSH if await self._pushable(openid) else wt.NEW_QUESTION_LATER
                 return wt.fit(wt.join(handed, note))
         head, rest = parts[0], parts[1:]
         if not rest:
             return head
-        await self._ensure_page(msg)
-        if self.delivery.verified and await self.delivery.allowance_left(msg.openid):
-            note = wt.MORE_PUSH
-        else:
-            note = wt.MORE_HELD
-        link = wt.MORE_PAGE.format(url=msg.page_url) if msg.page_url else ""
-        self._spawn(self._follow_up(msg, rest))
+        url = record.get("page_url")
+        note = wt.MORE_PUSH if await self._pushable(openid) else wt.MORE_HELD
+        link = wt.MORE_PAGE.format(url=url) if url else ""
+        self._spawn(self.delivery.follow_up(openid, rest, url))
         return wt.fit(wt.join(head, note, link))
 
     async def _handover(self, openid: str) -> str:
         taken = await self.delivery.take_next(openid)
         if taken is None:
             return ""
-        part, more, page = taken
+        part, more, page, waited = taken
+        if waited:  # it was promised as a message of its own, and that failed
+            part = wt.join(wt.PUSH_FAILED, part)
         if not more:
             return part
         link = wt.MORE_PAGE.format(url=page) if page else ""
         return wt.join(part, wt.MORE_HELD, link)
 
-    async def _ensure_page(self, msg: _Message) -> None:
-        if not msg.page_id:
-            msg.page_id, msg.page_url = self.pages.reserve()
-            if msg.reply is not None:
-                await self.pages.save(msg.page_id, msg.reply)
+    # ---- an answer -------------------------------------------------------------------
 
-    async def _follow_up(self, msg: _Message, parts: list[str]) -> None:
-        await self.delivery.follow_up(msg.openid, parts, msg.page_url)
-
-    async def _run(self, msg: _Message, work: Work) -> None:
+    async def publish(self, openid: str, msg_id: str, reply: Reply) -> None:
+        """Make an answer available to the message's requests; follow up if none takes it."""
         t = self.timings
-        try:
-            try:
-                reply = await work()
-            except KnowbotError as exc:
-                log.warning("WeChat message %s could not be answered: %s", msg.msg_id, exc)
-                reply = Reply(exc.user_message, kind="error")
-            if reply is None:
-                msg.foreign = True  # taken before: another replica or an earlier run answers it
-                return
-            msg.reply = reply
-            msg.parts = wt.parts_of(reply)
-            if msg.page_id:
-                await self.pages.save(msg.page_id, reply)
-            msg.ready.set()
-            last_chance = (msg.arrived + (t.requests_per_message - 1) * t.platform_timeout
-                           + t.platform_timeout)
-            if not msg.settled.is_set() and not self._closing:
-                try:
-                    await asyncio.wait_for(msg.settled.wait(),
-                                           max(0.0, last_chance - self.clock()))
-                except TimeoutError:
-                    pass
-            if not msg.taken:  # no request carried it: follow up now
-                msg.taken = True
-                await self._ensure_page(msg)
-                await self.delivery.follow_up(msg.openid, msg.parts, msg.page_url)
-        finally:
-            loop = asyncio.get_running_loop()
-            loop.call_later(t.keep_done, self._messages.pop, (msg.openid, msg.msg_id), None)
+        name = f"{openid}:{msg_id}"
+        parts = wt.parts_of(reply)
+        needs_page = len(parts) > 1
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+        def put(record: dict[str, Any]) -> bool:
+            if record["answer"] is not None:
+                return False  # published before (an outbox retry after a restart)
+            record["answer"] = {"parts": parts}
+            if needs_page:
+                self._reserve_page(record)
+            return True
+
+        record, _ = await self._change(name, put)
+        if record["page_id"] and (needs_page or record["fallback"]):
+            await self.pages.save(record["page_id"], reply)
+        waiting = self._events.get(name)
+        if waiting is not None:
+            waiting.set()  # a request on this replica takes it at once
+        last_chance = float(record["first"]) + t.requests_per_message * t.platform_timeout
+        while not record["fallback"] and not self._closing:
+            left = last_chance - self.state.clock.time()
+            if record["taken"] or left <= 0:
+                break
+            await asyncio.sleep(min(left, t.poll))
+            record = await self._record(name) or {**record, "fallback": True}
+        if record["taken"]:
+            return
+        record, claimed = await self._take(name, parts)  # no request took it: follow up
+        if claimed:
+            await self.delivery.follow_up(openid, list(record["answer"]["parts"]),
+                                          record.get("page_url"), bool(record.get("promised")))
+
+    # ---- background work -------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(self._contained(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _contained(coro: Awaitable[None]) -> None:
+    async def _contained(coro: Awaitable[Any]) -> None:
         try:
             await coro
         except Exception:  # noqa: BLE001 - a background delivery must not die silently
             log.exception("WeChat follow-up delivery failed")
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Follow up on every answer still waiting for a request, then wait for the work."""
+        """Stop waiting for requests (answers being published follow up at once)."""
         self._closing = True
-        for msg in self._messages.values():
-            msg.settled.set()
+        for event in self._events.values():
+            event.set()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:

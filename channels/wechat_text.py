@@ -31,6 +31,7 @@ MORE_HELD = "(more to follow: send any message for the next part)"
 MORE_PAGE = "Read the whole answer: {url}"
 NEW_QUESTION_LATER = "(Your new message is being answered; send any message to get it.)"
 NEW_QUESTION_PUSH = "(Your new message is being answered; the answer follows.)"
+PUSH_FAILED = "I could not send you this answer earlier, so here it is, as it waited for you:"
 BUSY_ELSEWHERE = "I'm still working on that message; the answer follows."
 
 _LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")

@@ -140,7 +140,7 @@ class FakeWeChatAPI:
         if body.get("msgtype") != "text" or not body.get("text", {}).get("content"):
             return JSONResponse({"errcode": 40008, "errmsg": "invalid message type"})
         self.used[openid] = self.used.get(openid, 0) + 1
-        self.sent.append(body)
+        self.sent.append({**body, "_at": time.monotonic()})
         return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
     def app(self) -> Starlette:
@@ -180,6 +180,7 @@ class WeChatServer:
                  aes_key: str | None = None, mode: str = "plain", account: str = "gh_test",
                  timeout: float = 5.0, tries: int = 3, api: FakeWeChatAPI | None = None) -> None:
         self.url = base_url.rstrip("/") + "/wechat"
+        self.urls = [self.url]  # several replicas behind a balancer: each try goes to the next
         self.token = token
         self.account = account
         self.mode = mode
@@ -231,9 +232,10 @@ class WeChatServer:
     async def post(self, params: dict[str, str], body: bytes) -> Exchange:
         """POST one message, re-sending it on each timeout as WeChat does."""
         statuses: list[int | None] = []
-        for _ in range(self.tries):
+        for n in range(self.tries):
             try:
-                resp = await self.http.post(self.url, params=params, content=body,
+                resp = await self.http.post(self.urls[n % len(self.urls)], params=params,
+                                            content=body,
                                             headers={"Content-Type": "text/xml"})
             except httpx.TimeoutException:
                 statuses.append(None)

@@ -1,8 +1,9 @@
 """Several real `knowbot serve` processes on PostgreSQL and Redis, one killed with SIGKILL.
 
-Telegram webhook updates and Slack events for 100 conversations are spread over two replicas
-(a load balancer's round robin, retried on the other replica when one does not answer, as
-Telegram and Slack themselves retry), with a scripted model that takes 1 s. One replica is
+Telegram webhook updates, Slack events and WeChat messages (with WeChat's 5-second retries) for
+100 conversations are spread over two replicas (a load balancer's round robin, retried on the
+other replica when one does not answer, as the platforms themselves retry), with a scripted
+model that takes 1 s. One replica is
 killed in the middle and started again. Every message must be answered exactly once, in order
 within its conversation, with the earlier question in the model's memory.
 
@@ -33,12 +34,16 @@ from channels.telegram import derive_webhook_secret
 from fake_openai import FakeOpenAI, last_user_text
 from fake_slack import FakeSlack
 from fake_telegram import FakeBotAPI, parse_telegram_html, private_chat, user
+from fake_wechat import FakeWeChatAPI, WeChatServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 TG_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 SLACK_TOKEN = "xoxb-replicas"
 SIGNING_SECRET = "5ecret-for-the-replica-test-0001"
-CONVERSATIONS = 100  # half Telegram private chats, half Slack DMs
+CONVERSATIONS = 100  # 40 Telegram private chats, 40 Slack DM threads, 20 WeChat users
+TELEGRAM, SLACK = range(0, 40), range(40, 80)
+WECHAT_TOKEN = "wechat-replicas-token"
+WECHAT_APP = "wx-replicas"
 MESSAGES = 2  # per conversation, sent back to back
 
 
@@ -148,8 +153,10 @@ async def test_replicas_answer_every_message_once_in_order_through_a_kill(
         pytest.skip(f"Redis not reachable at {redis_url}")
 
     telegram = await FakeBotAPI(TG_TOKEN).start()
+    wechat = FakeWeChatAPI(app_id=WECHAT_APP)
     try:
-        async with FakeOpenAI(latency=1.0) as llm, FakeSlack() as slack:
+        async with FakeOpenAI(latency=1.0) as llm, FakeSlack() as slack, \
+                serve(wechat.app()) as wechat_api:
             slack.add_workspace("T1", SLACK_TOKEN)
             env = {k: v for k, v in os.environ.items()
                    if not k.startswith("KNOWBOT_") and k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
@@ -162,7 +169,10 @@ async def test_replicas_answer_every_message_once_in_order_through_a_kill(
                 "KNOWBOT_SLACK_BOT_TOKEN": SLACK_TOKEN,
                 "KNOWBOT_SLACK_SIGNING_SECRET": SIGNING_SECRET,
                 "KNOWBOT_SLACK_API_BASE": slack.api_base,
-                "KNOWBOT_INBOX_LEASE_SECONDS": "4", "KNOWBOT_SCHEDULER_ENABLED": "false",
+                "KNOWBOT_WECHAT_TOKEN": WECHAT_TOKEN, "KNOWBOT_WECHAT_APP_ID": WECHAT_APP,
+                "KNOWBOT_WECHAT_APP_SECRET": wechat.secret, "KNOWBOT_WECHAT_API_BASE": wechat_api,
+                "KNOWBOT_WECHAT_VERIFIED": "true", "KNOWBOT_SECRET_KEY": "k" * 32,
+                "KNOWBOT_INBOX_LEASE_SECONDS": "8", "KNOWBOT_SCHEDULER_ENABLED": "false",
                 "KNOWBOT_RATE_LIMIT_PER_MINUTE": "100", "PYTHONPATH": str(ROOT),
             })
             replicas = [Replica(f"replica-{n}", env, tmp_path / f"data-{n}") for n in range(2)]
@@ -172,7 +182,7 @@ async def test_replicas_answer_every_message_once_in_order_through_a_kill(
                 await asyncio.gather(*(r.ready() for r in replicas))
                 # shared database, per-replica Edge folder: each replica says so at start-up
                 assert "other replicas will not see" in replicas[1].log.read_text()
-                await _run_traffic(replicas, telegram, slack, llm)
+                await _run_traffic(replicas, telegram, slack, wechat, llm)
             finally:
                 for replica in replicas:
                     replica.stop()
@@ -180,15 +190,57 @@ async def test_replicas_answer_every_message_once_in_order_through_a_kill(
         await telegram.stop()
 
 
+class WeChatUser:
+    """Plays WeChat for one user: each message is POSTed up to 3 times, 5 s apart at most,
+    each try to the next replica, until one answers (a refused connection counts as a try)."""
+
+    def __init__(self, replicas: list[Replica], api: FakeWeChatAPI, conv: int) -> None:
+        self.replicas = replicas
+        self.api = api
+        self.openid = f"o-user-{conv:03d}"
+        self.wx = WeChatServer(replicas[0].url, WECHAT_TOKEN, app_id=WECHAT_APP)
+        self.replies: list[tuple[str, float]] = []  # passive reply texts, when received
+
+    async def say(self, text: str, conv: int) -> None:
+        self.api.user_wrote(self.openid)
+        xml = self.wx.xml(self.openid, "text", {"Content": text})
+        for attempt in range(3):
+            params, body = self.wx.envelope(xml, self.openid)
+            replica = self.replicas[(conv + attempt) % len(self.replicas)]
+            try:
+                response = await self.wx.http.post(f"{replica.url}/wechat", params=params,
+                                                   content=body, timeout=5.0)
+            except httpx.HTTPError:
+                await asyncio.sleep(0.2)
+                continue
+            assert response.status_code == 200, response.text
+            content = self.wx.read_reply(response.text, params)
+            if content:
+                self.replies.append((content, time.monotonic()))
+            return
+
+    def answers(self) -> list[tuple[str, float]]:
+        """Answers in passive replies and in customer-service messages, notices left out."""
+        pushed = [(m["text"]["content"], m["_at"]) for m in self.api.sent
+                  if m["touser"] == self.openid]
+        return sorted([(t, at) for t, at in self.replies + pushed if "question" in t],
+                      key=lambda pair: pair[1])
+
+
 async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: FakeSlack,
-                       llm: FakeOpenAI) -> None:
+                       wechat: FakeWeChatAPI, llm: FakeOpenAI) -> None:
     balancer = Balancer(replicas)
     secret = {"X-Telegram-Bot-Api-Secret-Token": derive_webhook_secret(TG_TOKEN)}
-    half = CONVERSATIONS // 2
+    wechat_users = {conv: WeChatUser(replicas, wechat, conv)
+                    for conv in range(SLACK.stop, CONVERSATIONS)}
+
+    async def chat_on_wechat(conv: int) -> None:
+        for n in range(1, MESSAGES + 1):  # a person waits for the reply before writing again
+            await wechat_users[conv].say(f"question {n} of conversation {conv}", conv)
 
     async def send(conv: int, n: int) -> None:
         text = f"question {n} of conversation {conv}"
-        if conv < half:
+        if conv in TELEGRAM:
             chat_id = 1000 + conv
             update = telegram.text_update(private_chat(chat_id), user(chat_id), text)
             response = await balancer.post("/telegram/webhook", json=update, headers=secret)
@@ -202,8 +254,9 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
                                 headers={**_slack_headers(raw), "X-Slack-Retry-Num": "1"})
         assert response.status_code == 200, response.text
 
+    wechat_chats = asyncio.gather(*(chat_on_wechat(conv) for conv in wechat_users))
     for n in range(1, MESSAGES + 1):  # every conversation's first message, then the second
-        await asyncio.gather(*(send(conv, n) for conv in range(CONVERSATIONS)))
+        await asyncio.gather(*(send(conv, n) for conv in range(SLACK.stop)))
 
     def answered() -> dict[int, list[tuple[str, float]]]:
         """Each conversation's answers as the platforms received them: (text, when)."""
@@ -214,6 +267,9 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
         for call in slack.called("chat.postMessage"):
             found.setdefault(int(str(call.params["channel"])[1:]), []).append(
                 (str(call.params.get("text", "")), call.at))
+        for conv, person in wechat_users.items():
+            if person.answers():
+                found[conv] = person.answers()
         return found
 
     def questions_answered() -> int:
@@ -229,14 +285,19 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
     dead_at = time.monotonic()  # a request already on the wire may still be read after this
     replicas[0].start()
     await replicas[0].ready()
+    await wechat_chats
 
     total = CONVERSATIONS * MESSAGES
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 200
     while questions_answered() < total:
-        assert time.monotonic() < deadline, (
-            f"{questions_answered()} of {total} answered:\n" + replicas[0].log.read_text()[-2000:])
+        if time.monotonic() >= deadline:
+            found = answered()
+            missing = {c: len(found.get(c, [])) for c in range(CONVERSATIONS)
+                       if len({t for t, _ in found.get(c, [])}) < MESSAGES}
+            raise AssertionError(f"{questions_answered()} of {total} answered; short: {missing}\n"
+                                 + _backlog(replicas[0].env["KNOWBOT_DATABASE_URL"]))
         await asyncio.sleep(0.2)
-    await asyncio.sleep(6)  # past the inbox lease: a second answer would have come by now
+    await asyncio.sleep(9)  # past the inbox lease: a second answer would have come by now
 
     found = answered()
     assert sorted(found) == list(range(CONVERSATIONS))  # nothing lost
@@ -263,3 +324,15 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
             history = json.dumps(request["messages"], ensure_ascii=False)
             assert f"question 1 of conversation {conv}" in history
     assert seconds >= CONVERSATIONS
+
+
+def _backlog(url: str) -> str:
+    """The unfinished inbox entries and waiting replies, for a failure's message."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        inbox = conn.execute("SELECT id, channel, message_id, status, attempts, lease_until, "
+                             "last_error FROM inbox_entry WHERE status <> 'done'").fetchall()
+        outbox = conn.execute("SELECT channel, attempts, next_attempt_at, last_error, inbox_id "
+                              "FROM outbox_entry").fetchall()
+    return f"inbox: {inbox}\noutbox: {outbox}"

@@ -421,3 +421,42 @@ async def test_a_group_that_became_a_supergroup_is_followed(tmp_path: Path, embe
         delivered = await fake.wait_for(lambda: fake.sent(new_id))
         assert "/remind" in plain(delivered[0])
         assert fake.sent(-4001) == []
+
+
+async def test_one_replica_polls_and_another_takes_over_when_it_stops(
+        tmp_path: Path, pg_url: str, fake: FakeBotAPI) -> None:
+    from conftest import WordKnowledge
+
+    chat, alice = private_chat(ALICE), user(ALICE)
+    running: list[tuple[Any, Any, TelegramChannel]] = []
+    for n in range(2):  # two replicas on one database, both configured for long polling
+        settings = make_settings(tmp_path / f"replica-{n}", telegram_token=TOKEN,
+                                 telegram_api_base=fake.base_url, database_url=pg_url)
+        channel = TelegramChannel(settings, poll_timeout=1, lease_check=0.1)
+
+        async def factory(s: Any) -> Runtime:
+            return await Runtime.start(s, knowledge=WordKnowledge())
+
+        app = create_app(settings, runtime_factory=factory, channels=[channel])
+        life = app.router.lifespan_context(app)
+        await life.__aenter__()
+        running.append((app, life, channel))
+    try:
+        await fake.wait_for(lambda: any(c.polling for _, _, c in running))
+        await asyncio.sleep(0.5)
+        assert [c.polling for _, _, c in running].count(True) == 1  # never both: no 409s
+        fake.push(fake.text_update(chat, alice, "/help"))
+        await fake.wait_for(lambda: fake.sent(ALICE))
+        owner = next(r for r in running if r[2].polling)
+        other = next(r for r in running if r is not owner)
+        await owner[1].__aexit__(None, None, None)  # SIGTERM: it stops and gives the lease up
+        running.remove(owner)
+        await fake.wait_for(lambda: other[2].polling, timeout=10)
+        fake.push(fake.text_update(chat, alice, "/memory"))
+        await fake.wait_for(lambda: fake.sent(ALICE)[1:])
+        await asyncio.sleep(0.5)
+        texts = [plain(c) for c in fake.sent(ALICE)]
+        assert len(texts) == 2 and "/ask" in texts[0] and "remember" in texts[1]
+    finally:
+        for _, life, _ in running:
+            await life.__aexit__(None, None, None)

@@ -209,6 +209,39 @@ async def test_slower_answer_is_pushed_when_verified(tmp_path: Path, model: Fake
         assert len(model.requests) == 1
 
 
+async def test_no_push_is_promised_when_no_access_token_can_be_had(tmp_path: Path,
+                                                                  model: FakeOpenAI) -> None:
+    async with wechat_bot(tmp_path, model=model, verified=True,
+                          wechat_app_secret="not-the-app-secret") as bot:
+        model.script(delay(4.0, reply("Here is the slow answer.")), reply("Second answer."))
+        exchange = await bot.wx.text(USER, "a hard question")
+        assert exchange.statuses == [None, None, 200]
+        assert exchange.content is not None
+        assert "I will send it to you here" not in exchange.content  # it could not be pushed
+        assert "Send me any message" in exchange.content
+        await asyncio.sleep(1.5)  # the answer is ready at about 4 s, and held
+        nxt = await bot.wx.text(USER, "thanks")
+        assert nxt.content is not None and nxt.content.startswith("Here is the slow answer.")
+        assert bot.api.sent == []
+
+
+async def test_a_promised_push_that_fails_is_handed_over_saying_it_waited(
+        tmp_path: Path, model: FakeOpenAI) -> None:
+    async with wechat_bot(tmp_path, model=model, verified=True) as bot:
+        model.script(delay(4.0, reply("Here is the slow answer.")), reply("Second answer."))
+        asking = asyncio.create_task(bot.wx.text(USER, "a hard question"))
+        await asyncio.sleep(0.3)
+        bot.api.used[USER] = 5  # WeChat will refuse the push: the user's allowance is used up
+        exchange = await asking
+        assert exchange.content is not None and "I will send it to you here" in exchange.content
+        await asyncio.sleep(1.5)  # the answer is ready at about 4 s; the push is refused
+        assert bot.api.refused == [45047] and bot.api.sent == []
+        nxt = await bot.wx.text(USER, "did it come?")
+        assert nxt.content is not None
+        assert nxt.content.startswith("I could not send you this answer earlier")
+        assert "Here is the slow answer." in nxt.content
+
+
 async def test_slower_answer_is_held_for_the_next_message_when_unverified(
         tmp_path: Path, model: FakeOpenAI) -> None:
     async with wechat_bot(tmp_path, model=model) as bot:

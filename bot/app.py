@@ -1,17 +1,22 @@
-"""The HTTP server: FastAPI with /healthz, on which each channel mounts its routes."""
+"""The HTTP server: FastAPI with /healthz, /readyz and /metrics; each channel mounts its routes."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 import bot
 from bot.config import Settings
+from bot.health import Readiness
+from bot.metrics import CONTENT_TYPE
+from bot.observe import ObserveMiddleware
 from bot.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ def create_app(
         factory = runtime_factory or Runtime.start
         runtime = await factory(settings)
         app.state.runtime = runtime
+        app.state.readiness = Readiness(runtime)
         if runtime.store.dialect == "postgresql" and not settings.qdrant_url:
             log.warning("the database is shared (PostgreSQL) but the knowledge base is this "
                         "replica's own Qdrant Edge folder: other replicas will not see its "
@@ -72,6 +78,7 @@ def create_app(
             await runtime.workers.stop()
             for channel in runtime.channels:
                 await channel.stop()
+            await app.state.readiness.close()
             await runtime.close()
             for stopped in getattr(app.state, "on_stopped", ()):
                 stopped()
@@ -82,12 +89,23 @@ def create_app(
 
     app.mount("/api", build_admin_api(settings, lambda: app.state.runtime))
 
+    def running() -> Runtime | None:
+        return getattr(app.state, "runtime", None)
+
+    app.add_middleware(
+        ObserveMiddleware,  # type: ignore[arg-type]
+        metrics=lambda: r.metrics if (r := running()) is not None else None,
+        channels=lambda: tuple(c.name for c in r.channels) if (r := running()) else (),
+    )
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
+        """Liveness: 200 while the process answers (the database is reported, not required)."""
         runtime: Runtime = app.state.runtime
         try:
-            async with runtime.store.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with asyncio.timeout(2):
+                async with runtime.store.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
             database = "ok"
         except Exception:  # noqa: BLE001 - health reports, never raises
             log.warning("health check: database not answering", exc_info=True)
@@ -100,6 +118,27 @@ def create_app(
             "channels": [c.name for c in runtime.channels],
             "in_flight": runtime.dispatcher.in_flight + runtime.workers.in_flight,
         }
-        return JSONResponse(body, status_code=200 if database == "ok" else 503)
+        return JSONResponse(body)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 when every part answers, else 503 naming each part that does not."""
+        checks = await app.state.readiness.check()
+        failing = [c.name for c in checks if not c.ok]
+        body = {"status": "ready" if not failing else "not ready", "failing": failing,
+                "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}}
+        return JSONResponse(body, status_code=503 if failing else 200)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics; with KNOWBOT_METRICS_TOKEN set, only for that bearer token."""
+        expected = settings.metrics_token
+        if expected is not None:
+            given = request.headers.get("authorization", "")
+            wanted = f"Bearer {expected.get_secret_value()}"
+            if not hmac.compare_digest(given.encode(), wanted.encode()):
+                return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        runtime: Runtime = app.state.runtime
+        return Response(await runtime.metrics.render(), media_type=CONTENT_TYPE)
 
     return app

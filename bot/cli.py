@@ -44,13 +44,9 @@ def _settings(*, quiet: bool = True, **overrides: Any) -> Settings:
     level = settings.log_level
     if quiet and "KNOWBOT_LOG_LEVEL" not in os.environ and "log_level" not in overrides:
         level = "WARNING"
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("alembic", "httpx", "httpx2"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    from bot.logs import configure
+
+    configure(settings, level, sys.stderr)  # text or JSON lines, secrets masked
     return settings
 
 
@@ -101,7 +97,7 @@ def serve(
         uvicorn.Config(
             web, host=settings.host, port=settings.port,
             log_level=settings.log_level.lower(), timeout_graceful_shutdown=30,
-            proxy_headers=True,
+            proxy_headers=True, log_config=None,  # uvicorn's lines go through bot.logs too
         )
     )
     _run(_serve(settings, web, server))
@@ -247,7 +243,14 @@ def _register_knowledge() -> None:
     register(app, _settings, _run, _with_admin)
 
 
+def _register_ops() -> None:
+    from bot.cli_ops import register
+
+    register(app, _settings, _run)
+
+
 _register_knowledge()
+_register_ops()
 
 
 def run() -> None:

@@ -118,6 +118,23 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default is a SQLite file in the data dir."
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object a line for a log system."
+    )
+    migrate_on_start: bool = Field(
+        True, description="Apply database migrations at start-up; false when `knowbot migrate` "
+        "runs them once (several replicas)."
+    )
+    migrate_wait: float = Field(
+        60.0, ge=0, description="With migrate_on_start false: seconds to wait at start-up for "
+        "`knowbot migrate` to bring the schema up to date."
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token GET /metrics requires; unset = open."
+    )
+    models_dir: Path | None = Field(
+        None, description="Where embedding models are built and cached; default DATA_DIR/models."
+    )
 
     llm_base_url: str | None = Field(None, description="Base URL of the default model endpoint.")
     llm_api_key: SecretStr | None = Field(None, description="API key of the default endpoint.")
@@ -349,6 +366,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'knowbot.db').resolve()}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """Where embedding models live: models_dir, or the data dir's models folder."""
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 
     def providers(self) -> dict[str, ProviderConfig]:
         """All configured model providers, the default one included, by name."""

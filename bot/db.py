@@ -93,6 +93,50 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
+def schema_revisions(url: str, connect_timeout: float | None = None
+                     ) -> tuple[str | None, str | None]:
+    """The database's current migration revision and the newest one Knowbot has (blocking)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    _ensure_sqlite_dir(url)
+    args = {}
+    if connect_timeout and make_url(url).get_backend_name() == "postgresql":
+        args["connect_timeout"] = max(1, int(connect_timeout))
+    engine = create_engine(sync_url(url), connect_args=args)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = make_url(url).render_as_string(hide_password=True)
+        raise StorageError(
+            f"KNOWBOT_DATABASE_URL: could not open the database {where}: {reason}"
+        ) from exc
+    finally:
+        engine.dispose()
+    return current, head
+
+
+async def wait_for_schema(url: str, timeout: float, interval: float = 1.0) -> None:
+    """Wait (bounded) until `knowbot migrate` has brought the schema up to date."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        current, head = await asyncio.to_thread(schema_revisions, url)
+        if current == head:
+            return
+        if loop.time() >= deadline:
+            raise StorageError(
+                f"KNOWBOT_DATABASE_URL: the database schema is at revision {current or 'none'} "
+                f"but this Knowbot needs {head}: run `knowbot migrate` (or set "
+                "KNOWBOT_MIGRATE_ON_START=true)"
+            )
+        log.info("waiting for `knowbot migrate`: schema at %s, need %s", current or "none", head)
+        await asyncio.sleep(interval)
+
+
 def make_engine(url: str) -> AsyncEngine:
     """An async engine for the URL, tuned for the embedded default on SQLite."""
     _ensure_sqlite_dir(url)
@@ -104,9 +148,12 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(aurl, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-async def open_engine(url: str) -> AsyncEngine:
-    """Migrate the database, then return an async engine for it."""
-    await asyncio.to_thread(migrate, url)
+async def open_engine(url: str, migrate_now: bool = True, wait: float = 60.0) -> AsyncEngine:
+    """Migrate the database (or wait up to `wait` s for it to be migrated), return an engine."""
+    if migrate_now:
+        await asyncio.to_thread(migrate, url)
+    else:
+        await wait_for_schema(url, wait)
     return make_engine(url)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 from bot.errors import KnowbotError, RateLimited
+from bot.logs import message_context
+from bot.metrics import Metrics
 from bot.ratelimit import RateLimiter
 from bot.store import Store
 from bot.types import InboundMessage, Reply
@@ -24,10 +27,12 @@ _LIMITED = Reply(RateLimited.user_message, kind="error")
 class Dispatcher:
     """Takes messages from channels and runs each through the engine exactly once."""
 
-    def __init__(self, handler: Handler, store: Store, limiter: RateLimiter) -> None:
+    def __init__(self, handler: Handler, store: Store, limiter: RateLimiter,
+                 metrics: Metrics | None = None) -> None:
         self.handler = handler
         self.store = store
         self.limiter = limiter
+        self.metrics = metrics or Metrics(process=False)
         self._tasks: set[asyncio.Task[Reply | None]] = set()
         self._closing = False
 
@@ -44,13 +49,19 @@ class Dispatcher:
         For callers that wait for the answer themselves (the terminal, WeChat's passive reply);
         channels whose platforms redeliver put messages in the inbox instead.
         """
+        with message_context(message):
+            return await self._process(message, handler)
+
+    async def _process(self, message: InboundMessage, handler: Handler | None) -> Reply | None:
         key = message.key
         try:
             if message.message_id and not await self.store.claim_inbound(key, message.message_id):
                 log.info("duplicate delivery %s on %s ignored", message.message_id, key.channel)
+                self.metrics.message(key.channel, "duplicate")
                 return None
         except KnowbotError as exc:
             log.error("could not take message %s on %s: %s", message.message_id, key.channel, exc)
+            self.metrics.message(key.channel, "not_taken")
             return Reply(exc.user_message, kind="error")
         reply = await self.answer(message, handler)
         # Recording the outcome is bookkeeping: it runs after the reply is handed back.
@@ -61,6 +72,10 @@ class Dispatcher:
 
     async def answer(self, message: InboundMessage, handler: Handler | None = None) -> Reply:
         """Rate limit, then the handler inside the one error boundary (no dedupe: taken already)."""
+        with message_context(message):
+            return await self._answer(message, handler)
+
+    async def _answer(self, message: InboundMessage, handler: Handler | None) -> Reply:
         key = message.key
         try:
             allowed = await self.limiter.allow(key.user_scope())
@@ -69,8 +84,13 @@ class Dispatcher:
             return Reply(exc.user_message, kind="error")
         if not allowed:
             log.info("rate limit hit by %s", key.user_scope())
+            self.metrics.message(key.channel, "rate_limited")
             return _LIMITED
-        return await self._guarded(message, handler or self.handler)
+        started = time.perf_counter()
+        reply = await self._guarded(message, handler or self.handler)
+        self.metrics.message(key.channel, "failed" if reply.kind == "error" else "answered",
+                             time.perf_counter() - started)
+        return reply
 
     def _track(self, coro: Any) -> None:
         task = asyncio.create_task(coro, context=contextvars.Context())

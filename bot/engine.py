@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Coroutine, Protocol
 from zoneinfo import ZoneInfo
@@ -18,6 +19,7 @@ from bot.errors import LLMError
 from bot.knowledge import KnowledgeSearch
 from bot.llm import LLMRouter
 from bot.memory import Memory, summary_prompt
+from bot.metrics import Metrics
 from bot.prompt import build_messages
 from bot.store import StoredMessage, Store
 from bot.toolloop import run_tool_loop
@@ -46,6 +48,7 @@ class EngineDeps:
     knowledge: KnowledgeSearch
     ingestor: Ingestor | None = None
     clock: Clock = SYSTEM_CLOCK
+    metrics: Metrics | None = None
     quotas: Any = None  # bot.quota.Quotas: daily limits checked before each model call
 
 
@@ -194,9 +197,12 @@ class Engine:
         key = message.key
         if asks_for_whole_document(question):
             return Reply(WHOLE_DOCUMENT, kind="notice")
+        started = time.perf_counter()
         passages = await self.deps.knowledge.search(
             key, question, top_k=self.settings.knowledge_top_k, kb=kb
         )
+        if self.deps.metrics is not None:
+            self.deps.metrics.retrieval_seconds.observe(time.perf_counter() - started)
         if not self.llm_configured:
             if passages:
                 text, citations = extractive_answer(passages, self.settings.max_quote_chars)

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, and_, exists, func, insert, or_, select, upda
 from sqlalchemy.exc import IntegrityError
 
 from bot.clock import Clock
+from bot.logs import current as log_context, new_request_id
 from bot.models import InboxEntry, OutboxEntry
 from bot.outbox import LEASE as SEND_LEASE  # the finishing worker sends first; others after it
 from bot.store import Store
@@ -98,12 +99,16 @@ class Inbox:
         self.lease = lease
         self.max_attempts = max_attempts
         self.listeners: list[Callable[[], None]] = []  # told after each put (local workers)
+        self.duplicates: list[Callable[[str], None]] = []  # told the channel of each redelivery
 
     # ---- in -------------------------------------------------------------------------------
 
     async def put(self, message: InboundMessage, context: dict[str, Any] | None = None) -> bool:
         """Keep a message for the workers; False if its platform id is already here."""
         key = message.key
+        # the request id travels with the entry, so the worker's log lines carry it too
+        context = {"request_id": log_context().get("request_id") or new_request_id(),
+                   **(context or {})}
         row = dict(channel=key.channel, tenant=key.tenant, message_id=message.message_id,
                    conversation_id=key.conversation_id(),
                    message=json.dumps(message_record(message), ensure_ascii=False),
@@ -119,9 +124,10 @@ class Inbox:
             return True
 
         added = await self.store.write(write)
-        if added:
-            for listener in self.listeners:
-                listener()
+        for listener in (self.listeners if added else ()):
+            listener()
+        for counter in (self.duplicates if not added else ()):
+            counter(key.channel)
         return added
 
     # ---- taking ---------------------------------------------------------------------------

@@ -109,6 +109,14 @@ class Outbox:
         return await self.store.read(
             lambda conn: conn.execute(select(func.count()).select_from(_OUTBOX)).scalar_one())
 
+    async def stats(self) -> tuple[int, datetime | None]:
+        """How many replies wait, and when the oldest of them was first kept (for metrics)."""
+        from sqlalchemy import func
+
+        query = select(func.count(), func.min(_OUTBOX.c.created_at)).select_from(_OUTBOX)
+        count, oldest = await self.store.read(lambda conn: conn.execute(query).one())
+        return int(count), oldest
+
     async def _claim_due(self, limit: int = 50) -> list[Any]:
         now = self.clock.now()
 

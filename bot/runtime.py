@@ -15,6 +15,7 @@ from bot.inbox import Inbox
 from bot.knowledge import KnowledgeSearch
 from bot.kv import StateStore
 from bot.llm import LLMRouter
+from bot.metrics import Metrics, inbox_probe, outbox_probe
 from bot.outbox import Outbox
 from bot.quota import Quotas
 from bot.ratelimit import MemoryRateLimiter, RateLimiter
@@ -58,8 +59,8 @@ def build_knowledge(settings: Settings, store: Store, model: object | None = Non
         from knowledge.embedder import Embedder
 
         if settings.embedding_model == DEFAULT_EMBEDDING_MODEL:
-            return Embedder.default(settings.data_dir)
-        return Embedder.from_name(settings.embedding_model, settings.data_dir / "models")
+            return Embedder.default(settings.data_dir, models_dir=settings.resolved_models_dir)
+        return Embedder.from_name(settings.embedding_model, settings.resolved_models_dir)
 
     dim = 384 if settings.embedding_model == DEFAULT_EMBEDDING_MODEL else None
     if model is not None:
@@ -105,6 +106,7 @@ class Runtime:
     usage: UsageRecorder
     state: StateStore
     channels: list["Channel"] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)  # GET /metrics reads its registry
     outbox: Outbox = field(init=False)  # retries sends through whatever channels run now
     inbox: Inbox = field(init=False)  # where platform messages wait for a worker
     workers: Workers = field(init=False)
@@ -138,9 +140,11 @@ class Runtime:
         `clock` is the one clock every part decides by (tests pass a ManualClock).
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await Store.open(settings.resolved_database_url, clock=clock)
+        store = await Store.open(settings.resolved_database_url, clock=clock,
+                                 migrate=settings.migrate_on_start, wait=settings.migrate_wait)
 
-        usage = UsageRecorder(store)
+        metrics = Metrics()
+        usage = UsageRecorder(store, metrics=metrics)
         state = StateStore(store)
         quotas = Quotas(state, settings)
         if llm is None:
@@ -174,7 +178,8 @@ class Runtime:
             knowledge.translator = LLMTranslator(llm)  # type: ignore[attr-defined]
         engine = Engine(
             EngineDeps(settings=settings, store=store, llm=llm, registry=registry,
-                       knowledge=knowledge, ingestor=ingestor, clock=clock, quotas=quotas)
+                       knowledge=knowledge, ingestor=ingestor, clock=clock, quotas=quotas,
+                       metrics=metrics)
         )
         if hasattr(knowledge, "registry"):  # the real knowledge service: chat can manage it
             from knowledge.commands import kb_command
@@ -184,7 +189,7 @@ class Runtime:
             from plugins.policy import confirm_command
 
             engine.commands.add(confirm_command(engine, policy))
-        dispatcher = Dispatcher(engine.handle, store, limiter)
+        dispatcher = Dispatcher(engine.handle, store, limiter, metrics)
         log.info(
             "Knowbot ready: database %s, %s, %d tools",
             store.dialect,
@@ -192,7 +197,7 @@ class Runtime:
             len(registry),
         )
         runtime = cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage,
-                      state)
+                      state, metrics=metrics)
         runtime.plugin_closers = closers
         return runtime
 
@@ -202,6 +207,9 @@ class Runtime:
                            max_attempts=self.settings.inbox_max_attempts)
         self.workers = Workers(self.inbox, self.outbox, lambda: self.channels,
                                concurrency=self.settings.workers)
+        self.metrics.add_probe("outbox", outbox_probe(self.metrics, self.outbox))
+        self.metrics.add_probe("inbox", inbox_probe(self.metrics, self.inbox))
+        self.inbox.duplicates.append(lambda channel: self.metrics.message(channel, "duplicate"))
 
     async def deliver(self, key: ConversationKey, reply: Reply) -> bool:
         """Send a reply that no inbound message waits for (a job), through the outbox."""
@@ -231,7 +239,7 @@ class Runtime:
             changes=getattr(self.knowledge, "changes", None),
             timezone_name=self.settings.timezone, housekeeping=housekeeping,
             recrawl=recrawl, recrawl_hours=self.settings.recrawl_hours if recrawl else 0,
-            redis_url=self.settings.redis_url)
+            redis_url=self.settings.redis_url, metrics=self.metrics)
         await self.scheduler.start(lead=lead)
         jobs = JobCommands(self.scheduler, self.state, self.settings.timezone, self.channel)
         self.engine.jobs = jobs

@@ -73,13 +73,14 @@ class Scheduler:
                  recrawl: Callable[[], Awaitable[None]] | None = None,
                  recrawl_hours: float = 24.0, redis_url: str | None = None,
                  renew_seconds: float = RENEW_SECONDS, lease_seconds: float = LEASE_SECONDS,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, metrics: Any = None) -> None:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         from bot.db import sync_url
 
         self.deliver = deliver
+        self.metrics = metrics  # a bot.metrics.Metrics counts runs and failures
         self.answer = answer
         self.changes = changes
         self.state = state
@@ -272,8 +273,16 @@ class Scheduler:
                 log.warning("unknown job kind %s", kind)
         except KnowbotError as exc:
             log.warning("scheduled %s failed: %s", kind, exc)
+            self._count(kind, ok=False)
         except Exception:  # noqa: BLE001 - one failing job must not stop the scheduler
             log.exception("scheduled %s failed unexpectedly", kind)
+            self._count(kind, ok=False)
+        else:
+            self._count(kind, ok=True)
+
+    def _count(self, kind: str, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.job(kind, ok)
 
     async def _digest(self, payload: dict[str, Any]) -> None:
         key = ConversationKey.from_record(payload["key"])

@@ -82,9 +82,10 @@ class Store:
         self._lane = DatabaseLane(url or engine.url.render_as_string(hide_password=False))
 
     @classmethod
-    async def open(cls, url: str, clock: Clock = SYSTEM_CLOCK) -> "Store":
-        """Migrate the database at `url` and open it."""
-        return cls(await open_engine(url), url, clock)
+    async def open(cls, url: str, clock: Clock = SYSTEM_CLOCK, *, migrate: bool = True,
+                   wait: float = 60.0) -> "Store":
+        """Migrate the database at `url` (or wait for `knowbot migrate`) and open it."""
+        return cls(await open_engine(url, migrate, wait), url, clock)
 
     async def close(self) -> None:
         """Release every connection."""

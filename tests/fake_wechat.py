@@ -1,6 +1,7 @@
 """Playing WeChat in tests: the platform's API server, and the platform calling Knowbot.
 
-`FakeWeChatAPI` serves `/cgi-bin/token` and `/cgi-bin/message/custom/send` on loopback with the
+`FakeWeChatAPI` serves `/cgi-bin/token`, `/cgi-bin/stable_token` (the current token, not a new
+one) and `/cgi-bin/message/custom/send` on loopback with the
 real JSON, and enforces the platform's rules: a valid token, 48 hours and 5 customer-service
 messages per user message (45047 past that). `WeChatServer` calls Knowbot's `/wechat` as WeChat
 does: it signs each request, encrypts in safe and compatible mode (with wechatpy), times out
@@ -69,6 +70,7 @@ class FakeWeChatAPI:
     expires_in: int = 7200
     token_delay: float = 0.0
     token_hits: int = 0
+    stable_hits: int = 0
     sent: list[dict[str, Any]] = field(default_factory=list)
     refused: list[int] = field(default_factory=list)
     valid_tokens: set[str] = field(default_factory=set)
@@ -109,6 +111,19 @@ class FakeWeChatAPI:
         self.valid_tokens = {token}  # a new token invalidates the old one, as on WeChat
         return JSONResponse({"access_token": token, "expires_in": self.expires_in})
 
+    async def _stable_token(self, request: Request) -> JSONResponse:
+        """POST /cgi-bin/stable_token: the current token, not a new one (unless force_refresh)."""
+        body = json.loads(await request.body())
+        if body.get("grant_type") != "client_credential":
+            return JSONResponse({"errcode": 40002, "errmsg": "invalid grant_type"})
+        if body.get("appid") != self.app_id or body.get("secret") != self.secret:
+            return JSONResponse({"errcode": 40125, "errmsg": "invalid appsecret"})
+        self.stable_hits += 1
+        if body.get("force_refresh") or not self.valid_tokens:
+            self.valid_tokens = {f"TOKEN-{uuid.uuid4().hex}"}
+        return JSONResponse({"access_token": next(iter(self.valid_tokens)),
+                             "expires_in": self.expires_in})
+
     async def _custom_send(self, request: Request) -> JSONResponse:
         token = request.query_params.get("access_token", "")
         if token not in self.valid_tokens:
@@ -132,6 +147,7 @@ class FakeWeChatAPI:
         """The ASGI app to serve."""
         return Starlette(routes=[
             Route("/cgi-bin/token", self._token, methods=["GET"]),
+            Route("/cgi-bin/stable_token", self._stable_token, methods=["POST"]),
             Route("/cgi-bin/message/custom/send", self._custom_send, methods=["POST"]),
         ])
 

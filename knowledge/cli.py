@@ -205,5 +205,32 @@ def register(app: typer.Typer, settings_loader: Any, run: Any, with_runtime: Any
             out.print(p.text if len(p.text) <= 600 else p.text[:600] + "…", highlight=False)
             out.print()
 
+    @kb_app.command("reindex")
+    def kb_reindex() -> None:
+        """Give every stored chunk its cross-lingual vector (resumable; no re-upload needed)."""
+        settings = settings_loader()
+
+        async def work(runtime: Any) -> tuple[int, bool]:
+            service = runtime.knowledge
+            if await service.crosslingual() is None:
+                return 0, False
+            with Progress(TextColumn("cross-lingual vectors"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=err) as bar:
+                task = bar.add_task("reindex", total=None)
+
+                def report(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                return await service.reindex(report), True
+
+        filled, enabled = run(with_runtime(settings, work))
+        if not enabled:
+            out.print("The cross-lingual model is off (KNOWBOT_KNOWLEDGE_CROSSLINGUAL_MODEL): "
+                      "nothing to reindex.")
+        elif filled:
+            out.print(f"Filled the cross-lingual vector of {filled} chunks.")
+        else:
+            out.print("Every chunk already has its cross-lingual vector.")
+
     app.add_typer(kb_app, name="kb")
 

@@ -1,4 +1,8 @@
-"""Hybrid retrieval: dense and BM25 results fused with RRF, gated by relevance, de-duplicated."""
+"""Hybrid retrieval: dense and BM25 results fused with RRF, gated by relevance, de-duplicated.
+
+Two gates: `relevant` (e5 cosine and keywords only, used when no cross-lingual vector is there
+to ask) and `gate` (the cross-lingual cosine and whether the rankings agree; see Gate).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,63 @@ class Candidate:
     hit: Hit
     score: float
     dense: float | None
+    xling: float | None = None  # its cross-lingual cosine, when that ranking returned it
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One ranked list to fuse, with its RRF weight."""
+
+    hits: Sequence[Hit]
+    weight: float = 1.0
+
+
+def fuse(dense: Ranking, xling: Ranking, sparse: Ranking, k: float) -> list[Candidate]:
+    """Weighted reciprocal-rank fusion of the e5, cross-lingual and BM25 rankings, best first."""
+    scores: dict[str, float] = {}
+    hits: dict[str, Hit] = {}
+    for ranking in (dense, xling, sparse):
+        for rank, hit in enumerate(ranking.hits):
+            scores[hit.id] = scores.get(hit.id, 0.0) + ranking.weight / (k + rank + 1)
+            hits.setdefault(hit.id, hit)
+    cosine = {h.id: h.score for h in dense.hits}
+    xcosine = {h.id: h.score for h in xling.hits}
+    ordered = sorted(scores, key=lambda i: -scores[i])
+    return [Candidate(hits[i], scores[i], cosine.get(i), xcosine.get(i)) for i in ordered]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """When the knowledge base answers a question, from the cross-lingual ranking.
+
+    The cross-lingual model's top cosine separates questions the documents answer from ones
+    they do not (e5's does not: its cosines are compressed into 0.75-0.93 for everything).
+    Below `floor` the question is declined; at `sure` or above it is answered; in between it is
+    answered only when the rankings agree: the cross-lingual top hit is also among the first
+    `agree_depth` of the e5 or BM25 ranking. A kept passage must also be within `spread` of
+    the best cross-lingual cosine (passages only another ranking found are kept).
+    """
+
+    floor: float
+    sure: float
+    agree_depth: int
+    spread: float
+
+
+def gate(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: Sequence[Hit],
+         sparse: Sequence[Hit], rule: Gate) -> list[Candidate]:
+    """The candidates worth citing, or none when the question is not in the knowledge base."""
+    if not xling:
+        return []
+    best = xling[0].score
+    if best < rule.floor:
+        return []
+    if best < rule.sure:
+        top = xling[0].id
+        near = {h.id for h in dense[:rule.agree_depth]} | {h.id for h in sparse[:rule.agree_depth]}
+        if top not in near:
+            return []
+    return [c for c in candidates if c.xling is None or c.xling >= best - rule.spread]
 
 
 def rrf(dense: Sequence[Hit], sparse: Sequence[Hit], k: int = RRF_K) -> list[Candidate]:

@@ -57,6 +57,8 @@ class Point:
     dense: tuple[float, ...]
     sparse: SparseVector
     payload: dict[str, object] = field(default_factory=dict)
+    # more named dense vectors beside "dense": the cross-lingual one, keyed by its vector name
+    extra: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

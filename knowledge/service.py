@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
 from bot.config import Settings
-from bot.errors import IngestError, KnowbotError
+from bot.errors import IngestError, KnowbotError, StorageError
 from bot.store import Store
 from bot.types import Attachment, ConversationKey, InboundMessage, Passage, Reply
 from knowledge.chunking import ChunkSettings, chunk_document
 from knowledge.langs import NAMES, script_of
+from knowledge.reindex import fill_missing, log_end
 from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
 from knowledge.search import (
     Gate,
@@ -109,7 +110,12 @@ class KnowledgeService:
                     xl = await self.crosslingual()
                     if xl is not None:
                         name = xl.vector_name  # type: ignore[attr-defined]
-                        await asyncio.to_thread(vectors.add_vector, name, int(xl.dim))  # type: ignore[attr-defined]
+                        try:
+                            await asyncio.to_thread(vectors.add_vector, name, int(xl.dim))  # type: ignore[attr-defined]
+                        except StorageError as exc:  # e.g. a Qdrant server before 1.18
+                            log.warning("searching without the cross-lingual vector: %s", exc)
+                            self._xl, xl = None, None
+                    if xl is not None:
                         missing = await asyncio.to_thread(vectors.count_missing, name)
                         self._xl_complete = missing == 0
                         if missing:
@@ -423,8 +429,6 @@ class KnowledgeService:
 
     async def reindex(self, progress: Progress | None = None) -> int:
         """Fill every missing cross-lingual vector from the stored chunk text; return how many."""
-        from knowledge.reindex import fill_missing
-
         xl = await self.crosslingual()
         if xl is None:
             return 0
@@ -448,7 +452,7 @@ class KnowledgeService:
         """Run `reindex` in the background (once); searches meanwhile use what is filled."""
         if self._reindex_task is None:
             self._reindex_task = asyncio.create_task(self.reindex(), name="knowbot-reindex")
-            self._reindex_task.add_done_callback(_log_reindex_end)
+            self._reindex_task.add_done_callback(log_end)
         return self._reindex_task
 
     # ---- administration -------------------------------------------------------------------
@@ -473,14 +477,6 @@ class KnowledgeService:
         removed = await self.registry.delete_kb(tenant, kb)
         await asyncio.to_thread((await self.vectors()).delete, tenant, kb)
         return removed
-
-
-def _log_reindex_end(task: asyncio.Task[int]) -> None:
-    """Log how a background reindex ended."""
-    if task.cancelled():
-        log.info("background reindex stopped; it resumes where it was at the next start")
-    elif task.exception() is not None:
-        log.error("background reindex failed", exc_info=task.exception())
 
 
 def _load(data: bytes, filename: str, mime: str, url: str, max_bytes: int) -> LoadedDocument:

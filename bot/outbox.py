@@ -17,7 +17,7 @@ import contextvars
 import json
 import logging
 import uuid
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy import Connection, delete, insert, select, update

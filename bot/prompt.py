@@ -20,6 +20,12 @@ RULES = (
     "- Reply in the language of the user's message."
 )
 
+NOTHING_RETRIEVED = (
+    "The team's knowledge base has nothing relevant to the next question. If it asks about the "
+    "team's documents, policies or products, say that the knowledge base does not cover it; do "
+    "not cite documents or invent what they say."
+)
+
 _TAG = re.compile(r"</?\s*(documents|document|tool_result)\b[^>]*>", re.IGNORECASE)
 
 
@@ -70,5 +76,7 @@ def build_messages(
                 ),
             }
         )
+    else:  # the relevance gate found nothing: the model must not pass a guess off as cited
+        messages.append({"role": "system", "content": NOTHING_RETRIEVED})
     messages.append({"role": "user", "content": question})
     return messages

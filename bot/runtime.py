@@ -62,10 +62,16 @@ def build_knowledge(settings: Settings, store: Store, model: object | None = Non
             return Embedder.default(settings.data_dir, models_dir=settings.resolved_models_dir)
         return Embedder.from_name(settings.embedding_model, settings.resolved_models_dir)
 
+    def crosslingual() -> object | None:
+        from knowledge.crosslingual import load_crosslingual
+
+        return load_crosslingual(settings.knowledge_crosslingual_model, settings.data_dir)
+
     dim = 384 if settings.embedding_model == DEFAULT_EMBEDDING_MODEL else None
     if model is not None:
         dim = model.dim  # type: ignore[attr-defined]
-    return KnowledgeService(settings, store, lambda d: open_vectors(settings, d), embedder, dim=dim)
+    return KnowledgeService(settings, store, lambda d: open_vectors(settings, d), embedder, dim=dim,
+                            crosslingual_factory=crosslingual)
 
 
 async def load_external_tools(settings: Settings, registry: ToolRegistry
@@ -172,6 +178,10 @@ class Runtime:
         if knowledge is None:
             service = build_knowledge(settings, store, embedder)
             knowledge, ingestor = service, ingestor or service
+            if settings.knowledge_reindex_on_start and (
+                    settings.qdrant_url or (settings.data_dir / "qdrant").exists()):
+                # a store made before the cross-lingual vector gets it filled, in the background
+                service.start_reindex()
         if llm.configured and settings.knowledge_translate and hasattr(knowledge, "translator"):
             from knowledge.translate import LLMTranslator
 

@@ -210,5 +210,44 @@ def register(app: typer.Typer, settings_loader: Any, run: Any, with_admin: Any) 
             out.print(text if len(text) <= 600 else text[:600] + "…", highlight=False)
             out.print()
 
+    @kb_app.command("reindex")
+    def kb_reindex() -> None:
+        """Give every stored chunk its cross-lingual vector (resumable; no re-upload needed)."""
+        from bot.admin_client import local_runtime, running_server
+
+        settings = settings_loader()
+        server = running_server(settings)
+        if server is not None:
+            out.print(f"`knowbot serve` runs on this data directory ({server}) and fills the "
+                      "cross-lingual vectors itself, in the background, since it started; "
+                      "nothing to do here.")
+            return
+
+        async def with_runtime(settings: Any, work: Any) -> Any:
+            async with local_runtime(settings, "kb reindex") as runtime:
+                return await work(runtime)
+
+        async def work(runtime: Any) -> tuple[int, bool]:
+            service = runtime.knowledge
+            if await service.crosslingual() is None:
+                return 0, False
+            with Progress(TextColumn("cross-lingual vectors"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=err) as bar:
+                task = bar.add_task("reindex", total=None)
+
+                def report(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                return await service.reindex(report), True
+
+        filled, enabled = run(with_runtime(settings, work))
+        if not enabled:
+            out.print("The cross-lingual model is off (KNOWBOT_KNOWLEDGE_CROSSLINGUAL_MODEL): "
+                      "nothing to reindex.")
+        elif filled:
+            out.print(f"Filled the cross-lingual vector of {filled} chunks.")
+        else:
+            out.print("Every chunk already has its cross-lingual vector.")
+
     app.add_typer(kb_app, name="kb")
 

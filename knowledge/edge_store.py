@@ -18,6 +18,7 @@ in half, while searches run in parallel with each other and with writes.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -35,13 +36,16 @@ from qdrant_edge import (
     EdgeVectorParams,
     FieldCondition,
     Filter,
+    HasVectorCondition,
     MatchAny,
     MatchValue,
     Modifier,
     PayloadSchemaType,
     Point as EdgePoint,
+    PointVectors,
     Query,
     QueryRequest,
+    ScrollRequest,
     SparseVector as EdgeSparseVector,
     UpdateOperation,
 )
@@ -84,6 +88,12 @@ def _scope(tenant: str, kbs: Sequence[str]) -> Filter:
                         FieldCondition("kb", match=MatchAny(list(kbs)))])
 
 
+def check_vector_name(name: str) -> None:
+    """Refuse a name that is not a valid extra vector name (or is one of the built-in two)."""
+    if name in (DENSE, SPARSE) or not name or not all(c.isalnum() or c in "_-" for c in name):
+        raise ValueError(f"bad vector name {name!r}")
+
+
 def check_delete_args(source_id: str | None, version: str | None,
                       keep_version: str | None) -> None:
     """Refuse delete() arguments that would remove more than the caller can have meant."""
@@ -101,11 +111,18 @@ def canonical_id(point_id: str) -> str:
         raise ValueError(f"point id must be a UUID string, got {point_id!r}") from None
 
 
-def check_point(point: Point, dim: int) -> dict[str, object]:
+def check_point(point: Point, dim: int, extra: dict[str, int] | None = None) -> dict[str, object]:
     """Validate one point; return its payload with ready=False unless the caller set it."""
     if len(point.dense) != dim:
         raise ValueError(f"point {point.id}: dense vector has {len(point.dense)} dimensions, "
                          f"the store has {dim}")
+    for name, vector in point.extra.items():
+        want = (extra or {}).get(name)
+        if want is None:
+            raise ValueError(f"point {point.id}: the store has no vector {name!r}")
+        if len(vector) != want:
+            raise ValueError(f"point {point.id}: vector {name!r} has {len(vector)} dimensions, "
+                             f"the store has {want}")
     if len(point.sparse.indices) != len(point.sparse.values):
         raise ValueError(f"point {point.id}: sparse indices and values differ in length")
     missing = [f for f in REQUIRED_FIELDS if f not in point.payload]
@@ -125,8 +142,11 @@ class EdgeStore(VectorStore):
         self.dim = dim
         self._lock = threading.Lock()
         self._closed = False
+        self.extra = self._stored_extra()  # named vectors beyond "dense": name -> dimensions
         config = EdgeConfig(
-            vectors={DENSE: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
+            vectors={DENSE: EdgeVectorParams(size=dim, distance=Distance.Cosine),
+                     **{name: EdgeVectorParams(size=size, distance=Distance.Cosine)
+                        for name, size in self.extra.items()}},
             sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
         )
         try:
@@ -141,6 +161,33 @@ class EdgeStore(VectorStore):
                                   f"{exc}") from exc
             raise StorageError(f"cannot open the vector store in {self.path}: {exc}") from exc
         self._ensure_indexes()
+
+    def _stored_extra(self) -> dict[str, int]:
+        """The extra dense vectors an existing shard was given (its config must list them on load)."""
+        try:
+            stored = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read the vector store's config in {self.path}: {exc}") from exc
+        vectors = stored.get("vectors") or {}
+        return {name: int(params["size"]) for name, params in vectors.items()
+                if name != DENSE and isinstance(params, dict) and "size" in params}
+
+    def add_vector(self, name: str, dim: int) -> None:
+        """Make sure the named dense vector exists (added in place to an older store)."""
+        check_vector_name(name)
+        with self._lock:
+            have = self.extra.get(name)
+            if have == dim:
+                return
+            if have is not None:
+                raise ConfigError(f"the vector store in {self.path} has a {have}-dim {name!r} "
+                                  f"vector, not {dim}")
+            self._call(self._shard.update,
+                       UpdateOperation.create_dense_vector(name, dim, Distance.Cosine))
+            self.extra = {**self.extra, name: dim}
+        log.info("added the %d-dim vector %s to the vector store in %s", dim, name, self.path)
 
     def _ensure_indexes(self) -> None:
         """Create the payload indexes the filters use, if the shard lacks them."""
@@ -171,8 +218,10 @@ class EdgeStore(VectorStore):
         """Write points (new ones arrive with payload ready=False)."""
         converted = []
         for point in points:
-            payload = check_point(point, self.dim)
+            payload = check_point(point, self.dim, self.extra)
             vectors: dict[str, Any] = {DENSE: [float(x) for x in point.dense]}
+            for name, vector in point.extra.items():
+                vectors[name] = [float(x) for x in vector]
             if point.sparse.indices:
                 vectors[SPARSE] = EdgeSparseVector(list(point.sparse.indices),
                                                    list(point.sparse.values))
@@ -216,6 +265,49 @@ class EdgeStore(VectorStore):
             return []
         sparse = EdgeSparseVector(list(vector.indices), list(vector.values))
         return self._query(Query.Nearest(sparse, using=SPARSE), tenant, kbs, limit)
+
+    def search_vector(self, name: str, vector: Sequence[float], tenant: str, kbs: Sequence[str],
+                      limit: int) -> list[Hit]:
+        """Nearest ready points by cosine on a named vector, within the scope."""
+        want = self.extra.get(name)
+        if want is None:
+            return []  # not added (yet): nothing carries it
+        if len(vector) != want:
+            raise ValueError(f"query vector has {len(vector)} dimensions, {name!r} has {want}")
+        if not kbs or limit <= 0:
+            return []
+        return self._query(Query.Nearest([float(x) for x in vector], using=name), tenant, kbs, limit)
+
+    def missing_vector(self, name: str, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` points lacking the named vector, as (point id, chunk text)."""
+        if name not in self.extra:
+            raise ConfigError(f"the vector store in {self.path} has no vector {name!r}")
+        request = ScrollRequest(limit=limit, filter=Filter(must_not=[HasVectorCondition(name)]),
+                                with_payload=True)
+        found, _ = self._call(self._shard.scroll, request)
+        return [(str(p.id), str((p.payload or {}).get("text", ""))) for p in found]
+
+    def count_missing(self, name: str) -> int:
+        """How many points lack the named vector."""
+        if name not in self.extra:
+            return int(self._call(self._shard.count, CountRequest(exact=True)))
+        request = CountRequest(exact=True, filter=Filter(must_not=[HasVectorCondition(name)]))
+        return int(self._call(self._shard.count, request))
+
+    def set_vectors(self, name: str, vectors: Sequence[tuple[str, Sequence[float]]]) -> None:
+        """Store the named vector of existing points (id, vector); points gone meanwhile are skipped."""
+        want = self.extra.get(name)
+        if want is None:
+            raise ConfigError(f"the vector store in {self.path} has no vector {name!r}")
+        items = [(canonical_id(i), [float(x) for x in v]) for i, v in vectors]
+        if any(len(v) != want for _, v in items):
+            raise ValueError(f"a {name!r} vector does not have {want} dimensions")
+        with self._lock:  # writes are serialised: no delete can fall between the two calls
+            present = {str(r.id) for r in self._call(
+                self._shard.retrieve, [i for i, _ in items], False, False)}
+            update = [PointVectors(i, {name: v}) for i, v in items if i in present]
+            if update:
+                self._call(self._shard.update, UpdateOperation.update_vectors(update))
 
     def _query(self, query: Query, tenant: str, kbs: Sequence[str], limit: int) -> list[Hit]:
         """Run one scoped query and turn the scored points into hits."""

@@ -31,6 +31,7 @@ from knowledge.edge_store import (
     canonical_id,
     check_delete_args,
     check_point,
+    check_vector_name,
 )
 from knowledge.types import Hit, Point, SparseVector
 from knowledge.vectorstore import VectorStore
@@ -89,6 +90,7 @@ class QdrantServerStore(VectorStore):
         self.dim = dim
         self.collection = collection
         self._closed = False
+        self.extra: dict[str, int] = {}  # named vectors beyond "dense": name -> dimensions
         self._local = _is_local(client)
         self._lock: ContextManager[Any] = (
             threading.RLock() if self._local else contextlib.nullcontext()
@@ -129,6 +131,9 @@ class QdrantServerStore(VectorStore):
                     raise
         info = self._call(self.client.get_collection, self.collection)
         self._check_fits(info)
+        vectors = info.config.params.vectors
+        self.extra = {name: int(params.size) for name, params in vectors.items()
+                      if name != DENSE} if isinstance(vectors, dict) else {}
         wanted: dict[str, Any] = {
             field: models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD)
             for field in KEYWORD_FIELDS
@@ -154,12 +159,37 @@ class QdrantServerStore(VectorStore):
                 f"{DENSE!r} vector or a {SPARSE!r} sparse vector; use another collection name"
             )
 
+    def add_vector(self, name: str, dim: int) -> None:
+        """Make sure the named dense vector exists (added in place: Qdrant 1.18 or later)."""
+        check_vector_name(name)
+        have = self.extra.get(name)
+        if have == dim:
+            return
+        if have is not None:
+            raise ConfigError(f"Qdrant collection {self.collection!r} has a {have}-dim {name!r} "
+                              f"vector, not {dim}")
+        config = models.DenseVectorNameConfig(
+            dense=models.DenseVectorConfig(size=dim, distance=models.Distance.COSINE))
+        try:
+            self._call(self.client.create_vector_name, self.collection, name, config, wait=True)
+        except StorageError as exc:  # another replica added it first, or an older server
+            info = self._call(self.client.get_collection, self.collection)
+            vectors = info.config.params.vectors
+            if not (isinstance(vectors, dict) and name in vectors):
+                raise StorageError(f"cannot add the vector {name!r} to Qdrant collection "
+                                   f"{self.collection!r} (a server before 1.18 cannot): "
+                                   f"{exc}") from exc
+        self.extra = {**self.extra, name: dim}
+        log.info("added the %d-dim vector %s to Qdrant collection %s", dim, name, self.collection)
+
     def upsert(self, points: Sequence[Point]) -> None:
         """Write points (new ones arrive with payload ready=False)."""
         structs = []
         for point in points:
-            payload = check_point(point, self.dim)
+            payload = check_point(point, self.dim, self.extra)
             vector: dict[str, Any] = {DENSE: [float(x) for x in point.dense]}
+            for name, extra in point.extra.items():
+                vector[name] = [float(x) for x in extra]
             if point.sparse.indices:
                 vector[SPARSE] = models.SparseVector(indices=list(point.sparse.indices),
                                                      values=list(point.sparse.values))
@@ -209,6 +239,59 @@ class QdrantServerStore(VectorStore):
             return []
         query = models.SparseVector(indices=list(vector.indices), values=list(vector.values))
         return self._query(query, SPARSE, tenant, kbs, limit)
+
+    def search_vector(self, name: str, vector: Sequence[float], tenant: str, kbs: Sequence[str],
+                      limit: int) -> list[Hit]:
+        """Nearest ready points by cosine on a named vector, within the scope."""
+        want = self.extra.get(name)
+        if want is None:
+            return []  # not added (yet): nothing carries it
+        if len(vector) != want:
+            raise ValueError(f"query vector has {len(vector)} dimensions, {name!r} has {want}")
+        if not kbs or limit <= 0:
+            return []
+        return self._query([float(x) for x in vector], name, tenant, kbs, limit)
+
+    def _lacking(self, name: str) -> models.Filter:
+        """Points without the named vector."""
+        return models.Filter(must_not=[models.HasVectorCondition(has_vector=name)])
+
+    def missing_vector(self, name: str, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` points lacking the named vector, as (point id, chunk text)."""
+        if name not in self.extra:
+            raise ConfigError(f"Qdrant collection {self.collection!r} has no vector {name!r}")
+        found, _ = self._call(self.client.scroll, self.collection,
+                              scroll_filter=self._lacking(name), limit=limit,
+                              with_payload=["text"], with_vectors=False)
+        return [(str(p.id), str((p.payload or {}).get("text", ""))) for p in found]
+
+    def count_missing(self, name: str) -> int:
+        """How many points lack the named vector."""
+        selected = self._lacking(name) if name in self.extra else None
+        result = self._call(self.client.count, self.collection, count_filter=selected, exact=True)
+        return int(result.count)
+
+    def set_vectors(self, name: str, vectors: Sequence[tuple[str, Sequence[float]]]) -> None:
+        """Store the named vector of existing points (id, vector); points gone meanwhile are skipped."""
+        want = self.extra.get(name)
+        if want is None:
+            raise ConfigError(f"Qdrant collection {self.collection!r} has no vector {name!r}")
+        items = [(canonical_id(i), [float(x) for x in v]) for i, v in vectors]
+        if any(len(v) != want for _, v in items):
+            raise ValueError(f"a {name!r} vector does not have {want} dimensions")
+        for attempt in range(3):  # a point deleted by another replica meanwhile fails the batch
+            found = self._call(self.client.retrieve, self.collection, [i for i, _ in items],
+                               with_payload=False, with_vectors=False)
+            present = {str(p.id) for p in found}
+            update = [models.PointVectors(id=i, vector={name: v}) for i, v in items if i in present]
+            if not update:
+                return
+            try:
+                self._call(self.client.update_vectors, self.collection, update, wait=True)
+                return
+            except StorageError:
+                if attempt == 2:
+                    raise
 
     def _query(self, query: Any, using: str, tenant: str, kbs: Sequence[str],
                limit: int) -> list[Hit]:

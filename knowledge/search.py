@@ -1,4 +1,8 @@
-"""Hybrid retrieval: dense and BM25 results fused with RRF, gated by relevance, de-duplicated."""
+"""Hybrid retrieval: dense and BM25 results fused with RRF, gated by relevance, de-duplicated.
+
+Two gates: `relevant` (e5 cosine and keywords only, used when no cross-lingual vector is there
+to ask) and `gate` (the cross-lingual cosine and whether the rankings agree; see Gate).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from bot.types import Passage
+from knowledge.langs import script_of
 from knowledge.types import Hit
 
 RRF_K = 60
@@ -18,22 +24,90 @@ class Candidate:
     hit: Hit
     score: float
     dense: float | None
+    xling: float | None = None  # its cross-lingual cosine, when that ranking returned it
 
 
-def rrf(dense: Sequence[Hit], sparse: Sequence[Hit], k: int = RRF_K) -> list[Candidate]:
-    """Reciprocal-rank fusion of the dense and sparse rankings, best first."""
+@dataclass(frozen=True)
+class Ranking:
+    """One ranked list to fuse, with its RRF weight.
+
+    With `language` set (the question's script, "zh" or "en"), a hit whose text is in another
+    script gets `other_weight` instead: the cross-lingual ranking is the only one that finds
+    passages in the other language, so its vote for them counts more.
+    """
+
+    hits: Sequence[Hit]
+    weight: float = 1.0
+    other_weight: float | None = None
+    language: str = ""
+
+    def weight_of(self, hit: Hit) -> float:
+        """This hit's weight in the fusion."""
+        if self.other_weight is None or not self.language:
+            return self.weight
+        script = script_of(str(hit.payload.get("text", "")))
+        return self.other_weight if script and script != self.language else self.weight
+
+
+def fuse(dense: Ranking, xling: Ranking, sparse: Ranking, k: float) -> list[Candidate]:
+    """Weighted reciprocal-rank fusion of the e5, cross-lingual and BM25 rankings, best first."""
     scores: dict[str, float] = {}
     hits: dict[str, Hit] = {}
-    cosine: dict[str, float] = {}
-    for rank, hit in enumerate(dense):
-        scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (k + rank + 1)
-        hits.setdefault(hit.id, hit)
-        cosine[hit.id] = hit.score
-    for rank, hit in enumerate(sparse):
-        scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (k + rank + 1)
-        hits.setdefault(hit.id, hit)
+    for ranking in (dense, xling, sparse):
+        for rank, hit in enumerate(ranking.hits):
+            scores[hit.id] = scores.get(hit.id, 0.0) + ranking.weight_of(hit) / (k + rank + 1)
+            hits.setdefault(hit.id, hit)
+    cosine = {h.id: h.score for h in dense.hits}
+    xcosine = {h.id: h.score for h in xling.hits}
     ordered = sorted(scores, key=lambda i: -scores[i])
-    return [Candidate(hits[i], scores[i], cosine.get(i)) for i in ordered]
+    return [Candidate(hits[i], scores[i], cosine.get(i), xcosine.get(i)) for i in ordered]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """When the knowledge base answers a question, from the cross-lingual and e5 rankings.
+
+    The cross-lingual model's top cosine separates questions the documents answer from most
+    they do not (e5's does not: its cosines are compressed into 0.75-0.93 for everything).
+    Below `floor` the question is declined; at `sure` or above it is answered. In between
+    (questions near the documents' topics, answered or not) it is answered only when the e5
+    ranking agrees that one passage stands out: its best cosine is at least `peak` above the
+    mean of its ranks 6 to 20 (a question the documents do not answer finds a flat list). With
+    fewer than `PEAK_MIN_HITS` hits there is no list to judge and the question is answered.
+    A kept passage must also be within `spread` of the best cross-lingual cosine (passages
+    only another ranking found are kept).
+    """
+
+    floor: float
+    sure: float
+    peak: float
+    spread: float
+
+
+PEAK_MIN_HITS = 8
+
+
+def peak(dense: Sequence[Hit]) -> float | None:
+    """How far e5's best cosine stands above its ranks 6-20; None for too short a list."""
+    if len(dense) < PEAK_MIN_HITS:
+        return None
+    rest = [h.score for h in dense[5:20]]
+    return dense[0].score - sum(rest) / len(rest)
+
+
+def gate(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: Sequence[Hit],
+         rule: Gate) -> list[Candidate]:
+    """The candidates worth citing, or none when the question is not in the knowledge base."""
+    if not xling or not candidates:
+        return []
+    best = xling[0].score
+    if best < rule.floor:
+        return []
+    if best < rule.sure:
+        stands_out = peak(dense)
+        if stands_out is not None and stands_out < rule.peak:
+            return []
+    return [c for c in candidates if c.xling is None or c.xling >= best - rule.spread]
 
 
 _WORD = re.compile(r"[\w\u4e00-\u9fff]+")
@@ -82,3 +156,19 @@ def relevant(candidates: Sequence[Candidate], best_dense: float, min_score: floa
         return []
     floor = max(min_score - margin, best_dense - spread)
     return [c for c in candidates if c.dense is None or c.dense >= floor]
+
+
+def interleave(lists: Sequence[Sequence[Passage]], top_k: int) -> list[Passage]:
+    """The first of each list, then the second of each, ...: distinct passages, at most top_k."""
+    out: list[Passage] = []
+    seen: set[tuple[str, str]] = set()
+    for rank in range(max((len(x) for x in lists), default=0)):
+        for passages in lists:
+            if rank < len(passages):
+                p = passages[rank]
+                if (p.source_id, p.text) not in seen:
+                    seen.add((p.source_id, p.text))
+                    out.append(p)
+                if len(out) >= top_k:
+                    return out
+    return out

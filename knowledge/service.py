@@ -8,21 +8,29 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
 from bot.config import Settings
-from bot.errors import IngestError, KnowbotError
+from bot.errors import IngestError, KnowbotError, StorageError
 from bot.store import Store
 from bot.types import Attachment, ConversationKey, InboundMessage, Passage, Reply
 from knowledge.chunking import ChunkSettings, chunk_document
 from knowledge.langs import NAMES, script_of
+from knowledge.reindex import fill_missing, log_end
 from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
-from knowledge.search import collapse_near_duplicates, relevant, rrf
+from knowledge.search import (
+    Gate,
+    Ranking,
+    collapse_near_duplicates,
+    fuse,
+    gate,
+    interleave,
+    relevant,
+)
 from knowledge.sparse import SparseEncoder
-from knowledge.types import Chunk, LoadedDocument, Point
+from knowledge.types import Chunk, IngestReceipt, LoadedDocument, Point
 from knowledge.vectorstore import VectorStore
 
 log = logging.getLogger(__name__)
@@ -30,53 +38,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
 EMBED_BATCH = 32  # texts per model call
 EMBED_GROUP = 128  # chunks handed to the embedder at once (it batches them by length)
-
-
-@dataclass(frozen=True)
-class IngestReceipt:
-    """What an ingest did: added, updated or unchanged, with its size and time."""
-
-    status: str  # added, updated, unchanged
-    source_id: str
-    title: str
-    kb: str
-    kind: str
-    chunks: int
-    pages: int | None
-    seconds: float
-    origin: str
-
-    def text(self) -> str:
-        """The receipt as one sentence for the chat."""
-        if self.status == "unchanged":
-            return f"“{self.title}” is unchanged: the knowledge base already has this version."
-        pages = ""
-        if self.pages:
-            unit = {"pptx": "slide", "xlsx": "sheet"}.get(self.kind, "page")
-            pages = f"{self.pages} {unit}{'s' if self.pages != 1 else ''}, "
-        verb = "Added" if self.status == "added" else "Updated"
-        return (f"{verb} “{self.title}” in the knowledge base: {pages}{self.chunks} chunk{'s' if self.chunks != 1 else ''}, "
-                f"in {self.seconds:.1f} s. Ask me about it.")
-
-    def as_dict(self) -> dict[str, object]:
-        """The receipt as JSON-ready data."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def interleave(lists: Sequence[Sequence[Passage]], top_k: int) -> list[Passage]:
-    """The first of each list, then the second of each, ...: distinct passages, at most top_k."""
-    out: list[Passage] = []
-    seen: set[tuple[str, str]] = set()
-    for rank in range(max((len(x) for x in lists), default=0)):
-        for passages in lists:
-            if rank < len(passages):
-                p = passages[rank]
-                if (p.source_id, p.text) not in seen:
-                    seen.add((p.source_id, p.text))
-                    out.append(p)
-                if len(out) >= top_k:
-                    return out
-    return out
 
 
 def source_id_for(tenant: str, kb: str, origin: str) -> str:
@@ -90,7 +51,8 @@ class KnowledgeService:
     def __init__(self, settings: Settings, store: Store,
                  vectors_factory: Callable[[int], VectorStore],
                  embedder_factory: Callable[[], object], *, dim: int | None = None,
-                 sparse: SparseEncoder | None = None) -> None:
+                 sparse: SparseEncoder | None = None,
+                 crosslingual_factory: Callable[[], object | None] | None = None) -> None:
         self.settings = settings
         self.registry = Registry(store)
         self._vectors: VectorStore | None = None
@@ -100,6 +62,14 @@ class KnowledgeService:
         self._embedder_factory = embedder_factory
         self._embedder: object | None = None
         self._embedder_lock = asyncio.Lock()
+        # the cross-lingual model (knowledge/crosslingual.py); None: not configured
+        self._xl_factory = crosslingual_factory
+        self._xl: object | None = None
+        self._xl_loaded = crosslingual_factory is None
+        self._xl_complete = False  # every stored chunk has its cross-lingual vector
+        self._reindex_task: asyncio.Task[int] | None = None
+        self._reindex_lock = asyncio.Lock()
+        self.reindex_progress: tuple[int, int] = (0, 0)  # (filled, to fill) of the last reindex
         self.sparse = sparse or SparseEncoder()
         self.chunking = ChunkSettings(strategy=settings.chunk_strategy,
                                       max_tokens=settings.chunk_max_tokens,
@@ -117,6 +87,15 @@ class KnowledgeService:
                     self._embedder = await asyncio.to_thread(self._embedder_factory)
         return self._embedder
 
+    async def crosslingual(self):  # type: ignore[no-untyped-def]
+        """The cross-lingual model, loaded on first use; None when switched off."""
+        if not self._xl_loaded:
+            async with self._embedder_lock:
+                if not self._xl_loaded:
+                    self._xl = await asyncio.to_thread(self._xl_factory)  # type: ignore[arg-type]
+                    self._xl_loaded = True
+        return self._xl
+
     async def vectors(self) -> VectorStore:
         """The vector store, opened on first use."""
         if self._vectors is None:
@@ -128,11 +107,29 @@ class KnowledgeService:
                         # One process owns the embedded store, so any unready point is left
                         # over from an ingest that was interrupted: remove it.
                         await asyncio.to_thread(vectors.delete_unready)
+                    xl = await self.crosslingual()
+                    if xl is not None:
+                        name = xl.vector_name  # type: ignore[attr-defined]
+                        try:
+                            await asyncio.to_thread(vectors.add_vector, name, int(xl.dim))  # type: ignore[attr-defined]
+                        except StorageError as exc:  # e.g. a Qdrant server before 1.18
+                            log.warning("searching without the cross-lingual vector: %s", exc)
+                            self._xl, xl = None, None
+                    if xl is not None:
+                        missing = await asyncio.to_thread(vectors.count_missing, name)
+                        self._xl_complete = missing == 0
+                        if missing:
+                            log.info("%d chunks lack their cross-lingual vector (%s): "
+                                     "`knowbot kb reindex` fills them", missing, name)
                     self._vectors = vectors
         return self._vectors
 
     async def close(self) -> None:
-        """Flush and close the vector store."""
+        """Stop a background reindex (what it filled stays), flush and close the vector store."""
+        if self._reindex_task is not None:
+            self._reindex_task.cancel()
+            await asyncio.gather(self._reindex_task, return_exceptions=True)
+            self._reindex_task = None
         if self._vectors is not None:
             await asyncio.to_thread(self._vectors.close)
             self._vectors = None
@@ -190,20 +187,37 @@ class KnowledgeService:
 
     async def _search_one(self, tenant: str, kbs: Sequence[str], query: str, top_k: int,
                           dense_q: Sequence[float] | None = None) -> list[Passage]:
-        if dense_q is None:
-            embedder = await self.embedder()
-            dense_q = await asyncio.to_thread(embedder.embed_query, query)  # type: ignore[attr-defined]
+        embedder = await self.embedder()
+        xl = await self.crosslingual()
+        # both models embed the question at once (one thread each)
+        dense_q, xl_q = await asyncio.gather(
+            asyncio.to_thread(embedder.embed_query, query) if dense_q is None  # type: ignore[attr-defined]
+            else asyncio.sleep(0, result=dense_q),
+            asyncio.to_thread(xl.embed_query, query) if xl is not None  # type: ignore[attr-defined]
+            else asyncio.sleep(0, result=None))
         sparse_q = self.sparse.encode_query(query)
         pool = max(20, top_k * 4)
         vectors = await self.vectors()
-        dense, sparse = await asyncio.gather(
-            asyncio.to_thread(vectors.search_dense, dense_q, tenant, list(kbs), pool),
-            asyncio.to_thread(vectors.search_sparse, sparse_q, tenant, list(kbs), pool),
+        scope = list(kbs)
+        dense, sparse, xling = await asyncio.gather(
+            asyncio.to_thread(vectors.search_dense, dense_q, tenant, scope, pool),
+            asyncio.to_thread(vectors.search_sparse, sparse_q, tenant, scope, pool),
+            asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope, pool)  # type: ignore[attr-defined]
+            if xl is not None else asyncio.sleep(0, result=[]),
         )
-        best = max((h.score for h in dense), default=0.0)
-        fused = relevant(rrf(dense, sparse), best, self.settings.knowledge_min_score,
-                         self.settings.knowledge_semantic_min_score,
-                         lexical=any(h.score > 0 for h in sparse))
+        s = self.settings
+        fused = fuse(Ranking(dense, s.knowledge_weight_dense),
+                     Ranking(xling, s.knowledge_weight_crosslingual,
+                             s.knowledge_weight_crosslingual_other, script_of(query)),
+                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k)
+        if xl is not None and self._xl_complete:
+            rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
+                        s.knowledge_gate_spread)
+            fused = gate(fused, dense, xling, rule)
+        else:  # no cross-lingual model, or a reindex still filling it: the e5 gate
+            best = max((h.score for h in dense), default=0.0)
+            fused = relevant(fused, best, s.knowledge_min_score, s.knowledge_semantic_min_score,
+                             lexical=any(h.score > 0 for h in sparse))
         current = await self._current_versions(tenant, fused)
         fused = [c for c in fused
                  if current.get(str(c.hit.payload.get("source_id"))) == c.hit.payload.get("version")]
@@ -388,6 +402,12 @@ class KnowledgeService:
             batch = chunks[start : start + group]
             texts = [c.text for c in batch]
             dense = await asyncio.to_thread(embedder.embed_passages, texts, EMBED_BATCH)
+            xl = await self.crosslingual()
+            if xl is not None:
+                xl_vectors = await asyncio.to_thread(xl.embed_passages, texts, EMBED_BATCH)  # type: ignore[attr-defined]
+                extras = [{xl.vector_name: tuple(v)} for v in xl_vectors]  # type: ignore[attr-defined]
+            else:
+                extras = [{} for _ in batch]
             points = [
                 Point(
                     id=str(uuid.uuid4()),
@@ -397,12 +417,43 @@ class KnowledgeService:
                              "version": version, "ready": False, "title": doc.title,
                              "location": chunk.location, "text": chunk.text, "url": doc.url,
                              "ordinal": chunk.ordinal},
+                    extra=extra,
                 )
-                for chunk, vec in zip(batch, dense)
+                for chunk, vec, extra in zip(batch, dense, extras)
             ]
             await asyncio.to_thread(vectors.upsert, points)
             if progress is not None:
                 progress(min(start + len(batch), total), total)
+
+    # ---- reindex: cross-lingual vectors for chunks stored before the model ----------------
+
+    async def reindex(self, progress: Progress | None = None) -> int:
+        """Fill every missing cross-lingual vector from the stored chunk text; return how many."""
+        xl = await self.crosslingual()
+        if xl is None:
+            return 0
+        vectors = await self.vectors()
+
+        def report(done: int, total: int) -> None:
+            self.reindex_progress = (done, total)
+            if progress is not None:
+                progress(done, total)
+
+        task = self._reindex_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()  # this caller reports progress; what the background run filled stays
+            await asyncio.gather(task, return_exceptions=True)
+        async with self._reindex_lock:  # a second caller waits, then finds nothing missing
+            filled = await fill_missing(vectors, xl, self.settings.knowledge_reindex_batch, report)
+        self._xl_complete = True
+        return filled
+
+    def start_reindex(self) -> asyncio.Task[int]:
+        """Run `reindex` in the background (once); searches meanwhile use what is filled."""
+        if self._reindex_task is None:
+            self._reindex_task = asyncio.create_task(self.reindex(), name="knowbot-reindex")
+            self._reindex_task.add_done_callback(log_end)
+        return self._reindex_task
 
     # ---- administration -------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Value types of the knowledge pipeline: loaded documents, blocks, chunks, stored points."""
+"""Value types of the knowledge pipeline: loaded documents, blocks, chunks, stored points, receipts."""
 
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ class Point:
     dense: tuple[float, ...]
     sparse: SparseVector
     payload: dict[str, object] = field(default_factory=dict)
+    # more named dense vectors beside "dense": the cross-lingual one, keyed by its vector name
+    extra: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,34 @@ class Hit:
     id: str
     score: float
     payload: dict[str, object]
+
+
+@dataclass(frozen=True)
+class IngestReceipt:
+    """What an ingest did: added, updated or unchanged, with its size and time."""
+
+    status: str  # added, updated, unchanged
+    source_id: str
+    title: str
+    kb: str
+    kind: str
+    chunks: int
+    pages: int | None
+    seconds: float
+    origin: str
+
+    def text(self) -> str:
+        """The receipt as one sentence for the chat."""
+        if self.status == "unchanged":
+            return f"“{self.title}” is unchanged: the knowledge base already has this version."
+        pages = ""
+        if self.pages:
+            unit = {"pptx": "slide", "xlsx": "sheet"}.get(self.kind, "page")
+            pages = f"{self.pages} {unit}{'s' if self.pages != 1 else ''}, "
+        verb = "Added" if self.status == "added" else "Updated"
+        return (f"{verb} “{self.title}” in the knowledge base: {pages}{self.chunks} chunk{'s' if self.chunks != 1 else ''}, "
+                f"in {self.seconds:.1f} s. Ask me about it.")
+
+    def as_dict(self) -> dict[str, object]:
+        """The receipt as JSON-ready data."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -4,6 +4,11 @@ Every point carries a payload with `tenant`, `kb`, `source_id`, `version`, `read
 `location`, `text`, `url` and `ordinal`. Searches only ever see points whose `ready` is true and
 whose tenant and knowledge base are in the caller's scope; ingest writes a new version's points
 unready, publishes them in one step, then removes the old version: all of a source or none.
+
+Beside "dense" (the e5 vector) and "bm25", a store may hold more named dense vectors (the
+cross-lingual one, named after its model). `add_vector` adds one in place to a store made before
+it existed; points written before then lack it until `set_vectors` fills them from their text
+(`missing_vector` lists them), so a reindex is resumable: whatever was filled stays filled.
 """
 
 from __future__ import annotations
@@ -41,6 +46,27 @@ class VectorStore(Protocol):
     def search_sparse(self, vector: SparseVector, tenant: str, kbs: Sequence[str],
                       limit: int) -> list[Hit]:
         """Best ready points by BM25 (IDF applied by the engine), within the scope."""
+        ...
+
+    def add_vector(self, name: str, dim: int) -> None:
+        """Make sure the named dense vector exists (added in place to an older store)."""
+        ...
+
+    def search_vector(self, name: str, vector: Sequence[float], tenant: str, kbs: Sequence[str],
+                      limit: int) -> list[Hit]:
+        """Nearest ready points by cosine on a named vector, within the scope."""
+        ...
+
+    def missing_vector(self, name: str, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` points lacking the named vector, as (point id, chunk text)."""
+        ...
+
+    def count_missing(self, name: str) -> int:
+        """How many points lack the named vector."""
+        ...
+
+    def set_vectors(self, name: str, vectors: Sequence[tuple[str, Sequence[float]]]) -> None:
+        """Store the named vector of existing points (id, vector); points gone meanwhile are skipped."""
         ...
 
     def count(self, tenant: str | None = None, kb: str | None = None,

@@ -176,3 +176,27 @@ def test_ingest_a_folder_then_ask_and_manage_it(tmp_path: Path) -> None:
     assert deleted.returncode == 0, deleted.stderr
     gone = json.loads(run("ask", "How do I reset my VPN password?", "--json", cwd=tmp_path).stdout)
     assert gone["citations"] == []
+
+
+def test_kb_reindex_fills_a_store_made_without_the_cross_lingual_vector(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "expenses.md").write_text(
+        "# Expenses\n\nSubmit travel expenses within fifteen working days of your return, with "
+        "the original receipts. Claims over 5,000 need a director's approval.\n")
+    (docs / "canteen.md").write_text(
+        "# Canteen\n\nThe staff canteen on the third floor serves lunch from 11:30 to 13:30; pay "
+        "with your badge.\n")
+    old = {"KNOWBOT_KNOWLEDGE_CROSSLINGUAL_MODEL": "off"}  # as Knowbot stored before the change
+    assert run("ingest", str(docs), env=old, cwd=tmp_path).returncode == 0
+    no_start = {"KNOWBOT_KNOWLEDGE_REINDEX_ON_START": "false"}
+
+    filled = run("kb", "reindex", env=no_start, cwd=tmp_path)
+    assert filled.returncode == 0, filled.stderr
+    assert "Filled the cross-lingual vector of 2 chunks" in filled.stdout
+    again = run("kb", "reindex", env=no_start, cwd=tmp_path)
+    assert "already has its cross-lingual vector" in again.stdout
+    answer = json.loads(run("ask", "出差回来后多久内必须提交报销？", "--json", cwd=tmp_path).stdout)
+    assert answer["citations"][0]["source"] == "Expenses"
+    off = run("kb", "reindex", env=old, cwd=tmp_path)
+    assert "model is off" in off.stdout

@@ -1,7 +1,7 @@
 """The knowledge base end to end: real files in, cited answers out, bad input refused, scopes kept.
 
-Runs on the real offline embedding model and on both vector-store backends (Qdrant Edge, and a
-Qdrant server through qdrant-client's local mode).
+Runs on the real offline embedding models (e5 and the cross-lingual USE beside it) and on both
+vector-store backends (Qdrant Edge, and a Qdrant server through qdrant-client's local mode).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bot.errors import IngestError
 from bot.store import Store
 from bot.types import Attachment, ConversationKey, InboundMessage
 from conftest import make_settings
+from knowledge.crosslingual import USE_MODEL, load_crosslingual
 from knowledge.embedder import Embedder
 from knowledge.registry import chat_kb_name, tenant_of
 from knowledge.service import KnowledgeService
@@ -51,7 +52,8 @@ async def kb(request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder)
     settings = make_settings(tmp_path, knowledge_min_score=0.80)
     store = await Store.open(settings.resolved_database_url)
     service = KnowledgeService(settings, store, _vectors(request.param, tmp_path),
-                               lambda: embedder, dim=embedder.dim)
+                               lambda: embedder, dim=embedder.dim,
+                               crosslingual_factory=lambda: load_crosslingual(USE_MODEL, tmp_path))
     try:
         yield service
     finally:

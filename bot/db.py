@@ -64,6 +64,13 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def _cannot_open(url: str, exc: SQLAlchemyError) -> StorageError:
+    """One line naming the database (password hidden) and why it could not be opened."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    where = make_url(url).render_as_string(hide_password=True)
+    return StorageError(f"KNOWBOT_DATABASE_URL: could not open the database {where}: {reason}")
+
+
 def alembic_config(url: str) -> Config:
     """An Alembic config pointing at Knowbot's migrations and this database."""
     cfg = Config()
@@ -84,11 +91,7 @@ def migrate(url: str) -> None:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        where = make_url(url).render_as_string(hide_password=True)
-        raise StorageError(
-            f"KNOWBOT_DATABASE_URL: could not open the database {where}: {reason}"
-        ) from exc
+        raise _cannot_open(url, exc) from exc
     finally:
         engine.dispose()
 
@@ -109,11 +112,7 @@ def schema_revisions(url: str, connect_timeout: float | None = None
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        where = make_url(url).render_as_string(hide_password=True)
-        raise StorageError(
-            f"KNOWBOT_DATABASE_URL: could not open the database {where}: {reason}"
-        ) from exc
+        raise _cannot_open(url, exc) from exc
     finally:
         engine.dispose()
     return current, head

@@ -261,7 +261,6 @@ async def _slack_call(settings: Settings, token: str, method: str) -> _SlackAnsw
 async def check_slack(settings: Settings) -> list[Result]:
     """Slack accepts the bot token (auth.test) and the app token (apps.connections.open)."""
     results = []
-    network = "check the network or KNOWBOT_SLACK_API_BASE"
     if settings.slack_bot_token is None:
         if settings.slack_client_id:
             results.append(Result("slack", "ok", "OAuth mode: each workspace's token comes with "
@@ -269,30 +268,29 @@ async def check_slack(settings: Settings) -> list[Result]:
     else:
         answer = await _slack_call(settings, settings.slack_bot_token.get_secret_value(),
                                    "auth.test")
-        if answer.unreachable:
-            results.append(Result("slack", "fail", answer.unreachable, network))
-        elif answer.error:
-            results.append(Result("slack", "fail", f"Slack refused the bot token "
-                                  f"({answer.error})", "check KNOWBOT_SLACK_BOT_TOKEN (the "
-                                  "xoxb-... token of the installed app)"))
-        else:
-            found = answer.response
-            results.append(Result("slack", "ok", f"workspace {found.get('team')} "
-                                  f"({found.get('team_id')}) as @{found.get('user')}"))
+        found = answer.response
+        results.append(_slack_result(
+            "slack", answer, "bot", "check KNOWBOT_SLACK_BOT_TOKEN (the xoxb-... token of the "
+            "installed app)", lambda: f"workspace {found.get('team')} ({found.get('team_id')}) "
+            f"as @{found.get('user')}"))
     if settings.slack_app_token is not None:
         # Asking for a Socket Mode URL connects nothing: the running server's sockets stay.
         answer = await _slack_call(settings, settings.slack_app_token.get_secret_value(),
                                    "apps.connections.open")
-        if answer.unreachable:
-            results.append(Result("slack socket mode", "fail", answer.unreachable, network))
-        elif answer.error:
-            results.append(Result("slack socket mode", "fail", f"Slack refused the app token "
-                                  f"({answer.error})", "check KNOWBOT_SLACK_APP_TOKEN (an "
-                                  "xapp-... token with connections:write)"))
-        else:
-            results.append(Result("slack socket mode", "ok", "the app token may open a "
-                                  "connection"))
+        results.append(_slack_result(
+            "slack socket mode", answer, "app", "check KNOWBOT_SLACK_APP_TOKEN (an xapp-... "
+            "token with connections:write)", lambda: "the app token may open a connection"))
     return results
+
+
+def _slack_result(name: str, answer: Any, which: str, fix: str, ok: Callable[[], str]) -> Result:
+    """One line for one Slack token check: unreachable, refused, or fine."""
+    if answer.unreachable:
+        return Result(name, "fail", answer.unreachable,
+                      "check the network or KNOWBOT_SLACK_API_BASE")
+    if answer.error:
+        return Result(name, "fail", f"Slack refused the {which} token ({answer.error})", fix)
+    return Result(name, "ok", ok())
 
 
 async def check_telegram(settings: Settings) -> list[Result]:

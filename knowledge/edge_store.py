@@ -52,7 +52,7 @@ from qdrant_edge import (
 
 from bot.errors import ConfigError, StorageError
 from knowledge.types import Hit, Point, SparseVector
-from knowledge.vectorstore import VectorStore
+from knowledge.vectorstore import VectorStore, named_query_ok
 
 log = logging.getLogger(__name__)
 
@@ -269,12 +269,7 @@ class EdgeStore(VectorStore):
     def search_vector(self, name: str, vector: Sequence[float], tenant: str, kbs: Sequence[str],
                       limit: int) -> list[Hit]:
         """Nearest ready points by cosine on a named vector, within the scope."""
-        want = self.extra.get(name)
-        if want is None:
-            return []  # not added (yet): nothing carries it
-        if len(vector) != want:
-            raise ValueError(f"query vector has {len(vector)} dimensions, {name!r} has {want}")
-        if not kbs or limit <= 0:
+        if not named_query_ok(self.extra, name, vector, kbs, limit):
             return []
         return self._query(Query.Nearest([float(x) for x in vector], using=name), tenant, kbs, limit)
 

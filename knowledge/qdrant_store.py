@@ -34,7 +34,7 @@ from knowledge.edge_store import (
     check_vector_name,
 )
 from knowledge.types import Hit, Point, SparseVector
-from knowledge.vectorstore import VectorStore
+from knowledge.vectorstore import VectorStore, named_query_ok
 
 try:  # gRPC errors surface as-is when the client is built with prefer_grpc=True
     from grpc import RpcError as _RpcError
@@ -243,12 +243,7 @@ class QdrantServerStore(VectorStore):
     def search_vector(self, name: str, vector: Sequence[float], tenant: str, kbs: Sequence[str],
                       limit: int) -> list[Hit]:
         """Nearest ready points by cosine on a named vector, within the scope."""
-        want = self.extra.get(name)
-        if want is None:
-            return []  # not added (yet): nothing carries it
-        if len(vector) != want:
-            raise ValueError(f"query vector has {len(vector)} dimensions, {name!r} has {want}")
-        if not kbs or limit <= 0:
+        if not named_query_ok(self.extra, name, vector, kbs, limit):
             return []
         return self._query([float(x) for x in vector], name, tenant, kbs, limit)
 

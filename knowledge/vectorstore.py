@@ -18,6 +18,17 @@ from typing import Protocol, Sequence
 from knowledge.types import Hit, Point, SparseVector
 
 
+def named_query_ok(extra: dict[str, int], name: str, vector: Sequence[float],
+                   kbs: Sequence[str], limit: int) -> bool:
+    """Whether a search on a named vector has anything to do (ValueError on a wrong size)."""
+    want = extra.get(name)
+    if want is None:
+        return False  # not added (yet): nothing carries it
+    if len(vector) != want:
+        raise ValueError(f"query vector has {len(vector)} dimensions, {name!r} has {want}")
+    return bool(kbs) and limit > 0
+
+
 class VectorStore(Protocol):
     """Dense + sparse vectors with payload filters; blocking calls (callers use to_thread)."""
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, Table, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -156,6 +159,22 @@ async def open_engine(url: str, migrate_now: bool = True, wait: float = 60.0) ->
     return make_engine(url)
 
 
+@functools.lru_cache(maxsize=64)
+def _insert_new_statement(table: Table, dialect: str) -> Any:
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    # RETURNING says whether the row went in (the drivers' rowcount is not reliable here)
+    return dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+def insert_new(conn: Connection, table: Table, row: dict[str, Any]) -> bool:
+    """Insert a row unless it collides with a unique key; True if it was inserted.
+
+    `INSERT ... ON CONFLICT DO NOTHING` on both databases: no savepoint, and on PostgreSQL a
+    concurrent insert of the same key waits for the other transaction instead of failing it.
+    """
+    return conn.execute(_insert_new_statement(table, conn.dialect.name), row).first() is not None
+
+
 def storage_error(exc: SQLAlchemyError) -> StorageError:
     """A one-line StorageError from a database error (the driver's message, no SQL)."""
     reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
@@ -166,8 +185,9 @@ class DatabaseLane:
     """Blocking SQLAlchemy Core work on dedicated threads, one thread hop per operation.
 
     On SQLite one thread owns one connection and commits in groups: the operations queued while
-    it was busy run together, each in its own savepoint (so one failing does not undo another),
-    under a single commit, and only then are their results handed back. On PostgreSQL a small
+    it was busy run together under a single commit, and only then are their results handed back
+    (if one fails, the group runs again with each operation in its own savepoint, so one failing
+    does not undo another). On PostgreSQL a small
     pool of threads runs one transaction per operation.
     """
 
@@ -223,6 +243,22 @@ class DatabaseLane:
             self._run_group(group)
 
     def _run_group(self, group: list[tuple]) -> None:
+        """Run a group under one commit; if any operation fails, run them apart instead.
+
+        The common case (nothing fails) costs no savepoints. When one operation raises, the
+        whole transaction is rolled back and every operation runs again in its own savepoint,
+        so each gets the outcome it would have had alone: an operation must be plain database
+        work that is safe to run again after a rollback (every one in Knowbot is).
+        """
+        try:
+            with self.engine.begin() as conn:
+                outcomes: list[tuple[bool, object]] = [(True, fn(conn)) for fn, _, _ in group]
+        except Exception:  # noqa: BLE001 - sorted out one by one below
+            outcomes = self._run_apart(group)
+        for (_fn, future, loop), (ok, value) in zip(group, outcomes):
+            loop.call_soon_threadsafe(_settle, future, ok, value)
+
+    def _run_apart(self, group: list[tuple]) -> list[tuple[bool, object]]:
         outcomes: list[tuple[bool, object]] = []
         try:
             with self.engine.begin() as conn:
@@ -237,8 +273,7 @@ class DatabaseLane:
         except SQLAlchemyError as exc:  # the commit itself failed: every operation failed
             error = storage_error(exc)
             outcomes = [(False, error)] * len(group)
-        for (_fn, future, loop), (ok, value) in zip(group, outcomes):
-            loop.call_soon_threadsafe(_settle, future, ok, value)
+        return outcomes
 
     async def read(self, fn: "Callable[[Connection], T]") -> "T":
         """Run a read on the lane."""

@@ -26,9 +26,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from bot.clock import Clock
+from bot.db import insert_new
 from bot.logs import current as log_context, new_request_id
 from bot.models import InboxEntry, OutboxEntry
 from bot.outbox import LEASE as SEND_LEASE  # the finishing worker sends first; others after it
@@ -115,15 +115,7 @@ class Inbox:
                    context=json.dumps(context or {}, ensure_ascii=False), status="queued",
                    attempts=0, lease_owner="", created_at=self.clock.now(), last_error="")
 
-        def write(conn: Connection) -> bool:
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(_INBOX).values(**row))
-            except IntegrityError:
-                return False
-            return True
-
-        added = await self.store.write(write)
+        added = await self.store.write(lambda conn: insert_new(conn, _INBOX, row))
         for listener in (self.listeners if added else ()):
             listener()
         for counter in (self.duplicates if not added else ()):

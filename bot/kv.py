@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, delete, select, update
 
 from bot.clock import Clock
+from bot.db import insert_new
 from bot.models import StateEntry
 from bot.store import Store
 
@@ -74,14 +74,12 @@ class StateStore:
             where = (_STATE.c.namespace == namespace, _STATE.c.key == key)
             row = conn.execute(select(_STATE.c.version).where(*where)).first()
             if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(insert(_STATE).values(
-                            namespace=namespace, key=key, value=data, version=1,
-                            expires_at=_expiry(ttl, now), updated_at=now))
+                if insert_new(conn, _STATE, dict(namespace=namespace, key=key, value=data,
+                                                 version=1, expires_at=_expiry(ttl, now),
+                                                 updated_at=now)):
                     return 1
-                except IntegrityError:  # another writer inserted first: overwrite below
-                    row = conn.execute(select(_STATE.c.version).where(*where)).first()
+                # another writer inserted first: overwrite below
+                row = conn.execute(select(_STATE.c.version).where(*where)).first()
             version = (row.version if row else 0) + 1
             conn.execute(update(_STATE).where(*where).values(
                 value=data, version=version, expires_at=_expiry(ttl, now), updated_at=now))
@@ -107,14 +105,9 @@ class StateStore:
                         value=data, version=row.version + 1, expires_at=_expiry(ttl, now),
                         updated_at=now))
                     return done.rowcount == 1
-                try:
-                    with conn.begin_nested():
-                        conn.execute(insert(_STATE).values(
-                            namespace=namespace, key=key, value=data, version=1,
-                            expires_at=_expiry(ttl, now), updated_at=now))
-                except IntegrityError:
-                    return False
-                return True
+                return insert_new(conn, _STATE, dict(namespace=namespace, key=key, value=data,
+                                                     version=1, expires_at=_expiry(ttl, now),
+                                                     updated_at=now))
             done = conn.execute(update(_STATE).where(*where, _STATE.c.version == expect_version)
                                 .values(value=data, version=expect_version + 1,
                                         expires_at=_expiry(ttl, now), updated_at=now))

@@ -11,11 +11,11 @@ from contextlib import asynccontextmanager
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.db import DatabaseLane, open_engine, storage_error
+from bot.db import DatabaseLane, insert_new, open_engine, storage_error
 from bot.models import Conversation, Message, ProcessedInbound, UsageRecord
 from bot.clock import SYSTEM_CLOCK, Clock
 from bot.types import ConversationKey
@@ -29,13 +29,22 @@ _CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
 _MESSAGE = Message.__table__  # type: ignore[attr-defined]
 
 # Hot-path statements built once; each call only binds its values.
-_CLAIM = insert(_INBOUND)
 _FINISH = (
     update(_INBOUND)
     .where(_INBOUND.c.channel == bindparam("k_channel"), _INBOUND.c.tenant == bindparam("k_tenant"),
            _INBOUND.c.message_id == bindparam("k_message_id"))
     .values(status=bindparam("status"))
 )
+
+
+def _upsert(dialect_insert: Any) -> Any:
+    statement = dialect_insert(_CONVERSATION)
+    return statement.on_conflict_do_update(index_elements=["id"],
+                                           set_={"updated_at": statement.excluded.updated_at})
+
+
+# A conversation row is made by its first message and touched by every later one.
+_UPSERT_CONVERSATION = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}
 _ADD_MESSAGES = insert(_MESSAGE).returning(_MESSAGE.c.id, sort_by_parameter_order=True)
 _RECALL_HEAD = select(_CONVERSATION.c.summary, _CONVERSATION.c.summary_tokens,
                       _CONVERSATION.c.summarized_upto).where(_CONVERSATION.c.id == bindparam("conv"))
@@ -127,15 +136,7 @@ class Store:
                    conversation_id=key.conversation_id(), status="processing",
                    received_at=self.clock.now())
 
-        def claim(conn: Connection) -> bool:
-            try:
-                with conn.begin_nested():
-                    conn.execute(_CLAIM, row)
-            except IntegrityError:
-                return False
-            return True
-
-        return await self._lane.write(claim)
+        return await self._lane.write(lambda conn: insert_new(conn, _INBOUND, row))
 
     async def finish_inbound(self, key: ConversationKey, message_id: str, status: str) -> None:
         """Mark a claimed message as done or failed."""
@@ -156,14 +157,11 @@ class Store:
 
     # ---- conversations and messages --------------------------------------
 
-    def _upsert_conversation(self, key: ConversationKey, now: datetime) -> Any:
-        values = dict(id=key.conversation_id(), channel=key.channel, tenant=key.tenant,
-                      chat_id=key.chat_id, thread_id=key.thread_id, summary="", summary_tokens=0,
-                      summarized_upto=0, created_at=now, updated_at=now)
-        dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
-        statement = dialect_insert(_CONVERSATION).values(**values)
-        return statement.on_conflict_do_update(index_elements=["id"],
-                                               set_={"updated_at": now})
+    def _upsert_conversation(self, key: ConversationKey, now: datetime) -> dict[str, Any]:
+        """The parameters of `_UPSERT_CONVERSATION[dialect]` for this conversation."""
+        return dict(id=key.conversation_id(), channel=key.channel, tenant=key.tenant,
+                    chat_id=key.chat_id, thread_id=key.thread_id, summary="", summary_tokens=0,
+                    summarized_upto=0, created_at=now, updated_at=now)
 
     async def add_messages(
         self, key: ConversationKey, turns: list[tuple[str, str, int]], user_id: str = ""
@@ -176,7 +174,7 @@ class Store:
         upsert = self._upsert_conversation(key, now)
 
         def write(conn: Connection) -> list[int]:
-            conn.execute(upsert)
+            conn.execute(_UPSERT_CONVERSATION[conn.dialect.name], upsert)
             return [int(row[0]) for row in conn.execute(_ADD_MESSAGES, rows).all()]
 
         return await self._lane.write(write)
@@ -212,7 +210,7 @@ class Store:
         )
 
         def write(conn: Connection) -> None:
-            conn.execute(upsert)
+            conn.execute(_UPSERT_CONVERSATION[conn.dialect.name], upsert)
             conn.execute(change)
 
         await self._lane.write(write)

@@ -127,3 +127,38 @@ def test_the_migrations_build_exactly_the_tables_the_models_declare(db_url: str)
             assert compare_metadata(context, SQLModel.metadata) == []
     finally:
         engine.dispose()
+
+
+async def test_writes_grouped_under_one_commit_keep_their_own_outcomes(store: Store) -> None:
+    """Many writes at once (on SQLite they share commits): one failing undoes only itself."""
+    from sqlalchemy import insert, select
+
+    from bot.models import StateEntry
+
+    table = StateEntry.__table__  # type: ignore[attr-defined]
+    now = store.clock.now()
+
+    def write(i: int):  # type: ignore[no-untyped-def]
+        def run(conn):  # type: ignore[no-untyped-def]
+            conn.execute(insert(table).values(namespace="t", key=f"k{i}", value="{}",
+                                              updated_at=now))
+            if i % 7 == 3:
+                raise ValueError(f"op {i} fails after writing")
+            if i % 7 == 5:  # a database error: the same key again
+                conn.execute(insert(table).values(namespace="t", key=f"k{i}", value="{}",
+                                                  updated_at=now))
+            return i
+        return run
+
+    outcomes = await asyncio.gather(*(store.write(write(i)) for i in range(60)),
+                                    return_exceptions=True)
+    for i, outcome in enumerate(outcomes):
+        if i % 7 == 3:
+            assert isinstance(outcome, ValueError) and str(outcome) == f"op {i} fails after writing"
+        elif i % 7 == 5:
+            assert isinstance(outcome, Exception) and "Integrity" in str(outcome)
+        else:
+            assert outcome == i
+    kept = await store.read(lambda conn: {r[0] for r in conn.execute(
+        select(table.c.key).where(table.c.namespace == "t")).all()})
+    assert kept == {f"k{i}" for i in range(60) if i % 7 not in (3, 5)}

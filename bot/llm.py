@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from bot.config import ProviderConfig
 from bot.errors import LLMError
@@ -149,38 +149,63 @@ def _classify(exc: BaseException) -> _AttemptFailed:
     return _AttemptFailed("error", type(exc).__name__, exc, retryable=False)
 
 
-def _parse(response: Any, provider: str, fallback_model: str) -> Completion:
-    """Read a ChatCompletion into a Completion; raise _MalformedResponse when it is unusable."""
-    choices = getattr(response, "choices", None)
-    if not isinstance(choices, list) or not choices:
+def _parse(body: bytes, provider: str, fallback_model: str) -> Completion:
+    """Read a chat completion's JSON into a Completion; raise _MalformedResponse when unusable.
+
+    Read from the body's JSON directly: building the SDK's ChatCompletion model for every answer
+    cost more CPU than the rest of the engine's work on a message, and only these fields count.
+    """
+    try:
+        response = json.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise _MalformedResponse("the body is not JSON") from exc
+    if not isinstance(response, dict):
+        raise _MalformedResponse("the body is not a JSON object")
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise _MalformedResponse("no choices")
     choice = choices[0]
-    message = getattr(choice, "message", None)
-    if message is None:
+    message = choice.get("message")
+    if not isinstance(message, dict):
         raise _MalformedResponse("no message in the first choice")
-    content = getattr(message, "content", None)
+    content = message.get("content")
     if content is not None and not isinstance(content, str):
         raise _MalformedResponse("message content is not text")
+    raw_calls = message.get("tool_calls") or []
+    if not isinstance(raw_calls, list):
+        raise _MalformedResponse("tool_calls is not a list")
     calls: list[ToolCall] = []
-    for index, raw in enumerate(getattr(message, "tool_calls", None) or []):
-        function = getattr(raw, "function", None)
-        name = getattr(function, "name", None)
+    for index, raw in enumerate(raw_calls):
+        function = raw.get("function") if isinstance(raw, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(name, str) or not name:
             raise _MalformedResponse("a tool call has no function name")
-        arguments = getattr(function, "arguments", None)
-        call_id = getattr(raw, "id", None) or f"call_{index}"
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)  # some servers send an object
+        call_id = raw.get("id") or f"call_{index}"
         calls.append(ToolCall(id=str(call_id), name=name, arguments=arguments or ""))
-    usage = getattr(response, "usage", None)
-    model = getattr(response, "model", None)
+    usage = response.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    model = response.get("model")
+    finish = choice.get("finish_reason")
     return Completion(
         content=content,
         tool_calls=tuple(calls),
         provider=provider,
         model=model if isinstance(model, str) and model else fallback_model,
-        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        finish_reason=getattr(choice, "finish_reason", None),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        finish_reason=finish if isinstance(finish, str) else None,
     )
+
+
+def _count(value: Any) -> int:
+    """A token count from a usage field (0 when missing or not a number)."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 class LLMRouter:
@@ -289,12 +314,12 @@ class LLMRouter:
             client = self._client(name)
             # The body is plain JSON already: posting it skips the SDK's per-call conversion
             # of every message and tool schema (tens of ms of CPU on long prompts) while keeping
-            # its authentication, error mapping and response parsing.
-            response = await asyncio.wait_for(
-                client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion),
+            # its authentication and error mapping; the answer is read from its JSON (_parse).
+            body = await asyncio.wait_for(
+                client.post("/chat/completions", body=kwargs, cast_to=bytes),
                 timeout=self._timeout_for(config),
             )
-            completion = _parse(response, name, config.model)
+            completion = _parse(body, name, config.model)
         except (TimeoutError, openai.OpenAIError, _MalformedResponse) as exc:
             failure = _classify(exc)
             latency = (time.perf_counter() - started) * 1000

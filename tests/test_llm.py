@@ -448,3 +448,23 @@ async def test_fake_server_speaks_the_wire_format_to_a_blocking_client(server):
     assert second.status_code == 429
     assert second.headers["retry-after"] == "2"
     assert second.json()["error"]["type"] == "rate_limit_exceeded"
+
+
+async def test_answers_are_read_from_their_json_leniently_and_junk_is_refused(server, backup):
+    """A local server's lean answer (no id, usage or object) is fine; unusable bodies are not."""
+    rec = Recorder()
+    server.script(
+        raw_json([{"choices": []}]),
+        raw_json({"choices": [{"message": {"content": {"not": "text"}}}]}),
+        raw_json({"choices": [{"message": {"content": None, "tool_calls": [{"id": "t1"}]}}]}),
+    )
+    backup.script(raw_json({"choices": [{"message": {"role": "assistant", "content": "lean"},
+                                         "finish_reason": "stop"}]}))
+    async with make_router(server, backup, rec=rec, max_retries=2) as llm:
+        result = await llm.complete(HELLO)
+
+    assert (result.content, result.provider, result.finish_reason) == ("lean", "p1", "stop")
+    assert (result.prompt_tokens, result.completion_tokens) == (0, 0)
+    assert rec.outcomes == [("p0", "error")] * 3 + [("p1", "ok")]
+    assert ["not a JSON object" in rec.events[0].error, "not text" in rec.events[1].error,
+            "no function name" in rec.events[2].error] == [True, True, True]

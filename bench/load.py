@@ -48,6 +48,15 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (from /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -157,8 +166,18 @@ async def main(args: argparse.Namespace) -> None:
                     replica.start()
                 try:
                     await asyncio.gather(*(r.ready() for r in replicas))
+                    pids = [r.proc.pid for r in replicas if r.proc is not None]
+                    await asyncio.sleep(3)  # start-up work (the reindex check, first polls)
+                    idle_from = [_cpu_seconds(p) for p in pids]
+                    await asyncio.sleep(3)
+                    idle = [(_cpu_seconds(p) - c) / 3 for p, c in zip(pids, idle_from)]
+                    cpu_from = [_cpu_seconds(p) for p in pids]
+                    drive_from = time.perf_counter()
                     results = await _drive(args, replicas, platforms)
-                    rss = [_peak_rss_mb(r.proc.pid) for r in replicas if r.proc is not None]
+                    busy_for = time.perf_counter() - drive_from
+                    cpu = [_cpu_seconds(p) - c - i * busy_for
+                           for p, c, i in zip(pids, cpu_from, idle)]
+                    rss = [_peak_rss_mb(p) for p in pids]
                 finally:
                     for replica in replicas:
                         replica.stop()
@@ -178,6 +197,11 @@ async def main(args: argparse.Namespace) -> None:
           f"model 1000 ms + {ACK_GOAL_MS:.0f} ms (measured {_pct(wechat, 0.99):.0f} ms, median "
           f"{statistics.median(wechat) if wechat else float('nan'):.0f} ms); 0 lost; 0 duplicated")
     print("peak RSS per replica: " + ", ".join(f"{m:.0f} MB" for m in rss))
+    answered = sum(int(r["delivered"]) for r in results.values())
+    print(f"replicas' CPU per answered message: {sum(cpu) / max(1, answered) * 1000:.2f} ms "
+          f"(their CPU during the run, less what they use idle: "
+          + ", ".join(f"{c:.1f} s" for c in cpu) + f"; idle {', '.join(f'{i * 100:.0f}%' for i in idle)}"
+          " of a core)")
 
 
 if __name__ == "__main__":

@@ -460,3 +460,19 @@ async def test_one_replica_polls_and_another_takes_over_when_it_stops(
     finally:
         for _, life, _ in running:
             await life.__aexit__(None, None, None)
+
+
+def test_the_bot_api_answer_models_survive_garbage_collection() -> None:
+    """aiogram's Response[...] models are cached weakly by pydantic; rebuilding costs ms a call."""
+    import gc
+
+    from aiogram.methods import SendChatAction, SendMessage
+    from aiogram.methods.base import Response as TelegramResponse
+
+    import channels.telegram  # noqa: F401 - it keeps them
+
+    before = [TelegramResponse[m.__returning__] for m in (SendMessage, SendChatAction)]
+    ids = [id(t) for t in before]
+    del before
+    gc.collect()
+    assert [id(TelegramResponse[m.__returning__]) for m in (SendMessage, SendChatAction)] == ids

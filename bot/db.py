@@ -7,16 +7,17 @@ import functools
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.errors import StorageError
@@ -181,6 +182,37 @@ def storage_error(exc: SQLAlchemyError) -> StorageError:
     return StorageError(f"database error: {type(exc).__name__}: {reason[0] if reason else ''}"[:300])
 
 
+IDLE_PING_SECONDS = 10.0  # a pooled connection unused this long is checked before use
+
+
+def ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use, but only when it sat idle for a while.
+
+    `pool_pre_ping` costs one more round trip on every operation; a connection in steady use
+    is known to be alive. One that sat in the pool for `IDLE_PING_SECONDS` (the server may have
+    restarted, a proxy may have dropped it) is pinged, and a dead one is replaced at once.
+    """
+
+    @event.listens_for(engine.pool, "checkin")
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+            dbapi_connection.rollback()
+        except Exception as exc:  # noqa: BLE001 - any failure means: use another connection
+            raise DisconnectionError("a pooled connection was dead") from exc
+
+
 class DatabaseLane:
     """Blocking SQLAlchemy Core work on dedicated threads, one thread hop per operation.
 
@@ -206,7 +238,8 @@ class DatabaseLane:
             self._thread = threading.Thread(target=self._serve, name="knowbot-db", daemon=True)
             self._thread.start()
         else:
-            self.engine = create_engine(self.url, pool_size=8, max_overflow=0, pool_pre_ping=True)
+            self.engine = create_engine(self.url, pool_size=8, max_overflow=0)
+            ping_when_idle(self.engine)
             self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="knowbot-db")
 
     async def _run(self, fn: "Callable[[Connection], T]", write: bool) -> "T":

@@ -162,3 +162,32 @@ async def test_writes_grouped_under_one_commit_keep_their_own_outcomes(store: St
     kept = await store.read(lambda conn: {r[0] for r in conn.execute(
         select(table.c.key).where(table.c.namespace == "t")).all()})
     assert kept == {f"k{i}" for i in range(60) if i % 7 not in (3, 5)}
+
+
+async def test_the_database_lane_replaces_connections_that_died_while_idle(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server restart kills pooled connections; the next operation must not fail for it."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server connections to lose")
+    import bot.db
+
+    import uuid
+
+    name = f"knowbot-test-{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in db_url else "?"
+    store = await Store.open(f"{db_url}{sep}application_name={name}")
+    try:
+        await asyncio.gather(*(store.add_messages(KEY, [("user", "before", 1)]) for _ in range(4)))
+        killer = create_engine(sync_url(db_url))
+        with killer.connect() as conn:  # every connection of this store, as a restart would
+            killed = conn.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"WHERE application_name = '{name}'").scalar_one()
+        killer.dispose()
+        assert killed >= 1
+        monkeypatch.setattr(bot.db, "IDLE_PING_SECONDS", 0.0)  # they have all been idle "long"
+        await store.add_messages(KEY, [("user", "after", 1)])
+        _, turns = await store.recall(KEY)
+        assert [t.content for t in turns][-2:] == ["before", "after"]
+    finally:
+        await store.close()

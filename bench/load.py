@@ -57,6 +57,16 @@ def _cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def _transactions(admin_url: str, database: str) -> int:
+    """Transactions committed or rolled back in the database so far (PostgreSQL's counters)."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                           "WHERE datname = %s", (database,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -153,6 +163,8 @@ async def main(args: argparse.Namespace) -> None:
     name = f"knowbot_load_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+        if os.environ.get("KNOWBOT_BENCH_LOG_SQL"):  # every statement into the server's log
+            conn.execute(f'ALTER DATABASE "{name}" SET log_statement = \'all\'')
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -172,9 +184,11 @@ async def main(args: argparse.Namespace) -> None:
                     await asyncio.sleep(3)
                     idle = [(_cpu_seconds(p) - c) / 3 for p, c in zip(pids, idle_from)]
                     cpu_from = [_cpu_seconds(p) for p in pids]
+                    xacts_from = _transactions(admin_url, name)
                     drive_from = time.perf_counter()
                     results = await _drive(args, replicas, platforms)
                     busy_for = time.perf_counter() - drive_from
+                    xacts = _transactions(admin_url, name) - xacts_from
                     cpu = [_cpu_seconds(p) - c - i * busy_for
                            for p, c, i in zip(pids, cpu_from, idle)]
                     rss = [_peak_rss_mb(p) for p in pids]
@@ -202,6 +216,8 @@ async def main(args: argparse.Namespace) -> None:
           f"(their CPU during the run, less what they use idle: "
           + ", ".join(f"{c:.1f} s" for c in cpu) + f"; idle {', '.join(f'{i * 100:.0f}%' for i in idle)}"
           " of a core)")
+    print(f"database transactions per answered message: {xacts / max(1, answered):.1f} "
+          "(PostgreSQL's counters; the statistics collector may lag a little)")
 
 
 if __name__ == "__main__":

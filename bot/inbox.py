@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
 
 from bot.clock import Clock
 from bot.db import insert_new
@@ -44,6 +44,29 @@ OPEN = ("queued", "running", "answered")  # an entry in one of these holds its c
 TAKEABLE = ("queued", "running")  # running ones only once their lease has lapsed
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 3
+# The take's statements, built once (each call binds channel names, now and the entry).
+_EARLIER = _INBOX.alias("earlier")
+_LAPSED = or_(_INBOX.c.lease_until.is_(None), _INBOX.c.lease_until <= bindparam("now"))
+_CANDIDATES = (
+    select(_INBOX.c.id, _INBOX.c.attempts)
+    .where(_INBOX.c.status.in_(TAKEABLE), _INBOX.c.channel.in_(bindparam("names", expanding=True)),
+           _LAPSED,
+           ~exists().where(_EARLIER.c.conversation_id == _INBOX.c.conversation_id,
+                           _EARLIER.c.id < _INBOX.c.id, _EARLIER.c.status.in_(OPEN)))
+    .order_by(_INBOX.c.id).limit(bindparam("limit"))
+)
+_STILL_TAKEABLE = and_(_INBOX.c.id == bindparam("e_id"),
+                       _INBOX.c.attempts == bindparam("e_attempts"),
+                       _INBOX.c.status.in_(TAKEABLE), _LAPSED)
+_TAKE = (update(_INBOX).where(_STILL_TAKEABLE)
+         .values(status="running", attempts=bindparam("new_attempts"),
+                 lease_owner=bindparam("owner"), lease_until=bindparam("until"))
+         .returning(_INBOX.c.channel, _INBOX.c.message, _INBOX.c.context))
+_GIVE_UP = (update(_INBOX).where(_STILL_TAKEABLE)
+            .values(status="dead", finished_at=bindparam("now"), lease_until=None,
+                    last_error=bindparam("error"))
+            .returning(_INBOX.c.channel, _INBOX.c.message, _INBOX.c.context))
+
 GAVE_UP = ("Sorry, I could not answer your message: it failed {n} times on my side. "
            "Please send it again, or ask an admin to look at the logs.")
 
@@ -126,55 +149,55 @@ class Inbox:
 
     async def take(self, owner: str, channels: Iterable[str], limit: int = 20) -> Taken | None:
         """Lease the oldest takeable entry of a free conversation on one of `channels`."""
-        names = list(channels)
-        if not names:
-            return None
-        now = self.clock.now()
-        earlier = _INBOX.alias("earlier")
-        blocked = exists().where(earlier.c.conversation_id == _INBOX.c.conversation_id,
-                                 earlier.c.id < _INBOX.c.id, earlier.c.status.in_(OPEN))
-        lapsed = or_(_INBOX.c.lease_until.is_(None), _INBOX.c.lease_until <= now)
-        candidates = (select(_INBOX.c.id, _INBOX.c.attempts)
-                      .where(_INBOX.c.status.in_(TAKEABLE), _INBOX.c.channel.in_(names), lapsed,
-                             ~blocked)
-                      .order_by(_INBOX.c.id).limit(limit))
+        taken = await self.take_many(owner, channels, 1, limit)
+        return taken[0] if taken else None
 
-        def claim(conn: Connection) -> Taken | None:
+    async def take_many(self, owner: str, channels: Iterable[str], want: int,
+                        limit: int = 20) -> list[Taken]:
+        """Lease up to `want` entries, oldest first, at most one per free conversation.
+
+        One transaction, whatever `want` is: a busy replica takes a batch per round trip.
+        """
+        names = list(channels)
+        if not names or want < 1:
+            return []
+        now = self.clock.now()
+        params = {"names": names, "now": now, "limit": max(limit, want)}
+
+        def claim(conn: Connection) -> list[Taken]:
+            got: list[Taken] = []
             for _ in range(limit):  # a given-up entry frees its conversation's next one: look again
                 gave_up = False
-                for entry_id, attempts in conn.execute(candidates).all():
-                    matches = and_(_INBOX.c.id == entry_id, _INBOX.c.attempts == attempts,
-                                   _INBOX.c.status.in_(TAKEABLE), lapsed)
+                for entry_id, attempts in conn.execute(_CANDIDATES, params).all():
                     if attempts >= self.max_attempts:
-                        if self._give_up(conn, entry_id, attempts, matches, now):
+                        if self._give_up(conn, entry_id, attempts, now):
                             log.error("inbox entry %s failed %d times: given up", entry_id,
                                       attempts)
                             gave_up = True
                         continue
-                    done = conn.execute(update(_INBOX).where(matches).values(
-                        status="running", attempts=attempts + 1, lease_owner=owner,
-                        lease_until=now + self.lease))
-                    if done.rowcount != 1:
+                    row = conn.execute(_TAKE, {
+                        "e_id": entry_id, "e_attempts": attempts, "now": now,
+                        "new_attempts": attempts + 1, "owner": owner,
+                        "until": now + self.lease}).first()
+                    if row is None:
                         continue  # another worker took it first
-                    row = conn.execute(select(_INBOX).where(_INBOX.c.id == entry_id)).one()
-                    return Taken(entry_id, row.channel,
-                                 message_from_record(json.loads(row.message)),
-                                 json.loads(row.context), attempts + 1, owner)
+                    got.append(Taken(entry_id, row.channel,
+                                     message_from_record(json.loads(row.message)),
+                                     json.loads(row.context), attempts + 1, owner))
+                    if len(got) >= want:
+                        return got
                 if not gave_up:
-                    return None
-            return None
+                    break
+            return got
 
         return await self.store.write(claim)
 
-    def _give_up(self, conn: Connection, entry_id: int, attempts: int, matches: Any,
-                 now: datetime) -> bool:
+    def _give_up(self, conn: Connection, entry_id: int, attempts: int, now: datetime) -> bool:
         """Mark an entry dead and queue one message telling the person (one transaction)."""
-        done = conn.execute(update(_INBOX).where(matches).values(
-            status="dead", finished_at=now, lease_until=None,
-            last_error=f"given up after {attempts} attempts"))
-        if done.rowcount != 1:
+        row = conn.execute(_GIVE_UP, {"e_id": entry_id, "e_attempts": attempts, "now": now,
+                                      "error": f"given up after {attempts} attempts"}).first()
+        if row is None:
             return False
-        row = conn.execute(select(_INBOX).where(_INBOX.c.id == entry_id)).one()
         record = json.loads(row.message)
         context = json.loads(row.context).get("send", {})
         reply = Reply(GAVE_UP.format(n=attempts), kind="error")

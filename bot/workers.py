@@ -69,26 +69,32 @@ class Workers:
     async def _loop(self) -> None:
         while not self._stopping:
             await self._slots.acquire()
+            free = 1
+            while free < self.concurrency and self._slots.locked() is False:
+                await self._slots.acquire()  # does not wait: the semaphore had a slot free
+                free += 1
+            self._wake.clear()  # before looking: a message put meanwhile wakes the wait below
             try:
-                taken = await self.inbox.take(self.owner, self._answerers())
+                batch = await self.inbox.take_many(self.owner, self._answerers(), free)
             except KnowbotError as exc:
                 log.warning("could not take from the inbox: %s", exc)
-                taken = None
+                batch = []
             except Exception:  # noqa: BLE001 - the loop must outlive a database hiccup
                 log.exception("taking from the inbox failed unexpectedly")
-                taken = None
-            if taken is None:
+                batch = []
+            for _ in range(free - len(batch)):
                 self._slots.release()
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll)
-                except TimeoutError:
-                    pass
-                continue
-            task = asyncio.create_task(self._work(taken), context=contextvars.Context(),
-                                       name=f"knowbot:work:{taken.channel}:{taken.id}")
-            self._tasks[task] = taken
-            task.add_done_callback(self._done)
+            for taken in batch:
+                task = asyncio.create_task(self._work(taken), context=contextvars.Context(),
+                                           name=f"knowbot:work:{taken.channel}:{taken.id}")
+                self._tasks[task] = taken
+                task.add_done_callback(self._done)
+            if len(batch) == free:
+                continue  # there may be more: look again once a slot is free
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+            except TimeoutError:
+                pass
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)

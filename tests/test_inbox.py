@@ -149,3 +149,21 @@ class Recorder:
 
     async def send(self, key: ConversationKey, reply: Reply) -> None:
         self.sent.append(reply)
+
+
+async def test_a_batch_take_leases_the_oldest_entry_of_each_free_conversation(env) -> None:  # type: ignore[no-untyped-def]
+    inbox, _ = env
+    keys = [ConversationKey("test", "team-1", f"chat-{c}", "alice") for c in "abc"]
+    for n in range(2):
+        for key in keys:
+            assert await inbox.put(msg(key, f"{key.chat_id}-{n}", f"{key.chat_id} {n}"))
+    batch = await inbox.take_many("replica-1", ["test"], 5)
+    assert [t.message.text for t in batch] == ["chat-a 0", "chat-b 0", "chat-c 0"]
+    assert await inbox.take_many("replica-2", ["test"], 5) == []  # each conversation is busy
+    assert await inbox.finish(batch[1], Reply("b answered")) is not None
+    # answered but not yet sent: the conversation's next message still waits for it
+    assert await inbox.take_many("replica-2", ["test"], 2) == []
+    assert await inbox.finish(batch[0], None) is None  # nothing to send: done at once
+    two = await inbox.take_many("replica-2", ["test"], 2)
+    assert [t.message.text for t in two] == ["chat-a 1"]
+    assert [t.message.text for t in await inbox.take_many("replica-2", ["test"], 1)] == []

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
@@ -104,6 +104,22 @@ class Taken:
     context: dict[str, Any]
     attempts: int  # this take included
     owner: str
+
+
+@dataclass(frozen=True)
+class StoredReply:
+    """An outbox row as `finish_for_send` wrote it (the outbox's columns)."""
+
+    id: str
+    channel: str
+    key: str
+    reply: str
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    last_error: str
+    context: str
+    inbox_id: int | None
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -226,25 +242,31 @@ class Inbox:
         Returns the outbox entry's id for the caller to send now; None when there is nothing
         to send or the lease was lost (then whoever holds it now answers).
         """
+        row = await self.finish_for_send(taken, reply)
+        return row.id if row is not None else None
+
+    async def finish_for_send(self, taken: Taken, reply: Reply | None) -> "StoredReply | None":
+        """`finish`, handing back the outbox row as written (to send without reading it again)."""
         now = self.clock.now()
         status = "answered" if reply is not None else "done"
         mark = update(_INBOX).where(self._held(taken)).values(
             status=status, finished_at=now, lease_until=None)
-        outbox_id = uuid.uuid4().hex
         key = taken.message.key
+        row = StoredReply(
+            id=uuid.uuid4().hex, channel=taken.channel, key=json.dumps(key.to_record()),
+            reply=json.dumps({**reply.to_record(), "sent_parts": 0}, ensure_ascii=False)
+            if reply is not None else "",
+            attempts=0, next_attempt_at=now + SEND_LEASE, created_at=now, last_error="",
+            context=json.dumps(taken.context.get("send", {}), ensure_ascii=False),
+            inbox_id=taken.id)
 
-        def write(conn: Connection) -> str | None:
+        def write(conn: Connection) -> StoredReply | None:
             if conn.execute(mark).rowcount != 1:
                 return None
             if reply is None:
                 return None
-            conn.execute(insert(_OUTBOX).values(
-                id=outbox_id, channel=taken.channel, key=json.dumps(key.to_record()),
-                reply=json.dumps({**reply.to_record(), "sent_parts": 0}, ensure_ascii=False),
-                attempts=0, next_attempt_at=now + SEND_LEASE, created_at=now, last_error="",
-                context=json.dumps(taken.context.get("send", {}), ensure_ascii=False),
-                inbox_id=taken.id))
-            return outbox_id
+            conn.execute(insert(_OUTBOX).values(**asdict(row)))
+            return row
 
         result = await self.store.write(write)
         if result is None and reply is not None:

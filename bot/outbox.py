@@ -143,10 +143,14 @@ class Outbox:
             sent += await self._send_row(channels.get(row.channel), row)
         return sent
 
-    async def send_stored(self, entry_id: str) -> bool:
-        """Send a reply just written to the outbox (by the inbox's finish); True if it went out."""
-        query = select(_OUTBOX).where(_OUTBOX.c.id == entry_id)
-        row = await self.store.read(lambda conn: conn.execute(query).first())
+    async def send_stored(self, entry_id: str, row: Any = None) -> bool:
+        """Send a reply just written to the outbox (by the inbox's finish); True if it went out.
+
+        `row` is the entry as written, when the caller has it (no need to read it back).
+        """
+        if row is None:
+            query = select(_OUTBOX).where(_OUTBOX.c.id == entry_id)
+            row = await self.store.read(lambda conn: conn.execute(query).first())
         if row is None:
             return False
         channel = next((c for c in self._channels() if c.name == row.channel), None)

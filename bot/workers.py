@@ -122,9 +122,9 @@ class Workers:
             return
         renewing.cancel()
         try:
-            outbox_id = await self.inbox.finish(taken, reply)
-            if outbox_id is not None:
-                await self.outbox.send_stored(outbox_id)
+            stored = await self.inbox.finish_for_send(taken, reply)
+            if stored is not None:
+                await self.outbox.send_stored(stored.id, stored)
         except KnowbotError as exc:  # the lease lapses and the entry is answered again
             log.warning("inbox entry %s: could not finish or send: %s", taken.id, exc)
         self.wake()  # the conversation's next message can be taken now

@@ -181,14 +181,16 @@ async def main(args: argparse.Namespace) -> None:
                     pids = [r.proc.pid for r in replicas if r.proc is not None]
                     await asyncio.sleep(3)  # start-up work (the reindex check, first polls)
                     idle_from = [_cpu_seconds(p) for p in pids]
+                    idle_xacts_from = _transactions(admin_url, name)
                     await asyncio.sleep(3)
                     idle = [(_cpu_seconds(p) - c) / 3 for p, c in zip(pids, idle_from)]
+                    idle_xacts = (_transactions(admin_url, name) - idle_xacts_from) / 3
                     cpu_from = [_cpu_seconds(p) for p in pids]
                     xacts_from = _transactions(admin_url, name)
                     drive_from = time.perf_counter()
                     results = await _drive(args, replicas, platforms)
                     busy_for = time.perf_counter() - drive_from
-                    xacts = _transactions(admin_url, name) - xacts_from
+                    xacts = _transactions(admin_url, name) - xacts_from - idle_xacts * busy_for
                     cpu = [_cpu_seconds(p) - c - i * busy_for
                            for p, c, i in zip(pids, cpu_from, idle)]
                     rss = [_peak_rss_mb(p) for p in pids]
@@ -217,7 +219,8 @@ async def main(args: argparse.Namespace) -> None:
           + ", ".join(f"{c:.1f} s" for c in cpu) + f"; idle {', '.join(f'{i * 100:.0f}%' for i in idle)}"
           " of a core)")
     print(f"database transactions per answered message: {xacts / max(1, answered):.1f} "
-          "(PostgreSQL's counters; the statistics collector may lag a little)")
+          f"(PostgreSQL's counters, less the {idle_xacts:.1f}/s the replicas make idle; the "
+          "statistics collector may lag a little)")
 
 
 if __name__ == "__main__":

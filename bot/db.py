@@ -240,6 +240,9 @@ class DatabaseLane:
         else:
             self.engine = create_engine(self.url, pool_size=8, max_overflow=0)
             ping_when_idle(self.engine)
+            # Reads run without BEGIN ... ROLLBACK around them (one round trip, not three):
+            # each statement sees what was committed when it started.
+            self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
             self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="knowbot-db")
 
     async def _run(self, fn: "Callable[[Connection], T]", write: bool) -> "T":
@@ -252,7 +255,7 @@ class DatabaseLane:
 
     def _call(self, fn: "Callable[[Connection], T]", write: bool) -> "T":
         try:
-            with (self.engine.begin() if write else self.engine.connect()) as conn:
+            with (self.engine.begin() if write else self._reader.connect()) as conn:
                 return fn(conn)
         except SQLAlchemyError as exc:
             raise storage_error(exc) from exc
@@ -309,7 +312,12 @@ class DatabaseLane:
         return outcomes
 
     async def read(self, fn: "Callable[[Connection], T]") -> "T":
-        """Run a read on the lane."""
+        """Run a read on the lane.
+
+        On PostgreSQL a read runs in autocommit: each of its statements sees what was committed
+        when that statement began. A read that needs one snapshot over several statements
+        belongs in `write`.
+        """
         return await self._run(fn, write=False)
 
     async def write(self, fn: "Callable[[Connection], T]") -> "T":

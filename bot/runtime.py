@@ -22,6 +22,7 @@ from bot.ratelimit import MemoryRateLimiter, RateLimiter
 from bot.store import Store
 from bot.types import ConversationKey, Reply
 from bot.usage import UsageRecorder
+from bot.signals import Signals
 from bot.workers import Workers
 from plugins import ToolRegistry, load_registry
 
@@ -116,6 +117,7 @@ class Runtime:
     outbox: Outbox = field(init=False)  # retries sends through whatever channels run now
     inbox: Inbox = field(init=False)  # where platform messages wait for a worker
     workers: Workers = field(init=False)
+    signals: Signals = field(init=False)  # wake-ups across replicas (through Redis, if set)
     plugin_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     scheduler: "Scheduler | None" = None
 
@@ -209,6 +211,7 @@ class Runtime:
         runtime = cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage,
                       state, metrics=metrics)
         runtime.plugin_closers = closers
+        await runtime.signals.start()
         return runtime
 
     def __post_init__(self) -> None:
@@ -217,6 +220,8 @@ class Runtime:
                            max_attempts=self.settings.inbox_max_attempts)
         self.workers = Workers(self.inbox, self.outbox, lambda: self.channels,
                                concurrency=self.settings.workers)
+        self.signals = Signals(self.settings.redis_url,
+                               single_process=self.store.dialect == "sqlite")
         self.metrics.add_probe("outbox", outbox_probe(self.metrics, self.outbox))
         self.metrics.add_probe("inbox", inbox_probe(self.metrics, self.inbox))
         self.inbox.duplicates.append(lambda channel: self.metrics.message(channel, "duplicate"))
@@ -279,5 +284,6 @@ class Runtime:
         close = getattr(self.limiter, "close", None)
         if close is not None:
             await close()
+        await self.signals.close()
         await self.store.close()
         log.info("Knowbot stopped")

@@ -127,7 +127,7 @@ class WeChatChannel:
                                  LinkSigner(signing_key(settings), clock=runtime.state.clock.time),
                                  settings.public_url, account, settings.ingest_max_bytes)
         self.planner = Planner(self.delivery, self.pages, runtime.state, account, self.timings,
-                               can_push=self._can_push)
+                               can_push=self._can_push, signals=runtime.signals)
         runtime.engine.commands.add(Command(
             "upload", "get a private link to upload documents to this account's knowledge base",
             self._upload_command, admin_only=True))

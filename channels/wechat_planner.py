@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from bot.errors import KnowbotError
 from bot.kv import StateStore
+from bot.signals import Signals
 from bot.types import Reply
 from channels import wechat_text as wt
 from channels.wechat_delivery import Delivery
@@ -62,6 +63,9 @@ class Timings:
     poll: float = 0.2  # how often a waiting request looks for an answer made on another replica
 
 
+SIGNALLED_POLL = 1.0  # the fallback poll when every replica hears the signals
+
+
 def _promise(record: dict[str, Any]) -> bool:
     """Note that the person was told the answer will be sent as a message of its own."""
     record["promised"] = True
@@ -73,7 +77,8 @@ class Planner:
 
     def __init__(self, delivery: Delivery, pages: Pages, state: StateStore, account: str,
                  timings: Timings = Timings(), can_push: Callable[[], Awaitable[bool]] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 signals: Signals | None = None) -> None:
         self.delivery = delivery
         self.pages = pages
         self.state = state
@@ -82,6 +87,12 @@ class Planner:
         self.clock = clock
         self._can_push = can_push
         self._events: dict[str, asyncio.Event] = {}  # requests waiting here, by message
+        self._publishing: dict[str, asyncio.Event] = {}  # answers waiting to be taken, by message
+        # An answer published (or taken) on any replica wakes who waits for it here; the
+        # database record stays the truth, and the poll below is the fallback for a lost wake.
+        self.signals = signals
+        if signals is not None:
+            signals.listen(self._on_signal)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -89,6 +100,26 @@ class Planner:
     def tracked(self) -> int:
         """How many requests wait on this replica now."""
         return len(self._events)
+
+    @property
+    def poll(self) -> float:
+        """How often a waiter looks at the record itself (rarely when signals reach everyone)."""
+        if self.signals is not None and self.signals.reaches_every_replica:
+            return max(self.timings.poll, SIGNALLED_POLL)
+        return self.timings.poll
+
+    async def _notify(self, kind: str, name: str) -> None:
+        if self.signals is not None:
+            await self.signals.notify(f"{self.namespace}|{kind}|{name}")
+
+    def _on_signal(self, topic: str) -> None:
+        namespace, _, rest = topic.partition("|")
+        kind, _, name = rest.partition("|")
+        if namespace != self.namespace:
+            return
+        waiting = (self._events if kind == "answer" else self._publishing).get(name)
+        if waiting is not None:
+            waiting.set()
 
     # ---- the shared record of a message ----------------------------------------------
 
@@ -192,15 +223,17 @@ class Planner:
                                ) -> dict[str, Any] | None:
         """The record once this request took the answer (or found it taken); None: not ready."""
         while True:
+            event.clear()  # before looking: an answer published meanwhile sets it again
             record, claimed = await self._take(name)
+            if claimed:
+                await self._notify("taken", name)  # the publisher stops waiting for a taker
             if claimed or record["taken"]:
                 return {**record, "claimed": claimed}
             remaining = self.timings.window - (self.clock() - arrived)
             if remaining <= 0:
                 return None
-            event.clear()
             try:
-                await asyncio.wait_for(event.wait(), min(remaining, self.timings.poll))
+                await asyncio.wait_for(event.wait(), min(remaining, self.poll))
             except TimeoutError:
                 pass
 
@@ -275,12 +308,22 @@ class Planner:
         if waiting is not None:
             waiting.set()  # a request on this replica takes it at once
         last_chance = float(record["first"]) + t.requests_per_message * t.platform_timeout
-        while not record["fallback"] and not self._closing:
-            left = last_chance - self.state.clock.time()
-            if record["taken"] or left <= 0:
-                break
-            await asyncio.sleep(min(left, t.poll))
-            record = await self._record(name) or {**record, "fallback": True}
+        taken = self._publishing.setdefault(name, asyncio.Event())
+        try:
+            await self._notify("answer", name)  # a request waiting on another replica
+            while not record["fallback"] and not self._closing:
+                left = last_chance - self.state.clock.time()
+                if record["taken"] or left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(taken.wait(), min(left, self.poll))
+                except TimeoutError:
+                    pass
+                taken.clear()  # before looking: a take signalled meanwhile sets it again
+                record = await self._record(name) or {**record, "fallback": True}
+        finally:
+            if self._publishing.get(name) is taken:
+                self._publishing.pop(name, None)
         if record["taken"]:
             return
         record, claimed = await self._take(name, parts)  # no request took it: follow up
@@ -305,7 +348,7 @@ class Planner:
     async def close(self, timeout: float = 10.0) -> None:
         """Stop waiting for requests (answers being published follow up at once)."""
         self._closing = True
-        for event in self._events.values():
+        for event in [*self._events.values(), *self._publishing.values()]:
             event.set()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)

@@ -30,10 +30,10 @@ from starlette.responses import Response
 
 from bot.config import Settings
 from bot.errors import ChannelSendError, ConfigError, IngestError, KnowbotError
-from bot.outbox import RESUME_AT
+from bot.outbox import RESUME_AT, send_context
 from bot.tokens import message_tokens
 from bot.types import ConversationKey, InboundMessage, Reply
-from channels.slack_commands import SlashCommands
+from channels.slack_commands import COMMAND, SlashCommands
 from channels.slack_files import MAX_FILES, RateLimitRetry, Sleep, fetch_file
 from channels.slack_format import CONFIRM_ACTION, render
 from channels.slack_oauth import StateInstallationStore, StateOAuthStateStore
@@ -116,7 +116,6 @@ class SlackChannel:
         self.http: httpx.AsyncClient | None = None
         self._socket: Any = None
         self._connecting: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._admins: dict[tuple[str, str], tuple[float, bool]] = {}
 
     # ---- setup -------------------------------------------------------------------------------
@@ -242,19 +241,9 @@ class SlackChannel:
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            for task in pending:
-                task.cancel()
         if self.http is not None:
             await self.http.aclose()
             self.http = None
-
-    def spawn(self, coro: Any, name: str) -> None:
-        """Run work after the ack in a task that stop() waits for."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # ---- tokens and people -------------------------------------------------------------------
 
@@ -355,6 +344,8 @@ class SlackChannel:
     async def work(self, message: InboundMessage, context: dict[str, Any]) -> Reply | None:
         """Answer one event from the inbox: fetch its files, run it through the dispatcher."""
         assert self.runtime is not None
+        if "command" in context:  # a slash command, answered on its response_url
+            return await self.commands.work(message, context)
         key = message.key
         token = await self.token_for(key.tenant)
         file_ids = list(context.get("files") or ())
@@ -428,6 +419,12 @@ class SlackChannel:
     async def send(self, key: ConversationKey, reply: Reply) -> None:
         """Post a reply in the conversation's thread as Block Kit messages (429s waited out)."""
         token = await self.token_for(key.tenant)
+        command = send_context().get(COMMAND)
+        if command is not None:  # a slash command's answer: on its response_url
+            await self.commands.respond(str(command.get("response_url") or ""), reply,
+                                        bool(command.get("public")), key, token,
+                                        float(command.get("issued") or 0))
+            return
         start = RESUME_AT.get()  # messages an earlier try already posted (an outbox retry)
         for n, message in enumerate(render(reply)):
             if n < start:

@@ -16,6 +16,8 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from bot.errors import ChannelSendError
+from bot.outbox import RESUME_AT, part_sent
 from bot.types import ConversationKey, InboundMessage, Reply
 from channels.slack_format import SlackMessage, render
 
@@ -29,6 +31,7 @@ MAX_USES = 5  # Slack allows 5 responses per response_url ...
 WINDOW = 30 * 60  # ... within 30 minutes of the command
 MARGIN = 60  # stop a minute early rather than post into a closed window
 WORKING = "Working on it…"
+COMMAND = "slash_command"  # the send context of a command's answer: where it goes
 
 
 class SlashCommands:
@@ -65,8 +68,6 @@ class SlashCommands:
             await ack(text=f"Usage: {name} [public] QUESTION. Add `public` to share the answer "
                            "in the channel.")
             return
-        # acknowledged within Slack's 3 seconds; the answer follows on the response_url
-        await ack(text=WORKING, response_type="ephemeral")
         team = str(command.get("team_id") or context.team_id or "")
         channel_id = str(command.get("channel_id") or "")
         user = str(command.get("user_id") or "")
@@ -74,49 +75,64 @@ class SlashCommands:
         is_group = not channel_id.startswith("D")
         message = InboundMessage(
             key=key, message_id=str(command.get("trigger_id") or f"cmd-{uuid.uuid4().hex}"),
-            text=f"/kb {text}".strip() if kb else text, is_group=is_group, raw=command)
-        token = context.bot_token or await self.channel.token_for(team)
-        self.channel.spawn(self._run(message, str(command.get("response_url") or ""), public,
-                                     token, issued, kb), f"knowbot:slack:{message.message_id}")
-
-    async def _run(self, message: InboundMessage, response_url: str, public: bool, token: str,
-                   issued: float, kb: bool) -> None:
+            text=f"/kb {text}".strip() if kb else text, is_group=is_group)
+        # In the inbox before Slack hears of it (within its 3 seconds): a replica that dies now
+        # leaves the command for another. The answer goes out on the response_url.
+        reply_on = {"response_url": str(command.get("response_url") or ""), "public": public,
+                    "issued": issued}
         runtime = self.channel.runtime
         assert runtime is not None
-        try:
-            if kb and message.is_group:
-                key = message.key
-                message = replace(message, is_admin=await self.channel.is_admin(
-                    token, key.tenant, key.user_id))
-            reply = await runtime.dispatcher.process(message)
-            if reply is None:
-                return
-            if public and not kb:
-                reply = replace(reply, text=f"> {message.text}\n\n{reply.text}")
-            await self.respond(response_url, reply, public, message.key, token, issued)
-        except Exception:  # noqa: BLE001 - one command must not take the channel down
-            log.exception("Slack command %s failed", message.message_id)
+        if not await runtime.inbox.put(message, {"command": {"kb": kb}, "send": {
+                COMMAND: reply_on}}):
+            log.info("Slack command %s already taken: ignored", message.message_id)
+        await ack(text=WORKING, response_type="ephemeral")
+
+    async def work(self, message: InboundMessage, context: dict[str, Any]) -> Reply | None:
+        """Answer a command from the inbox (the channel's `work` hands it here)."""
+        runtime = self.channel.runtime
+        assert runtime is not None
+        kb = bool(context["command"].get("kb"))
+        public = bool(context.get("send", {}).get(COMMAND, {}).get("public"))
+        if kb and message.is_group:
+            key = message.key
+            token = await self.channel.token_for(key.tenant)
+            message = replace(message, is_admin=await self.channel.is_admin(
+                token, key.tenant, key.user_id))
+        reply = await runtime.dispatcher.answer(message)
+        if reply is not None and public and not kb:
+            reply = replace(reply, text=f"> {message.text}\n\n{reply.text}")
+        return reply
 
     async def respond(self, response_url: str, reply: Reply, public: bool,
                       key: ConversationKey, token: str, issued: float) -> None:
-        """Post a reply on the response_url while its uses last, else through the Web API."""
-        for part in render(reply):
+        """Post a reply on the response_url while its uses last, else through the Web API.
+
+        An outbox retry resumes after the parts an earlier try posted (RESUME_AT).
+        """
+        start = RESUME_AT.get()
+        for n, part in enumerate(render(reply)):
+            if n < start:
+                continue
             body = {"response_type": "in_channel" if public else "ephemeral",
                     "text": part.text, "blocks": part.blocks, "replace_original": False}
+            posted = False
             if response_url and await self.take_use(response_url, issued):
                 try:
                     client = AsyncWebhookClient(response_url, retry_handlers=[self.channel.retry])
                     answer = await client.send_dict(body)
-                    if answer.status_code == 200:
-                        continue
-                    log.warning("Slack response_url answered %s", answer.status_code)
+                    posted = answer.status_code == 200
+                    if not posted:
+                        log.warning("Slack response_url answered %s", answer.status_code)
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     log.warning("Slack response_url failed: %s", type(exc).__name__)
-            await self._fallback(key, token, part, public)
+            if not posted:
+                await self._fallback(key, token, part, public, sent=n)
+            await part_sent(n + 1)
 
     async def _fallback(self, key: ConversationKey, token: str, part: SlackMessage,
-                        public: bool) -> None:
+                        public: bool, sent: int) -> None:
         client = self.channel.client
+        method = "chat.postMessage" if public else "chat.postEphemeral"
         try:
             if public:
                 await client.chat_postMessage(token=token, channel=key.chat_id, text=part.text,
@@ -126,8 +142,14 @@ class SlashCommands:
                                                 user=key.user_id, text=part.text,
                                                 blocks=part.blocks)
         except SlackApiError as exc:
-            log.warning("Slack command answer could not be posted: %s",
-                        exc.response.get("error"))
+            from channels.slack import send_error
+
+            error = send_error(exc, method)  # kept in the outbox when Slack may take it later
+            error.sent_parts = sent
+            raise error from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ChannelSendError(f"Slack {method} failed: {type(exc).__name__}",
+                                   retryable=True, sent_parts=sent) from exc
 
     async def take_use(self, response_url: str, issued: float) -> bool:
         """Count one use of a response_url; False past 5 uses or 30 minutes (shared by replicas)."""

@@ -89,8 +89,6 @@ class SlackBot:
 
     async def settle(self) -> None:
         """Wait until every answer in flight is finished."""
-        while self.channel._tasks:
-            await asyncio.wait(set(self.channel._tasks), timeout=60)
         assert await self.runtime.workers.wait_idle(60) == 0
         await self.runtime.engine.drain()
 
@@ -277,6 +275,11 @@ async def test_slash_command_acked_fast_and_answered_on_response_url(
         [answer] = await slack.wait_responses(1)
         assert answer["_name"] == "private" and answer["response_type"] == "ephemeral"
         assert "never refunded" in answer["text"] and "Refund policy" in answer["text"]
+        # the command went through the inbox (kept before the ack) and is done now
+        assert await bot.runtime.workers.wait_idle(5) == 0
+        assert await bot.runtime.store.read(lambda conn: conn.exec_driver_sql(
+            "SELECT count(*) FROM inbox_entry WHERE channel = 'slack' AND status = 'done' "
+            "AND message LIKE '%gift cards%'").scalar_one()) == 1
 
         resp = await bot.command("T1", "/ask", "public when do orders ship?", response="shared")
         assert resp.status_code == 200

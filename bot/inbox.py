@@ -32,6 +32,7 @@ from bot.db import insert_new
 from bot.logs import current as log_context, new_request_id
 from bot.models import InboxEntry, OutboxEntry
 from bot.outbox import LEASE as SEND_LEASE  # the finishing worker sends first; others after it
+from bot.outbox import StoredReply
 from bot.store import Store
 from bot.types import Attachment, ConversationKey, InboundMessage, Reply
 
@@ -104,22 +105,6 @@ class Taken:
     context: dict[str, Any]
     attempts: int  # this take included
     owner: str
-
-
-@dataclass(frozen=True)
-class StoredReply:
-    """An outbox row as `finish_for_send` wrote it (the outbox's columns)."""
-
-    id: str
-    channel: str
-    key: str
-    reply: str
-    attempts: int
-    next_attempt_at: datetime
-    created_at: datetime
-    last_error: str
-    context: str
-    inbox_id: int | None
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -17,6 +17,7 @@ import contextvars
 import json
 import logging
 import uuid
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -66,6 +67,22 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(600, 5 * 2 ** max(0, attempts - 1)))
 
 
+@dataclass(frozen=True)
+class StoredReply:
+    """An outbox row as written (its columns), to send without reading it back."""
+
+    id: str
+    channel: str
+    key: str
+    reply: str
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    last_error: str
+    context: str
+    inbox_id: int | None
+
+
 class Outbox:
     """Replies waiting to be sent, retried until they go out or go stale."""
 
@@ -78,29 +95,31 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
 
     async def deliver(self, channel: "Channel", key: ConversationKey, reply: Reply) -> bool:
-        """Send now; on a retryable failure keep the reply for later. True if it went out."""
-        try:
-            await channel.send(key, reply)
-            return True
-        except ChannelSendError as exc:
-            if not exc.retryable:
-                log.warning("reply to %s on %s dropped: %s", key.chat_id, channel.name, exc)
-                return False
-            await self.keep(channel.name, key, reply, str(exc), sent_parts=exc.sent_parts)
-            return False
+        """Keep the reply, then send it now; a retryable failure leaves it for a retry.
+
+        Written first, so a process that dies during the send leaves the reply for another
+        (or for itself, restarted) once the send lease lapses. True if it went out.
+        """
+        row = await self.keep(channel.name, key, reply, attempts=0, due=LEASE)
+        return bool(await self._send_row(channel, row))
 
     async def keep(self, channel: str, key: ConversationKey, reply: Reply, error: str = "",
-                   sent_parts: int = 0) -> str:
-        """Store a reply for a later retry (from part `sent_parts` on); return its id."""
+                   sent_parts: int = 0, *, attempts: int = 1, due: timedelta | None = None
+                   ) -> Any:
+        """Store a reply for a later retry (from part `sent_parts` on); return its row.
+
+        `due` is when it may be tried (by default the backoff after one failed try).
+        """
         now = self.clock.now()
-        entry_id = uuid.uuid4().hex
         record = {**reply.to_record(), "sent_parts": sent_parts}
-        row = dict(id=entry_id, channel=channel, key=json.dumps(key.to_record()),
-                   reply=json.dumps(record, ensure_ascii=False), attempts=1,
-                   next_attempt_at=now + backoff(1), created_at=now, last_error=error[:500])
-        await self.store.write(lambda conn: conn.execute(insert(_OUTBOX).values(**row)))
-        log.info("reply to %s on %s kept in the outbox for a retry", key.chat_id, channel)
-        return entry_id
+        row = StoredReply(id=uuid.uuid4().hex, channel=channel, key=json.dumps(key.to_record()),
+                          reply=json.dumps(record, ensure_ascii=False), attempts=attempts,
+                          next_attempt_at=now + (due if due is not None else backoff(1)),
+                          created_at=now, last_error=error[:500], context="{}", inbox_id=None)
+        await self.store.write(lambda conn: conn.execute(insert(_OUTBOX).values(**asdict(row))))
+        if attempts:
+            log.info("reply to %s on %s kept in the outbox for a retry", key.chat_id, channel)
+        return row
 
     async def pending(self) -> int:
         """How many replies wait in the outbox."""

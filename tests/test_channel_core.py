@@ -286,3 +286,27 @@ async def test_a_retry_resumes_after_the_parts_already_sent(store: Store) -> Non
     clock.advance(10)
     assert await outbox.retry_due() == 1
     assert channel.sent == ["one", "two", "three", "four"]  # nothing twice
+
+
+class DyingChannel:
+    """A channel whose process 'dies' in the middle of a send (an exception nobody expects)."""
+
+    name = "flaky"
+
+    async def send(self, key: ConversationKey, reply: Reply) -> None:
+        raise RuntimeError("killed mid-send")
+
+
+async def test_a_job_reply_is_written_before_it_is_sent(store: Store) -> None:
+    """A reply no inbound message waits for (a reminder) survives a death during its send."""
+    clock = pinned_clock()
+    outbox = Outbox(store, lambda: [], clock=clock)
+    with pytest.raises(RuntimeError):
+        await outbox.deliver(DyingChannel(), KEY, REPLY)  # type: ignore[arg-type]
+    assert await outbox.pending() == 1
+    survivor = FlakyChannel(failures=0)
+    after = Outbox(store, lambda: [survivor], clock=clock)  # type: ignore[list-item]
+    assert await after.retry_due() == 0  # the dead sender's lease still holds
+    clock.advance(31)
+    assert await after.retry_due() == 1
+    assert survivor.sent == [(KEY, REPLY)] and await after.pending() == 0

@@ -40,6 +40,7 @@ for _p in (ROOT, ROOT / "tests"):
 LATENCY = 1.0  # seconds the fake model takes to answer (asyncio sleep in the server)
 OVERHEAD_GOAL_MS = 5.0
 CONCURRENT_GOAL_S = 3.0
+OWN_CPU_GOAL_MS = 1.5
 
 WORDS = (
     "refund policy invoice travel hotel expense budget report quarter deadline customer order "
@@ -363,12 +364,13 @@ async def concurrent(runtime: Any, n: int, rng: random.Random) -> dict[str, Any]
     keys = [ConversationKey("telegram", "bench-bot", f"chat-{i}", f"user-{i}") for i in range(n)]
     texts = [f"hello, what is the {' '.join(rng.sample(WORDS, 4))}?" for _ in range(n)]
     HTTP_SPANS.clear()
-    started, cpu = time.perf_counter(), time.thread_time()
+    started, cpu, pcpu = time.perf_counter(), time.thread_time(), time.process_time()
     outcomes = await asyncio.gather(
         *(send_one(runtime, k, t, f"conc-{i}") for i, (k, t) in enumerate(zip(keys, texts))),
         return_exceptions=True,
     )
     wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
+    pcpu = time.process_time() - pcpu
     samples = [o for o in outcomes if isinstance(o, Sample)]
     failures = [o for o in outcomes if not isinstance(o, Sample)]
     if not samples:
@@ -380,13 +382,43 @@ async def concurrent(runtime: Any, n: int, rng: random.Random) -> dict[str, Any]
         level += step
         peak = max(peak, level)
     return {
-        "n": n, "wall": wall, "cpu": cpu, "samples": samples, "failures": failures,
+        "n": n, "wall": wall, "cpu": cpu, "process_cpu": pcpu, "samples": samples,
+        "failures": failures,
         "http_calls": len(HTTP_SPANS), "peak_http": peak,
         "first_send": min(a for a, _ in spans), "last_send": max(a for a, _ in spans),
         "last_http_end": max(b for _, b in spans),
         "http_median": statistics.median(b - a for a, b in spans),
         "http_max": max(b - a for a, b in spans),
     }
+
+
+async def sdk_cpu_per_call(runtime: Any, n: int) -> float:
+    """CPU ms of one model call made by the openai SDK alone (the router's own client).
+
+    The same client, transport and a prompt of the size the engine sends, against the same
+    fake server (its CPU is in another process), 50 calls in flight: what the model client
+    costs, to tell it apart from Knowbot's own work per message.
+    """
+    if n <= 0:
+        return 0.0
+    llm = runtime.llm
+    name = llm.order[0]
+    client = llm._client(name)
+    model = llm._providers[name].model
+    prompt = [{"role": "system", "content": "You are Knowbot. " * 40}] + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": "some earlier turn " * 12}
+        for i in range(12)]
+    body = {"model": model, "messages": prompt, "temperature": 0.2}
+    gate = asyncio.Semaphore(50)
+
+    async def call() -> None:
+        async with gate:
+            await client.post("/chat/completions", body=body, cast_to=bytes)
+
+    await asyncio.gather(*(call() for _ in range(min(50, n))))  # warm: connections open
+    started = time.process_time()
+    await asyncio.gather(*(call() for _ in range(n)))
+    return (time.process_time() - started) / n * 1000
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -459,9 +491,19 @@ async def run(args: argparse.Namespace) -> None:
                 kinds = sorted({f"{type(f).__name__}: {f}"[:120] for f in conc["failures"]})
                 print(f"  {len(conc['failures'])} of {conc['n']} messages FAILED: {'; '.join(kinds)}")
             per_msg_cpu = conc["cpu"] / conc["n"] * 1000
-            print(f"  event-loop CPU {conc['cpu']:.2f} s = {per_msg_cpu:.2f} ms per message; one "
-                  f"loop does all of it, so wall ~ {LATENCY:g} s + N x that (3 s needs < "
-                  f"{(CONCURRENT_GOAL_S - LATENCY) / conc['n'] * 1000:.1f} ms)")
+            per_msg_all = conc["process_cpu"] / conc["n"] * 1000
+            calls = conc["http_calls"] / max(1, len(samples))
+            sdk = await sdk_cpu_per_call(runtime, args.sdk_calls)
+            own = per_msg_all - sdk * calls
+            print(f"  CPU per message: {per_msg_all:.2f} ms in all threads (event loop "
+                  f"{per_msg_cpu:.2f} ms, the database thread the rest); wall ~ {LATENCY:g} s + "
+                  f"N x that (3 s needs < {(CONCURRENT_GOAL_S - LATENCY) / conc['n'] * 1000:.1f}"
+                  " ms)")
+            print(f"  of which the model client (the openai SDK posting a prompt and reading the "
+                  f"answer, {sdk:.2f} ms a call, timed alone in this run) x {calls:.2f} calls; "
+                  f"Knowbot's own: {own:.2f} ms; goal < {OWN_CPU_GOAL_MS:g} ms -> "
+                  f"{'MET' if own < OWN_CPU_GOAL_MS else 'NOT MET'}")
+            results["own_cpu"] = (own, sdk, per_msg_all)
             print(f"  per message under load, medians: wall - complete() "
                   f"{med_ms([s.overhead for s in samples]):.0f} ms, of which in store calls "
                   f"{med_ms([s.acc.db for s in samples]):.0f} ms; usage record "
@@ -472,7 +514,7 @@ async def run(args: argparse.Namespace) -> None:
             os.chdir(cwd)
     total = time.perf_counter() - t0
 
-    rows = [(t, v) for t, v in results.items() if t != "concurrent"]
+    rows = [(t, v) for t, v in results.items() if t not in ("concurrent", "own_cpu")]
     print("\nsummary, ms per message" + " " * 25 + "median     p90     p99    mean   goal")
     print("  engine overhead = wall - time in LLMRouter.complete")
     for title, (over, met, _) in rows:
@@ -482,6 +524,10 @@ async def run(args: argparse.Namespace) -> None:
     for title, (_, _, net) in rows:
         print(f"    {title:<44}{net['median']:7.2f} {net['p90']:7.2f} {net['p99']:7.2f} "
               f"{net['mean']:7.2f}")
+    own, sdk, per_msg_all = results["own_cpu"]
+    print(f"  CPU per message at 1,000 at once: {per_msg_all:.2f} ms; Knowbot's own (less the "
+          f"openai SDK's {sdk:.2f} ms a call) {own:.2f} ms{' ' * 10}<{OWN_CPU_GOAL_MS:g} ms "
+          f"{'MET' if own < OWN_CPU_GOAL_MS else 'NOT MET'}")
     conc, ratio, met = results["concurrent"]
     print(f"  {conc['n']} conversations at once: wall {conc['wall']:.2f} s = {ratio:.2f}x the "
           f"model latency{' ' * 8}<{CONCURRENT_GOAL_S:g} s {'MET' if met else 'NOT MET'}")
@@ -504,6 +550,8 @@ def main() -> None:
                         help="conversations sending at once (default 1000)")
     parser.add_argument("--history", type=int, default=10_000,
                         help="messages of history seeded into the database (default 10000)")
+    parser.add_argument("--sdk-calls", type=int, default=500,
+                        help="model calls timed alone to tell the SDK's CPU apart (default 500)")
     parser.add_argument("--server-thread", action="store_true",
                         help="run the fake model server in a thread of this process")
     args = parser.parse_args()

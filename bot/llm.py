@@ -315,10 +315,8 @@ class LLMRouter:
             # The body is plain JSON already: posting it skips the SDK's per-call conversion
             # of every message and tool schema (tens of ms of CPU on long prompts) while keeping
             # its authentication and error mapping; the answer is read from its JSON (_parse).
-            body = await asyncio.wait_for(
-                client.post("/chat/completions", body=kwargs, cast_to=bytes),
-                timeout=self._timeout_for(config),
-            )
+            async with asyncio.timeout(self._timeout_for(config)):  # no task of its own
+                body = await client.post("/chat/completions", body=kwargs, cast_to=bytes)
             completion = _parse(body, name, config.model)
         except (TimeoutError, openai.OpenAIError, _MalformedResponse) as exc:
             failure = _classify(exc)

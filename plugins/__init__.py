@@ -57,15 +57,14 @@ class Tool:
     origin: str = "builtin"
 
     def spec(self) -> dict[str, Any]:
-        """The tool as the Chat Completions API's `tools` entry."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
+        """The tool as the Chat Completions API's `tools` entry (built once; do not change it)."""
+        cached = self.__dict__.get("_spec")
+        if cached is None:
+            cached = {"type": "function", "function": {
+                "name": self.name, "description": self.description,
+                "parameters": self.parameters}}
+            object.__setattr__(self, "_spec", cached)  # frozen: the one place it is written
+        return cached
 
 
 _JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}

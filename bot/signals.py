@@ -45,7 +45,7 @@ class Signals:
         """Call `listener(name)` for every signal, local or from another replica."""
         self._listeners.append(listener)
 
-    async def start(self, timeout: float = 5.0) -> None:
+    async def start(self, timeout: float = 2.0) -> None:
         """Subscribe to the other replicas' signals (no-op without Redis)."""
         if self.redis_url is None or self._task is not None:
             return

@@ -73,6 +73,22 @@ class LocalAdmin:
         return [{"tenant": r.tenant, "name": r.name, "shared": r.shared, "sources": r.sources}
                 for r in rows]
 
+    async def tenants(self) -> list[str]:
+        """Every tenant with a knowledge base or a conversation, and the console's own."""
+        from sqlalchemy import select
+
+        from bot.models import Conversation
+
+        conv = Conversation.__table__  # type: ignore[attr-defined]
+        query = select(conv.c.channel, conv.c.tenant).distinct()
+        found = set(await self.runtime.store.read(
+            lambda conn: [f"{row[0]}:{row[1]}" for row in conn.execute(query)]))
+        service = self.runtime.knowledge
+        if hasattr(service, "registry"):
+            found |= {kb.tenant for kb in await service.registry.list_kbs()}
+        found.add(CONSOLE_TENANT)
+        return sorted(found)
+
     async def sources(self, tenant: str, kb: str) -> list[dict[str, Any]]:
         """The sources of one knowledge base."""
         rows = await self._service().registry.sources(tenant, kb)

@@ -1,7 +1,7 @@
 /* Knowbot console: a single-page app in plain JavaScript.
  *
  * Rules kept throughout: every visible string comes from the i18n files (t()); data is only ever
- * rendered as text (textContent / createTextNode, never innerHTML); no inline scripts or event
+ * rendered as text (textContent / createTextNode, never as markup); no inline scripts or event
  * handlers (the server can send script-src 'self'); every non-GET carries X-CSRF-Token.
  */
 'use strict';

@@ -374,6 +374,16 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `knowbot serve` listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port `knowbot serve` listens on.")
 
+    @field_validator("console_password_hash")
+    @classmethod
+    def _console_hash(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parts = value.get_secret_value().strip().split("$")
+        if len(parts) != 6 or parts[0] != "scrypt" or not all(parts[1:]):
+            raise ValueError("not a hash from `knowbot console hash-password` (scrypt$N$r$p$...)")
+        return SecretStr(value.get_secret_value().strip())
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

@@ -306,3 +306,46 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# ---- the /console chat command ---------------------------------------------------------------
+
+def console_command(settings: "Settings", state: "StateStore", clock: "Clock",
+                    deliver: Any = None) -> Any:
+    """`/console`: a Knowbot admin or a chat admin gets a one-time sign-in link.
+
+    In a private chat the link is the reply. In a group it is sent to the admin privately
+    (through `deliver`, the runtime's, to the chat that is the user's own) so nobody else in
+    the group can use it first; the group is told where it went.
+    """
+    from bot.commands import Command
+    from bot.types import ConversationKey, Reply
+
+    links = Links(settings, state, clock)
+
+    async def handle(args: str, message: "InboundMessage") -> Reply:
+        grant = grant_for(message, settings)
+        if grant is None:
+            return Reply("Only admins can use /console.", kind="notice")
+        token = await links.issue(grant)
+        minutes = settings.console_link_minutes
+        reach = ("everything" if grant.scope == "all" else
+                 "this workspace" if grant.chats is None else "this chat")
+        text = (f"Your sign-in link to the Knowbot console ({reach}); it works once, within "
+                f"{minutes:g} minutes:\n{links.url(token)}")
+        if not message.is_group:
+            return Reply(text, kind="command")
+        key = message.key
+        private = ConversationKey(key.channel, key.tenant, key.user_id, key.user_id)
+        if deliver is None:
+            return Reply("Send /console to me in a private chat to get a sign-in link.",
+                         kind="notice")
+        sent = await deliver(private, Reply(text, kind="command"))
+        if sent:
+            return Reply("I sent you a sign-in link to the console in a private message.",
+                         kind="command")
+        return Reply("I could not send you a private message yet: start a private chat with "
+                     "me, then send /console here again.", kind="notice")
+
+    return Command("console", "get a one-time sign-in link to the web console", handle,
+                   admin_only=True)

@@ -75,7 +75,7 @@ class ConsoleServer:
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self.failed = exc
 
-    def start(self, timeout: float = 120.0) -> "ConsoleServer":
+    def start(self, timeout: float = 120.0) -> ConsoleServer:
         self.thread.start()
         deadline = threading.Event()
         for _ in range(int(timeout * 10)):
@@ -90,7 +90,7 @@ class ConsoleServer:
         self.server.should_exit = True
         self.thread.join(timeout=60)
 
-    def __enter__(self) -> "ConsoleServer":
+    def __enter__(self) -> ConsoleServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -169,22 +169,22 @@ def upload(client: httpx.Client, name: str, data: bytes, *, tenant: str, kb: str
 REFUND_TITLE = "Refund policy"
 REFUND_PAGES = [
     ["Refund policy",
-     "Customers may return any item within 30 days of purchase for a full refund, provided "
-     "they show the original receipt. Refunds are paid back to the card used for the purchase "
-     "within five working days."],
+     ("Customers may return any item within 30 days of purchase for a full refund, provided "
+      "they show the original receipt. Refunds are paid back to the card used for the purchase "
+      "within five working days.")],
     ["Exceptions",
-     "Gift cards and downloadable software are never refunded. Opened cosmetics can only be "
-     "exchanged, not returned."],
+     ("Gift cards and downloadable software are never refunded. Opened cosmetics can only be "
+      "exchanged, not returned.")],
 ]
 TRAVEL_TITLE = "Travel policy"
 TRAVEL_PARAGRAPHS = [
     ("Heading 1", "Travel policy"),
     ("Heading 2", "Flights"),
-    (None, "Employees book economy class for every flight shorter than six hours. Business "
-           "class needs the approval of a director."),
+    (None, ("Employees book economy class for every flight shorter than six hours. Business "
+            "class needs the approval of a director.")),
     ("Heading 2", "Hotels"),
-    (None, "Hotels are reimbursed up to 150 euros per night in Europe and 200 dollars per night "
-           "in North America, breakfast included."),
+    (None, ("Hotels are reimbursed up to 150 euros per night in Europe and 200 dollars per "
+            "night in North America, breakfast included.")),
 ]
 
 

@@ -10,11 +10,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
-from bot.console.auth import Grant
 from console_browser import (
     DOCX_TYPE,
-    PASSWORD,
     PDF_TYPE,
     REFUND_TITLE,
     TRAVEL_TITLE,
@@ -29,6 +26,8 @@ from console_browser import (
     upload,
 )
 
+from bot.console.auth import Grant
+
 STATIC = Path(__file__).resolve().parent.parent / "bot" / "console" / "static"
 OTHER_TENANT = "slack:T0OTHER"
 OTHER_TITLE = "Salaries 2031 (confidential)"
@@ -38,7 +37,7 @@ OTHER_TITLE = "Salaries 2031 (confidential)"
 
 def test_the_app_has_no_inline_script_or_handler_and_never_renders_html_from_data() -> None:
     index = (STATIC / "index.html").read_text()
-    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", index, re.S)
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", index, re.DOTALL)
     assert scripts and all('src="' in attrs and not body.strip() for attrs, body in scripts)
     assert not re.search(r"\son[a-z]+\s*=", index), "inline event handler in index.html"
     assert not re.search(r"\sstyle\s*=", index)
@@ -151,3 +150,178 @@ def test_a_chat_link_signs_in_once_and_not_when_used_or_expired(server: ConsoleS
     again.goto("/console/")
     assert again.url.endswith("/console/login")
     again.context.close()
+
+
+def test_upload_a_pdf_and_a_docx_by_dropping_them_and_see_their_chunks(server: ConsoleServer,
+                                                                       browser: Any) -> None:
+    page = new_page(browser, server.base_url)
+    sign_in(page)
+    page.goto("/console/#/knowledge?tenant=console:local&kb=handbook")
+    empty = page.locator("[data-testid=sources-empty]")
+    assert "No documents yet: drop files here" in empty.inner_text()
+    drop_files(page, "[data-testid=dropzone]", [
+        ("refunds.pdf", make_pdf(), PDF_TYPE),
+        ("travel.docx", make_docx(), DOCX_TYPE),
+        ("broken.pdf", b"%PDF-1.4 this is not really a PDF", PDF_TYPE),
+    ])
+    # each file gets its own row: a receipt, or one sentence saying what was wrong
+    pdf_row = page.locator('li.upload[data-file="refunds.pdf"]')
+    docx_row = page.locator('li.upload[data-file="travel.docx"]')
+    bad_row = page.locator('li.upload[data-file="broken.pdf"]')
+    for row in (pdf_row, docx_row, bad_row):
+        row.locator("xpath=self::*[contains(@class,'ok') or contains(@class,'failed')]").wait_for()
+    assert "ok" in pdf_row.get_attribute("class") and "ok" in docx_row.get_attribute("class")
+    assert "failed" in bad_row.get_attribute("class")
+    refusal = bad_row.locator(".upload-note").inner_text()
+    assert "broken.pdf" in refusal and len(refusal) > 20
+    assert REFUND_TITLE in pdf_row.inner_text() or "chunk" in pdf_row.inner_text().lower()
+
+    # the table of sources, then the PDF's chunks with their pages
+    table = page.locator("table.responsive")
+    table.locator("tr", has_text=TRAVEL_TITLE).wait_for()
+    pdf = table.locator("tr", has_text=REFUND_TITLE)
+    assert pdf.locator("td[data-label=Pages]").inner_text() == "2"
+    assert pdf.locator("td[data-label=Type]").inner_text() == "pdf"
+    assert int(pdf.locator("td[data-label=Chunks]").inner_text()) >= 2
+    page.get_by_role("link", name=f"Show the chunks of {REFUND_TITLE}").click()
+    chunks = page.locator("#chunks")
+    chunks.locator("li.chunk").first.wait_for()
+    first = chunks.locator("li.chunk", has_text="30 days")
+    assert "page 1" in first.locator(".chunk-meta").inner_text()
+    assert "page 2" in chunks.locator("li.chunk", has_text="Gift cards").locator(
+        ".chunk-meta").inner_text()
+    page.get_by_role("link", name=f"Show the chunks of {TRAVEL_TITLE}").click()
+    page.locator("#chunks li.chunk", has_text="economy class").wait_for()
+    assert "Flights" in page.locator("#chunks li.chunk", has_text="economy class").inner_text()
+    page.context.close()
+
+
+def run_bench(page: Any, question: str, scope: str = "kb:default") -> Any:
+    page.goto("/console/#/bench?tenant=console:local")
+    page.wait_for_selector("#bench-q")
+    page.select_option("#bench-scope", scope)
+    page.fill("#bench-q", question)
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_selector("[data-testid=bench-answer]")
+    return page.locator("table.bench tbody")
+
+
+def test_the_bench_finds_the_english_passage_for_a_chinese_question(
+        server: ConsoleServer, browser: Any, documents: dict[str, Any]) -> None:
+    page = new_page(browser, server.base_url)
+    sign_in(page)
+    rows = run_bench(page, "退货全额退款的期限是多少天？")
+    first = rows.locator("tr[data-rank='1']")
+    assert REFUND_TITLE in first.locator(".source").inner_text()
+    assert "30 days" in first.locator(".passage-text").inner_text()
+    # every ranking's score is shown, and the "not in the knowledge base" line is drawn
+    fused = first.locator("td[data-label=Fused]").inner_text().split()[0]
+    assert float(fused) > 0
+    assert first.locator("td[data-label='Cross-lingual']").inner_text() != "—"
+    assert rows.locator("[data-testid=gate-line]").count() == 1
+    assert page.locator("[data-testid=bench-answer]").inner_text().strip()
+    page.context.close()
+
+
+def test_the_playground_answers_with_a_citation(server: ConsoleServer, browser: Any,
+                                                documents: dict[str, Any]) -> None:
+    page = new_page(browser, server.base_url)
+    sign_in(page)
+    page.goto("/console/#/playground")
+    question = "How many days do customers have to return an item for a refund?"
+    page.fill("#play-q", question)
+    page.keyboard.press("Enter")
+    answer = page.locator("[data-testid=play-answer]")
+    answer.wait_for()
+    assert "30 days" in answer.locator(".msg-text").inner_text()
+    assert REFUND_TITLE in answer.locator(".citation").first.inner_text()
+
+    # the same conversation is on the conversations page, with its citation
+    page.goto("/console/#/conversations?channel=console")
+    page.locator("a.conv", has_text="return an item").first.click()
+    messages = page.locator("ol.messages")
+    messages.locator("li.msg.assistant .citation").first.wait_for()
+    assert REFUND_TITLE in messages.locator("li.msg.assistant .citation").first.inner_text()
+    page.context.close()
+
+
+PARKING = ("# Parking rules\n\nBicycles are parked in the basement of building B, behind the "
+           "blue door. Cars need a permit from the front desk.\n")
+
+
+def test_a_deleted_source_is_gone_from_search(server: ConsoleServer, browser: Any) -> None:
+    with api_client(server.base_url) as client:
+        assert upload(client, "parking.md", PARKING.encode(), tenant="console:local",
+                      kb="facilities", content_type="text/markdown")["ok"]
+    page = new_page(browser, server.base_url)
+    sign_in(page)
+    question = "where do I park my bicycle?"
+    rows = run_bench(page, question, "kb:facilities")
+    assert "Parking rules" in rows.locator("tr[data-rank='1'] .source").inner_text()
+
+    page.goto("/console/#/knowledge?tenant=console:local&kb=facilities")
+    delete = page.get_by_role("button", name="Delete Parking rules")
+    delete.click()
+    dialog = page.locator("dialog#dialog")
+    assert dialog.is_visible() and "Parking rules" in dialog.inner_text()
+    # keyboard: focus stays in the dialog, Escape cancels and gives focus back
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.getElementById('dialog').contains(document.activeElement)")
+    page.keyboard.press("Escape")
+    assert not dialog.is_visible()
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == \
+        "Delete Parking rules"
+    assert page.locator("table.responsive tr", has_text="Parking rules").count() == 1
+
+    delete.click()
+    page.locator("#dialog-ok").click()
+    page.locator("[data-testid=sources-empty]").wait_for()
+    assert "Deleted" in page.locator("p.status").inner_text()
+
+    page.goto("/console/#/bench?tenant=console:local")
+    page.wait_for_selector("#bench-q")
+    if page.locator("#bench-scope option[value='kb:facilities']").count():
+        page.select_option("#bench-scope", "kb:facilities")
+    page.fill("#bench-q", question)
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_selector("[data-testid=bench-answer]")
+    assert "Parking rules" not in page.locator("main").inner_text()
+    assert "basement" not in page.locator("main").inner_text()
+    page.context.close()
+
+
+def test_a_tenant_admin_cannot_open_another_tenants_knowledge_by_changing_the_url(
+        server: ConsoleServer, browser: Any, documents: dict[str, Any]) -> None:
+    with api_client(server.base_url) as client:
+        sources = client.get("/console/api/sources",
+                             params={"tenant": OTHER_TENANT, "kb": "default"}).json()
+    (other,) = [s for s in sources if s["title"] == OTHER_TITLE]
+    target = f"/console/#/knowledge?tenant={OTHER_TENANT}&kb=default&source={other['id']}"
+
+    # a Knowbot admin sees it at that address (so the refusal below is about who asks)
+    admin = new_page(browser, server.base_url)
+    sign_in(admin)
+    admin.goto(target)
+    admin.locator("#chunks li.chunk", has_text="secret").wait_for()
+    assert OTHER_TITLE in admin.locator("table.responsive").inner_text()
+    admin.context.close()
+
+    mine = "slack:T0MINE"
+    page = new_page(browser, server.base_url)
+    page.goto(server.link(Grant("slack:U0ADMIN", "tenant", [mine])))
+    page.wait_for_selector("body[data-ready=true]")
+    assert mine in page.inner_text("#who")
+    page.goto(target)
+    page.locator("main .error").first.wait_for()
+    text = page.locator("main").inner_text()
+    assert OTHER_TITLE not in text and "secret" not in text
+    assert f"no tenant “{OTHER_TENANT}” that you may see" in text
+    # the bench refuses it too
+    page.goto(f"/console/#/bench?tenant={OTHER_TENANT}")
+    page.wait_for_selector("#bench-q")
+    page.fill("#bench-q", "salary bands")
+    page.get_by_role("button", name="Search").click()
+    page.locator(".bench-results .error").wait_for()
+    assert "secret" not in page.locator("main").inner_text()
+    page.context.close()

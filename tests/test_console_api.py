@@ -539,3 +539,15 @@ def test_an_access_log_line_never_shows_a_link_token(tmp_path: Path) -> None:
                                                            303), None)
     handler.emit(record)
     assert "abc.def" not in out.getvalue() and "/console/link?t=***" in out.getvalue()
+
+
+async def test_a_link_opened_from_a_chat_app_moves_on_from_its_own_page(
+        tmp_path: Path, embedder: Any) -> None:
+    async with console_server(tmp_path, embedder, admins=["test:root"]) as (client, runtime):
+        link = await chat_link(runtime, ConversationKey("test", "team-1", "root", "root"))
+        # a click in Slack's or Telegram's web app is a cross-site navigation: no redirect (the
+        # browser would not send the SameSite=Strict cookie along it), a page that moves on
+        opened = await client.get(_path(link), headers={"Sec-Fetch-Site": "cross-site"})
+        assert opened.status_code == 200 and "kb_session" in opened.cookies
+        assert 'http-equiv="refresh" content="0;url=/console/"' in opened.text
+        assert (await me(client))["admin"] == "test:root"

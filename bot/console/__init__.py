@@ -193,8 +193,13 @@ def build_console(settings: "Settings", runtime: Callable[[], "Runtime"]) -> Fas
                                 status_code=403, headers={"Cache-Control": "no-store",
                                                           "Referrer-Policy": "no-referrer"})
         session = await console.sessions.create(grant)
-        response = RedirectResponse(f"{root}/", status_code=303,
-                                    headers={"Referrer-Policy": "no-referrer"})
+        headers = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+        if request.headers.get("sec-fetch-site", "none") in ("none", "same-origin"):
+            response: Response = RedirectResponse(f"{root}/", status_code=303, headers=headers)
+        else:
+            # Opened from a chat app (another site): a browser does not send a SameSite=Strict
+            # cookie along a redirect chain that began elsewhere, so this page moves on itself.
+            response = HTMLResponse(pages.continue_page(lang, root), headers=headers)
         set_session_cookie(response, request, session)
         return response
 

@@ -34,6 +34,8 @@ TEXTS = {
                "`knowbot console hash-password`), or name Knowbot admins in KNOWBOT_ADMINS, "
                "then restart `knowbot serve`.",
         "back": "Go to the sign-in page",
+        "signed_in": "Signed in",
+        "continue": "Open the console",
     },
     "zh": {
         "title": "Knowbot 控制台",
@@ -56,6 +58,8 @@ TEXTS = {
                "KNOWBOT_CONSOLE_PASSWORD_HASH），或在 KNOWBOT_ADMINS 中指定 Knowbot 管理员，"
                "然后重启 `knowbot serve`。",
         "back": "前往登录页",
+        "signed_in": "已登录",
+        "continue": "打开控制台",
     },
 }
 
@@ -122,3 +126,12 @@ def message_page(lang: str, root: str, title_key: str, text: str, *,
     return _page(lang, t[title_key],
                  f'<h2>{html.escape(t[title_key])}</h2><p class="notice" role="alert">'
                  f"{html.escape(text)}</p>{link}", root)
+
+
+def continue_page(lang: str, root: str) -> str:
+    """After a chat link: signed in, on to the console (a refresh from this page, same-site)."""
+    t = TEXTS[lang]
+    body = (f'<h2>{html.escape(t["signed_in"])}</h2>'
+            f'<p><a id="continue" href="{root}/">{html.escape(t["continue"])}</a></p>')
+    page = _page(lang, t["signed_in"], body, root)
+    return page.replace("<head>", f'<head><meta http-equiv="refresh" content="0;url={root}/">', 1)

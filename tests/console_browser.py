@@ -139,9 +139,14 @@ def _without_knowbot_env() -> Iterator[None]:
 
 # ---- an API client with a console session (for setting up data without the browser) ----------
 
-def api_client(base_url: str, password: str = PASSWORD) -> httpx.Client:
+@contextmanager
+def api_client(base_url: str, password: str = PASSWORD) -> Iterator[httpx.Client]:
     """An httpx client signed in to the console with the password; `.headers` carry the CSRF."""
-    client = httpx.Client(base_url=base_url, timeout=120)
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        yield _signed_in(client, password)
+
+
+def _signed_in(client: httpx.Client, password: str) -> httpx.Client:
     page = client.get("/console/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert csrf, page.text

@@ -236,10 +236,14 @@ def test_the_playground_answers_with_a_citation(server: ConsoleServer, browser: 
     assert "30 days" in answer.locator(".msg-text").inner_text()
     assert REFUND_TITLE in answer.locator(".citation").first.inner_text()
 
-    # the same conversation is on the conversations page, with its citation
+    # the same conversation is on the conversations page (found by its text), with its citation
     page.goto("/console/#/conversations?channel=console")
-    page.locator("a.conv", has_text="return an item").first.click()
+    page.fill("#conv-q", "return an item")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_url("**q=return*")
+    page.locator("a.conv").first.click()
     messages = page.locator("ol.messages")
+    messages.locator("li.msg.user", has_text=question).wait_for()
     messages.locator("li.msg.assistant .citation").first.wait_for()
     assert REFUND_TITLE in messages.locator("li.msg.assistant .citation").first.inner_text()
     page.context.close()

@@ -418,7 +418,15 @@
     sourcesSection.appendChild(h('h2', { id: 'sources-h', text: t('sources_of', { kb }) }));
     const status = h('p.status', { role: 'status' });
     const listArea = h('div');
-    const reload = () => loadSources(listArea, tenant, kb, status, alive);
+    // a knowledge base that does not exist yet is empty: the first upload makes it
+    let known = kbs.some((item) => item.name === kb);
+    const reload = async () => {
+      if (!known) {
+        try { known = (await getJSON(`/kbs${qs({ tenant })}`)).some((item) => item.name === kb); } catch (_) { /* shown below */ }
+      }
+      if (known) await loadSources(listArea, tenant, kb, status, alive);
+      else clear(listArea).appendChild(h('p.empty', { 'data-testid': 'sources-empty', text: t('sources_empty') }));
+    };
     sourcesSection.appendChild(uploadArea(tenant, kb, reload));
     sourcesSection.appendChild(linkForm(tenant, kb, reload, status));
     sourcesSection.appendChild(status);

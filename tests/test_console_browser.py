@@ -329,3 +329,46 @@ def test_a_tenant_admin_cannot_open_another_tenants_knowledge_by_changing_the_ur
     page.locator(".bench-results .error").wait_for()
     assert "secret" not in page.locator("main").inner_text()
     page.context.close()
+
+
+def test_the_playground_shows_a_tool_call_as_it_happens_then_the_answer(
+        tmp_path: Path, embedder: object, browser: Any) -> None:
+    import asyncio
+    import threading
+
+    from fake_openai import FakeOpenAI, reply, tool_calls
+
+    release = threading.Event()
+
+    async def answer_when_released(request: dict[str, Any]) -> Any:
+        await asyncio.to_thread(release.wait, 120)
+        return reply("Customers have 30 days to return an item for a full refund [1].")
+
+    with FakeOpenAI(default=answer_when_released) as model, ConsoleServer(
+            tmp_path / "data", embedder=embedder, llm_base_url=model.base_url,
+            llm_api_key="sk-test", llm_model="fake-model") as server:
+        with api_client(server.base_url) as client:
+            assert upload(client, "refunds.pdf", make_pdf(), tenant="console:local",
+                          content_type=PDF_TYPE)["ok"]
+        try:
+            model.script(tool_calls(("search_knowledge", {"query": "refund period"})))
+            page = new_page(browser, server.base_url)
+            sign_in(page)
+            page.goto("/console/#/playground")
+            page.fill("#play-q", "How long do I have to return something?")
+            page.get_by_role("button", name="Send").click()
+            # the tool call and its result are on the page while the model is still answering
+            tool = page.locator("li.tool-event[data-tool=search_knowledge].done")
+            tool.wait_for()
+            assert "refund period" in tool.locator("pre").first.inner_text()
+            assert page.locator("[data-testid=play-answer]").count() == 0
+            assert page.locator("li.msg.pending").is_visible()
+            release.set()
+            answer = page.locator("[data-testid=play-answer]")
+            answer.wait_for()
+            assert "30 days" in answer.locator(".msg-text").inner_text()
+            assert "Refund policy" in answer.locator(".citation").inner_text()
+            assert page.locator("li.msg.pending").count() == 0
+            page.context.close()
+        finally:
+            release.set()  # never leave the model waiting

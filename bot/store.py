@@ -275,7 +275,7 @@ class Store:
             query = query.where(conv.c.chat_id.in_(chats))
         if text:
             hit = select(msg.c.conversation_id).where(
-                msg.c.content.contains(text[:200], autoescape=True))
+                msg.c.content.icontains(text[:200], autoescape=True))
             query = query.where(conv.c.id.in_(hit))
         count = (select(func.count(), func.max(msg.c.id)).where(
             msg.c.conversation_id == bindparam("conv")))

@@ -551,3 +551,40 @@ async def test_a_link_opened_from_a_chat_app_moves_on_from_its_own_page(
         assert opened.status_code == 200 and "kb_session" in opened.cookies
         assert 'http-equiv="refresh" content="0;url=/console/"' in opened.text
         assert (await me(client))["admin"] == "test:root"
+
+
+async def test_the_console_store_queries_on_sqlite_and_postgresql(db_url: str) -> None:
+    from bot.store import Store
+
+    store = await Store.open(db_url)
+    try:
+        a = ConversationKey("slack", "T:1", "C1", "U1")  # a ':' inside is escaped in the id
+        b = ConversationKey("slack", "T:1", "C1", "U2")
+        other = ConversationKey("telegram", "bot", "-5", "U1")
+        await store.add_messages(a, [("user", "Where is the 50% OFF code?", 5),
+                                     ("assistant", "Here", 1)], user_id="U1",
+                                 meta=[None, {"citations": [{"source": "Promo"}],
+                                              "tools": [{"name": "calc"}]}])
+        await store.add_messages(b, [("user", "thanks", 1)], user_id="U2")
+        await store.add_messages(other, [("user", "hello", 1)], user_id="U1")
+        await store.set_summary(a, "U1 asked for a code", 5, 1)
+        found = await store.conversations(tenant="slack:T:1", text="50% off")
+        assert [(c["tenant"], c["chat_id"], c["messages"], c["last"]) for c in found] == [
+            ("slack:T:1", "C1", 3, "thanks")]
+        assert await store.conversations(tenant="slack:T:1", text="70% off") == []
+        assert [c["channel"] for c in await store.conversations(tenants=["telegram:bot"])] == [
+            "telegram"]
+        assert await store.conversations(tenants=[]) == []
+        conv = await store.conversation(a.conversation_id())
+        assert conv is not None and conv["summary"] == "U1 asked for a code"
+        assert [m["citations"] for m in conv["messages"]] == [[], [{"source": "Promo"}], []]
+        assert conv["messages"][1]["tools"] == [{"name": "calc"}]
+        done = await store.forget_user("slack", "T:1", "U1")
+        assert done == {"messages": 2, "conversations": 0, "affected": [a.conversation_id()]}
+        conv = await store.conversation(a.conversation_id())
+        assert conv is not None and conv["summary"] == "" and len(conv["messages"]) == 1
+        assert len((await store.conversation(other.conversation_id()) or {})["messages"]) == 1
+        assert (await store.forget_user("slack", "T:1", "U2"))["conversations"] == 1
+        assert await store.conversation(a.conversation_id()) is None
+    finally:
+        await store.close()

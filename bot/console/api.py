@@ -277,8 +277,11 @@ def build_api(settings: "Settings", console: "Console") -> FastAPI:
             tenant_reach(s, tenant)
 
         def may_see(t: str, chat: str | None) -> bool:
-            return (not tenant or t == tenant) and s.may_see(t, chat if not s.whole_tenant
-                                                             else None)
+            if tenant and t != tenant:
+                return False
+            if not s.whole_tenant:  # a group's admin: that group's rows only
+                return chat is not None and s.may_see(t, chat)
+            return s.may_see(t)
 
         a = admin()
         return {"rows": await a.usage_rows(days, may_see),

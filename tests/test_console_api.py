@@ -196,10 +196,14 @@ async def test_a_password_hash_signs_in_and_the_plain_password_is_not_needed(
     encoded = hash_password(PASSWORD)
     assert encoded.startswith("scrypt$16384$8$1$") and verify_hash(PASSWORD, encoded)
     assert not verify_hash("other", encoded) and not verify_hash(PASSWORD, "scrypt$1$2$3")
-    async with console_server(tmp_path, embedder, console_password_hash=encoded) as (client, _):
+    clock = ManualClock(datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc))
+    async with console_server(tmp_path, embedder, clock, console_password_hash=encoded,
+                              console_session_hours=2) as (client, _):
         assert (await sign_in(client, "almost " + PASSWORD)).status_code == 401
         assert (await sign_in(client)).status_code == 303
         assert (await me(client))["scope"] == "all"
+        clock.advance(timedelta(hours=2, seconds=1))  # the session ends with its lifetime
+        assert (await client.get("/console/api/me")).status_code == 401
 
 
 def test_hash_password_prints_a_hash_the_console_accepts(tmp_path: Path) -> None:
@@ -588,3 +592,46 @@ async def test_the_console_store_queries_on_sqlite_and_postgresql(db_url: str) -
         assert await store.conversation(a.conversation_id()) is None
     finally:
         await store.close()
+
+
+async def test_a_link_added_from_the_console_is_recrawled_on_request(tmp_path: Path,
+                                                                  embedder: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse as Page
+    from starlette.routing import Route
+
+    from loopback import serve_in_thread
+
+    body = {"text": "<html><head><title>Parking</title></head><body><h1>Parking</h1><p>"
+                    + PARKING.split("\n\n", 1)[1] + "</p></body></html>"}
+
+    async def page(request: Any) -> Page:
+        return Page(body["text"])
+
+    site = Starlette(routes=[Route("/parking", page)])
+    clock = ManualClock(datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc))
+    with serve_in_thread(site) as base:
+        async with console_server(tmp_path, embedder, clock, console_password=PASSWORD,
+                                  ingest_allow_hosts=["127.0.0.1"]) as (client, _):
+            assert (await sign_in(client)).status_code == 303
+            csrf = (await me(client))["csrf"]
+            url = f"{base}/parking"
+            added = ndjson(await client.post("/console/api/link", json={"url": url}, params={
+                "tenant": "console:local", "kb": "web"}, headers={"X-CSRF-Token": csrf}))
+            assert added[-1]["ok"] and added[-1]["receipt"]["status"] == "added"
+            (source,) = (await client.get("/console/api/sources", params={
+                "tenant": "console:local", "kb": "web"})).json()
+            assert source["url"] == url and source["recrawled_at"] is None
+            clock.advance(timedelta(hours=1))
+            body["text"] = body["text"].replace("40 spaces", "60 spaces")
+            again = ndjson(await client.post(f"/console/api/sources/{source['id']}/recrawl",
+                                             params={"tenant": "console:local", "kb": "web"},
+                                             headers={"X-CSRF-Token": csrf}))
+            assert again[-1]["ok"] and again[-1]["receipt"]["status"] == "updated"
+            (after,) = (await client.get("/console/api/sources", params={
+                "tenant": "console:local", "kb": "web"})).json()
+            assert after["recrawled_at"] == "2026-12-01T10:00:00+00:00"
+            chunks = (await client.get(f"/console/api/sources/{source['id']}/chunks",
+                                       params={"tenant": "console:local"})).json()
+            assert "60 spaces" in " ".join(c["text"] for c in chunks)
+            assert "40 spaces" not in " ".join(c["text"] for c in chunks)

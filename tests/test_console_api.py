@@ -635,3 +635,30 @@ async def test_a_link_added_from_the_console_is_recrawled_on_request(tmp_path: P
                                        params={"tenant": "console:local"})).json()
             assert "60 spaces" in " ".join(c["text"] for c in chunks)
             assert "40 spaces" not in " ".join(c["text"] for c in chunks)
+
+
+async def test_the_admin_api_shares_the_consoles_operations(tmp_path: Path, embedder: Any) -> None:
+    token = "admin-token-for-the-test-0123456789"
+    async with console_server(tmp_path, embedder, admin_token=token) as (client, runtime):
+        auth = {"Authorization": f"Bearer {token}"}
+        assert (await client.post("/api/bench", json={"query": "vpn"})).status_code == 401
+        added = await client.post("/api/ingest/file", params={"name": "vpn.md"}, headers=auth,
+                                  content=VPN.encode())
+        receipt = ndjson(added)[-1]["receipt"]
+        chunks = (await client.get(f"/api/sources/{receipt['source_id']}/chunks",
+                                   headers=auth)).json()
+        assert "self-service portal" in chunks[0]["text"]
+        bench = (await client.post("/api/bench", headers=auth, json={
+            "query": "How do I reset my VPN password?"})).json()
+        assert bench["passages"][0]["source"] == "VPN access" and bench["gate"]["kept"] >= 1
+        asked = (await client.post("/api/ask", headers=auth, json={
+            "question": "How do I reset my VPN password?", "user": "ops"})).json()
+        assert asked["citations"][0]["source"] == "VPN access"
+        (conv,) = (await client.get("/api/conversations", headers=auth,
+                                    params={"tenant": "console:local"})).json()
+        detail = (await client.get(f"/api/conversations/{conv['id']}", headers=auth)).json()
+        assert detail["messages"][1]["citations"][0]["source"] == "VPN access"
+        assert (await client.get("/api/backlog", headers=auth)).json()["outbox"] == 0
+        gone = (await client.delete("/api/users", headers=auth, params={
+            "tenant": "console:local", "user": "ops"})).json()
+        assert gone == {"messages": 2, "conversations": 1, "jobs": 0}

@@ -662,3 +662,21 @@ async def test_the_admin_api_shares_the_consoles_operations(tmp_path: Path, embe
         gone = (await client.delete("/api/users", headers=auth, params={
             "tenant": "console:local", "user": "ops"})).json()
         assert gone == {"messages": 2, "conversations": 1, "jobs": 0}
+
+
+async def test_two_replicas_share_links_sessions_and_the_login_limit(tmp_path: Path,
+                                                                    embedder: Any) -> None:
+    clock = ManualClock(datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc))
+    shared = {"admins": ["test:root"], "console_password": PASSWORD}
+    async with console_server(tmp_path, embedder, clock, **shared) as (a, runtime_a), \
+            console_server(tmp_path, embedder, clock, **shared) as (b, runtime_b):
+        assert runtime_a is not runtime_b and a.base_url != b.base_url
+        link = await chat_link(runtime_a, ConversationKey("test", "team-1", "root", "root"))
+        assert (await b.get(_path(link))).status_code == 303  # made on one, used on the other
+        assert (await a.get(_path(link))).status_code == 403  # and only once, anywhere
+        async with httpx.AsyncClient(base_url=str(a.base_url),
+                                     cookies={"kb_session": b.cookies["kb_session"]}) as same:
+            assert (await me(same))["admin"] == "test:root"  # the session is known to both
+        for _ in range(5):
+            assert (await sign_in(a, "guess")).status_code == 401
+        assert (await sign_in(b)).status_code == 429

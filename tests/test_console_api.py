@@ -42,7 +42,8 @@ KNOWBOT = str(Path(sys.executable).parent / "knowbot")
 
 @asynccontextmanager
 async def console_server(tmp_path: Path, embedder: Any, clock: ManualClock | None = None,
-                         **overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+                         channels: Any = None, **overrides: Any
+                         ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     """The server app on a free loopback port; a client with a cookie jar; the runtime."""
     overrides.setdefault("scheduler_enabled", False)
     settings = make_settings(tmp_path, **overrides)
@@ -51,7 +52,8 @@ async def console_server(tmp_path: Path, embedder: Any, clock: ManualClock | Non
     async def factory(s: Any) -> Runtime:
         return await Runtime.start(s, embedder=embedder, clock=clock)
 
-    app = create_app(settings, runtime_factory=factory, channels=[])
+    app = create_app(settings, runtime_factory=factory,
+                     channels=channels(settings) if channels else [])
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -113,6 +115,12 @@ async def chat_link(runtime: Runtime, key: ConversationKey, *, is_admin: bool = 
     found = re.search(r"https?://\S+/console/link\?t=\S+", answer.text)
     assert found is not None, answer.text
     return found.group(0)
+
+
+async def issue(runtime: Runtime, grant: Grant) -> str:
+    """The link /console sends for this grant (what the chat command does)."""
+    links = Links(runtime.settings, runtime.state, runtime.clock)
+    return links.url(await links.issue(grant))
 
 
 def _path(url: str) -> str:
@@ -267,15 +275,37 @@ async def test_a_chat_link_signs_in_once_and_expires(
     assert link.split("t=", 1)[1] not in logged and late.split("t=", 1)[1] not in logged
 
 
-async def test_a_workspace_admin_gets_a_link_to_their_tenant_only(
+async def test_a_slack_workspace_admin_gets_a_private_link_to_their_workspace_only(
         tmp_path: Path, embedder: Any) -> None:
-    async with console_server(tmp_path, embedder, console_password=PASSWORD) as (client, runtime):
-        dm = ConversationKey("slack", "T1", "D42", "U7")
-        link = await chat_link(runtime, dm, is_admin=True)  # Slack: workspace admin or owner
-        assert (await client.get(_path(link))).status_code == 303
-        who = await me(client)
-        assert who == {**who, "scope": "tenant", "tenants": ["slack:T1"], "chats": None,
-                       "admin": "slack:U7"}
+    from channels.slack import SlackChannel
+    from fake_slack import FakeSlack
+    from webapp import SLACK_SECRET, post_slack, slack_mention
+
+    token = "xoxb-console-test"
+    async with FakeSlack() as slack:
+        slack.add_workspace("T1", token, bot_user_id="UBOT")
+        slack.add_user("T1", "U1")
+        slack.add_user("T1", "UADMIN", is_admin=True)
+        async with console_server(tmp_path, embedder, channels=lambda s: [SlackChannel(s)],
+                                  console_password=PASSWORD, slack_bot_token=token,
+                                  slack_signing_secret=SLACK_SECRET,
+                                  slack_api_base=slack.api_base) as (client, runtime):
+            for user in ("U1", "UADMIN"):  # typed in a channel of the workspace
+                sent = await post_slack(client, slack_mention("T1", user, "C1", "<@UBOT> /console"))
+                assert sent.status_code == 200
+            posts = await slack.wait_for("chat.postMessage", 3)
+            said = {(p.params["channel"], p.params.get("text", "")) for p in posts}
+            texts = " ".join(text for _, text in said)
+            private = [text for channel, text in said if channel == "UADMIN"]
+            assert len(private) == 1 and "/console/link?t=" in private[0]  # to the admin only
+            assert "Only admins" in texts and "sent you a sign-in link" in texts
+            assert sum("/console/link" in text for _, text in said) == 1  # never in C1
+            link = re.search(r"https?://\S+/console/link\?t=[\w.\-]+", private[0])
+            assert link is not None
+            assert (await client.get(_path(link.group(0)))).status_code == 303
+            who = await me(client)
+            assert who == {**who, "scope": "tenant", "tenants": ["slack:T1"], "chats": None,
+                           "admin": "slack:UADMIN"}
 
 
 # ---- tenant scoping ---------------------------------------------------------------------------
@@ -297,8 +327,7 @@ async def test_a_scoped_admin_gets_404_for_another_tenants_data(tmp_path: Path,
 
         scoped = httpx.AsyncClient(base_url=str(client.base_url))
         async with scoped:
-            link = await chat_link(runtime, ConversationKey("slack", "T1", "D1", "U1"),
-                                   is_admin=True)  # a Slack workspace admin, in a DM
+            link = await issue(runtime, Grant("slack:U1", "tenant", ["slack:T1"]))
             assert (await scoped.get(_path(link))).status_code == 303
             scsrf = (await me(scoped))["csrf"]
             # its own tenant works
@@ -343,8 +372,7 @@ async def test_a_scoped_admin_gets_404_for_another_tenants_data(tmp_path: Path,
             grant = grant_for(InboundMessage(key=key, message_id="g", text="/console",
                                              is_admin=True, is_group=True), runtime.settings)
             assert grant == Grant("telegram:5", "tenant", ["telegram:bot1"], ["-1001"])
-            links = Links(runtime.settings, runtime.state, runtime.clock)
-            link = links.url(await links.issue(grant))
+            link = await issue(runtime, grant)
             assert (await group.get(_path(link))).status_code == 303
             assert (await group.get("/console/api/kbs", params={"tenant": "telegram:bot1"})
                     ).json() == []

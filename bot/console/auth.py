@@ -326,7 +326,10 @@ def console_command(settings: "Settings", state: "StateStore", clock: "Clock",
     async def handle(args: str, message: "InboundMessage") -> Reply:
         grant = grant_for(message, settings)
         if grant is None:
-            return Reply("Only admins can use /console.", kind="notice")
+            where = ("" if message.is_group else
+                     " A workspace's or group's admin sends it in a channel or group they "
+                     "administer.")
+            return Reply("Only admins can use /console." + where, kind="notice")
         token = await links.issue(grant)
         minutes = settings.console_link_minutes
         reach = ("everything" if grant.scope == "all" else
@@ -347,5 +350,5 @@ def console_command(settings: "Settings", state: "StateStore", clock: "Clock",
         return Reply("I could not send you a private message yet: start a private chat with "
                      "me, then send /console here again.", kind="notice")
 
-    return Command("console", "get a one-time sign-in link to the web console", handle,
-                   admin_only=True)
+    # not admin_only: a chat admin is known only where they administer (grant_for decides)
+    return Command("console", "a one-time sign-in link to the web console (admins)", handle)

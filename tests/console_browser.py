@@ -33,14 +33,17 @@ PASSWORD = "correct horse battery staple"
 # a fixed moment: nothing in these tests depends on the day they run
 START = datetime(2031, 3, 9, 9, 30, tzinfo=timezone.utc)
 T = TypeVar("T")
+# one clock for every server in this process: APScheduler follows a single clock per process
+CLOCK = ManualClock(START)
 
 
 class ConsoleServer:
-    """The real app (create_app, lifespan and all) on 127.0.0.1, with a ManualClock."""
+    """The real app (create_app, lifespan and all) on 127.0.0.1, with a ManualClock (by default
+    the process's one CLOCK)."""
 
     def __init__(self, data_dir: Path, *, embedder: object | None = None,
                  clock: ManualClock | None = None, **settings: Any) -> None:
-        self.clock = clock or ManualClock(START)
+        self.clock = clock or CLOCK
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

@@ -323,7 +323,7 @@
       h('th', { scope: 'col', class: col.num ? 'num' : null, text: col.label })));
     const body = rows.map((row) => h('tr', row.attrs || null, columns.map((col) => {
       const value = col.cell(row.data);
-      return h('td', { 'data-label': col.label, class: col.num ? 'num' : null },
+      return h('td', { 'data-label': col.label, class: [col.num ? 'num' : '', col.cls || ''].join(' ').trim() || null },
         value instanceof Node || Array.isArray(value) ? value : String(value ?? '—'));
     })));
     return h('div.table-wrap', null,
@@ -453,13 +453,13 @@
       return;
     }
     const columns = [
-      { label: t('col_title'), cell: (s) => h('a', { href: href('knowledge', { tenant, kb, source: s.id }), text: s.title }) },
+      { label: t('col_title'), cls: 'title-cell', cell: (s) => h('a', { href: href('knowledge', { tenant, kb, source: s.id }), text: s.title }) },
       { label: t('col_origin'), cell: (s) => (s.url ? h('span.origin', { text: s.url, title: s.url }) : h('span.origin', { text: s.origin, title: s.origin })) },
       { label: t('col_type'), cell: (s) => s.kind },
       { label: t('col_pages'), num: true, cell: (s) => fmtNumber(s.pages) },
       { label: t('col_chunks'), num: true, cell: (s) => fmtNumber(s.chunks) },
       { label: t('col_added_by'), cell: (s) => s.added_by || '—' },
-      { label: t('col_added_at'), cell: (s) => fmtTime(s.added_at) },
+      { label: t('col_added_at'), cls: 'when-cell', cell: (s) => fmtTime(s.added_at) },
       { label: t('col_lang'), cell: (s) => s.lang || '—' },
       { label: t('col_recrawled'), cell: (s) => (s.url ? fmtTime(s.recrawled_at) : t('not_a_link')) },
       {
@@ -653,9 +653,7 @@
     try { kbs = await getJSON(`/kbs${qs({ tenant })}`); } catch (err) { loadError = err; }
     if (!alive()) return;
     const form = h('form.card.bench-form', { 'aria-label': t('bench_title') });
-    form.appendChild(tenantPicker(tenant, (value) => go('bench', { tenant: value })));
     if (loadError) form.appendChild(errorBox(loadError.status === 404 ? t('err_tenant_unknown', { tenant }) : loadError.message));
-
     const scope = h('select', { id: 'bench-scope' });
     const kbGroup = h('optgroup', { label: t('scope_kbs') });
     for (const kb of kbs) kbGroup.appendChild(h('option', { value: `kb:${kb.name}`, text: kb.name }));
@@ -674,6 +672,7 @@
     const run = h('button.btn.primary', { type: 'submit', text: t('bench_run') });
     form.appendChild(h('div.field.grow', null, h('label', { for: 'bench-q', text: t('question') }), question));
     form.appendChild(h('div.form-row', null,
+      tenantPicker(tenant, (value) => go('bench', { tenant: value })),
       h('div.field', null, h('label', { for: 'bench-scope', text: t('scope') }), scope),
       h('div.field.narrow', null, h('label', { for: 'bench-k', text: t('top_k') }), topK),
       run));
@@ -952,14 +951,23 @@
       main.appendChild(h('p.empty.card', { text: t('usage_empty') }));
     } else {
       const byDay = perDay(rows);
-      main.appendChild(h('div.charts', null,
-        chartCard(t('chart_requests'), barChart(byDay, [
+      const charts = [
+        [t('chart_requests'), () => barChart(byDay, [
           { key: 'calls', label: t('series_calls'), cls: 'c1' },
-          { key: 'errors', label: t('series_errors'), cls: 'c3' }], { stacked: false })),
-        chartCard(t('chart_tokens'), barChart(byDay, [
+          { key: 'errors', label: t('series_errors'), cls: 'c3' }], { stacked: false })],
+        [t('chart_tokens'), () => barChart(byDay, [
           { key: 'prompt_tokens', label: t('series_prompt'), cls: 'c1' },
-          { key: 'completion_tokens', label: t('series_completion'), cls: 'c2' }], { stacked: true })),
-        chartCard(t('chart_latency'), lineChart(byDay, 'latency', t('series_latency')))));
+          { key: 'completion_tokens', label: t('series_completion'), cls: 'c2' }], { stacked: true })],
+        [t('chart_latency'), () => lineChart(byDay, 'latency', t('series_latency'))],
+      ].map(([title, draw]) => ({ card: h('figure.card.chart', null, h('figcaption', { text: title })), draw }));
+      main.appendChild(h('div.charts', null, charts.map((c) => c.card)));
+      // drawn at the width they get, so the text in them is at its real size
+      for (const { card, draw } of charts) {
+        const style = window.getComputedStyle(card);
+        const inner = card.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        CW = Math.max(240, Math.floor(inner));
+        card.appendChild(draw());
+      }
       main.appendChild(groupTable(rows, (r) => `${r.provider || '—'} · ${r.model || '—'}`, t('by_provider')));
       main.appendChild(groupTable(rows, (r) => r.tenant || '—', t('by_tenant')));
       main.appendChild(groupTable(rows, (r) => (r.channel ? t(`channel_${r.channel}`) : '—'), t('by_channel')));
@@ -998,11 +1006,7 @@
     return out;
   }
 
-  function chartCard(title, chart) {
-    return h('figure.card.chart', null, h('figcaption', { text: title }), chart);
-  }
-
-  const CW = 600;
+  let CW = 600; // the chart's width in pixels, set before each chart is drawn
   const CH = 220;
   const PAD = { l: 52, r: 12, t: 12, b: 28 };
 
@@ -1053,7 +1057,7 @@
     const slot = plotW / Math.max(1, days.length);
     const barW = Math.max(1, Math.min(28, slot * 0.7));
     const label = series.map((s) => `${s.label}: ${fmtNumber(days.reduce((a, d) => a + d[s.key], 0))}`).join(', ');
-    const chart = svg('svg', { viewBox: `0 0 ${CW} ${CH}`, role: 'img', 'aria-label': label, class: 'chart-svg', preserveAspectRatio: 'none' });
+    const chart = svg('svg', { viewBox: `0 0 ${CW} ${CH}`, width: CW, height: CH, role: 'img', 'aria-label': label, class: 'chart-svg' });
     chart.appendChild(axes(max, days, shortNumber));
     days.forEach((d, i) => {
       const x = PAD.l + slot * i + (slot - barW) / 2;
@@ -1080,7 +1084,7 @@
     const max = niceMax(Math.max(0, ...values));
     const ms = (v) => t('ms', { n: shortNumber(v) });
     const avg = values.length ? values.reduce((a, v) => a + v, 0) / values.length : 0;
-    const chart = svg('svg', { viewBox: `0 0 ${CW} ${CH}`, role: 'img', class: 'chart-svg', preserveAspectRatio: 'none',
+    const chart = svg('svg', { viewBox: `0 0 ${CW} ${CH}`, width: CW, height: CH, role: 'img', class: 'chart-svg',
       'aria-label': `${label}: ${t('ms', { n: fmtNumber(avg, 0) })}` });
     chart.appendChild(axes(max, days, ms));
     const step = days.length > 1 ? plotW / (days.length - 1) : 0;
@@ -1141,6 +1145,10 @@
 
   async function pagePlayground(main, params, alive) {
     main.appendChild(pageHead('play_title', 'play_intro'));
+    if (state.me.scope !== 'all') {
+      main.appendChild(h('p.empty.card', { text: t('play_admins_only') }));
+      return;
+    }
     let kbs = [];
     try { kbs = await getJSON(`/kbs${qs({ tenant: state.me.console_tenant })}`); } catch (_) { kbs = []; }
     if (!alive()) return;
@@ -1278,6 +1286,8 @@
       clear(document.getElementById('main')).appendChild(errorBox(err.message));
       return;
     }
+    // the playground answers in the console's own tenant: Knowbot admins only
+    document.querySelector('#nav a[data-route=playground]').hidden = state.me.scope !== 'all';
     document.getElementById('who').textContent = t(state.me.scope === 'all' ? 'who_all' : 'who_tenant',
       { admin: state.me.admin, tenants: tenants().join(', ') });
     window.addEventListener('hashchange', () => {

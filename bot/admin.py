@@ -79,15 +79,13 @@ class LocalAdmin:
         one every chat of the tenant Knowbot has talked in. `chats` keeps only those chats'
         own knowledge bases (a group admin's reach)."""
         rows = await self._service().registry.list_kbs(tenant)
-        talked: dict[str, list[str]] = defaultdict(list)
-        for conv in await self.runtime.store.conversations(tenant=tenant, limit=500):
-            if conv["chat_id"] not in talked[conv["tenant"]]:
-                talked[conv["tenant"]].append(conv["chat_id"])
+        talked = await self.runtime.store.chats(tenant)
         found = []
         for r in rows:
             if chats is not None and (r.shared or r.chat_id not in chats):
                 continue
-            bound = [r.chat_id] if r.chat_id else (sorted(talked[r.tenant]) if r.shared else [])
+            bound = [r.chat_id] if r.chat_id else (
+                sorted(talked.get(r.tenant, [])) if r.shared else [])
             found.append({"tenant": r.tenant, "name": r.name, "shared": r.shared,
                           "sources": r.sources, "chats": bound, "chat_id": r.chat_id or None})
         return found

@@ -294,6 +294,25 @@ class Store:
 
         return await self._lane.read(read)
 
+    async def chats(self, tenant: str | None = None, limit: int = 5000) -> dict[str, list[str]]:
+        """The chats Knowbot has talked in, per tenant (CHANNEL:TENANT), most recent first."""
+        conv = _CONVERSATION
+        query = (select(conv.c.channel, conv.c.tenant, conv.c.chat_id,
+                        func.max(conv.c.updated_at).label("last"))
+                 .group_by(conv.c.channel, conv.c.tenant, conv.c.chat_id)
+                 .order_by(func.max(conv.c.updated_at).desc()).limit(limit))
+        if tenant:
+            ch, _, ten = tenant.partition(":")
+            query = query.where(conv.c.channel == ch, conv.c.tenant == ten)
+
+        def read(conn: Connection) -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {}
+            for row in conn.execute(query):
+                found.setdefault(f"{row.channel}:{row.tenant}", []).append(row.chat_id)
+            return found
+
+        return await self._lane.read(read)
+
     async def conversation(self, conversation_id: str, limit: int = 1000
                            ) -> dict[str, Any] | None:
         """One conversation with its messages (oldest first) and each answer's meta."""

@@ -331,7 +331,9 @@ async def test_a_scoped_admin_gets_404_for_another_tenants_data(tmp_path: Path,
             assert (await scoped.get(_path(link))).status_code == 303
             scsrf = (await me(scoped))["csrf"]
             # its own tenant works
-            assert [k["tenant"] for k in (await scoped.get("/console/api/kbs")).json()] == ["slack:T1"]
+            listing = (await scoped.get("/console/api/kbs")).json()
+            assert [(k["tenant"], k["name"], k["shared"], k["chats"]) for k in listing] == [
+                ("slack:T1", "default", True, ["C1"])]  # shared: every chat that talked
             own = await scoped.get("/console/api/sources", params={"tenant": "slack:T1",
                                                                    "kb": "default"})
             assert own.status_code == 200 and own.json()[0]["id"] == mine["source_id"]

@@ -127,7 +127,8 @@ def seed(server: ConsoleServer, faq_url: str) -> None:
              (SLACK, "C02GENERAL", "U03ALICE")]
     n = 0
     for day, count in enumerate(PER_DAY):
-        server.clock.set(START - timedelta(days=len(PER_DAY) - day, hours=-2))
+        # each day from 01:30: ten questions 37 minutes apart end before START's 09:30
+        server.clock.set(START - timedelta(days=len(PER_DAY) - 1 - day, hours=8))
         for i in range(count):
             (channel, tenant), chat, user = chats[(day + i) % len(chats)]
             question = list(QUESTIONS)[(day * 3 + i) % (len(QUESTIONS) - 1)]
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         with FakeOpenAI(default=respond) as model, ConsoleServer(
                 Path(tmp) / "data", embedder=embedder, llm_base_url=model.base_url,
                 llm_api_key="sk-screens", llm_model="gpt-4o-mini",
-                ingest_allow_hosts=["127.0.0.1"]) as server:
+                ingest_allow_hosts=["127.0.0.1"], quota_user_requests=12,
+                quota_tenant_tokens=20000) as server:
             seed(server, f"http://127.0.0.1:{faq.server_address[1]}/faq")
             with chromium() as browser:
                 for size in SIZES:

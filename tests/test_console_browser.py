@@ -218,7 +218,16 @@ def test_the_bench_finds_the_english_passage_for_a_chinese_question(
     fused = first.locator("td[data-label=Fused]").inner_text().split()[0]
     assert float(fused) > 0
     assert first.locator("td[data-label='Cross-lingual']").inner_text() != "—"
+    # the "not in the knowledge base" line: the passages the gate kept above it, the rest below
     assert rows.locator("[data-testid=gate-line]").count() == 1
+    kept = rows.evaluate("""body => { const out = []; let above = true;
+        for (const tr of body.rows) {
+            if (tr.dataset.testid === 'gate-line') { above = false; continue; }
+            out.push([above, tr.dataset.kept === 'true']);
+        }
+        return out; }""")
+    assert kept and all(above == used for above, used in kept)
+    assert kept[0] == [True, True]  # this question is answered
     assert page.locator("[data-testid=bench-answer]").inner_text().strip()
     page.context.close()
 

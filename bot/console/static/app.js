@@ -724,23 +724,24 @@
     const gateRow = () => h('tr.gate-line', { 'data-testid': 'gate-line' },
       h('td', { colspan: '6' }, h('span.gate-label', { text: t('gate_line') }),
         gate.reason ? h('span.gate-reason', { text: ` ${gate.reason}` }) : null));
-    passages.forEach((p, i) => {
-      if (i === gate.kept) rows.push(gateRow());
-      const cells = [
-        h('td.num', { 'data-label': headers[0] }, String(p.rank)),
-        h('td', { 'data-label': headers[1] },
-          h('p.passage-text', { text: p.text }),
-          h('p.passage-src', null, h('span.source', { text: p.source }),
-            p.location ? h('span', { text: ` · ${p.location}` }) : null)),
-        h('td.num', { 'data-label': headers[2] }, score(p.scores.dense)),
-        h('td.num', { 'data-label': headers[3] }, score(p.scores.xling)),
-        h('td.num', { 'data-label': headers[4] }, score(p.scores.bm25)),
-        h('td.num', { 'data-label': headers[5] }, h('span.fused', null, score(p.scores.fused),
-          h('span.meter', { 'aria-hidden': 'true' }, meterFill(p.scores.fused / maxFused)))),
-      ];
-      rows.push(h(`tr.${p.kept === false || i >= gate.kept ? 'dropped' : 'kept'}`, { 'data-rank': p.rank }, cells));
-    });
-    if (gate.kept >= passages.length) rows.push(gateRow());
+    // the gate keeps passages by score, not by rank: the kept ones (in rank order) are above
+    // the line, the others below it, each still showing its rank
+    const isKept = (p, i) => (typeof p.kept === 'boolean' ? p.kept : i < gate.kept);
+    const row = (p, kept) => h(`tr.${kept ? 'kept' : 'dropped'}`, { 'data-rank': p.rank, 'data-kept': String(kept) },
+      h('td.num', { 'data-label': headers[0] }, String(p.rank)),
+      h('td', { 'data-label': headers[1] },
+        h('p.passage-text', { text: p.text }),
+        h('p.passage-src', null, h('span.source', { text: p.source }),
+          p.location ? h('span', { text: ` · ${p.location}` }) : null,
+          h(`span.badge.${kept ? 'used' : 'unused'}`, { text: t(kept ? 'passage_used' : 'passage_unused') }))),
+      h('td.num', { 'data-label': headers[2] }, score(p.scores.dense)),
+      h('td.num', { 'data-label': headers[3] }, score(p.scores.xling)),
+      h('td.num', { 'data-label': headers[4] }, score(p.scores.bm25)),
+      h('td.num', { 'data-label': headers[5] }, h('span.fused', null, score(p.scores.fused),
+        h('span.meter', { 'aria-hidden': 'true' }, meterFill(p.scores.fused / maxFused)))));
+    passages.forEach((p, i) => { if (isKept(p, i)) rows.push(row(p, true)); });
+    rows.push(gateRow());
+    passages.forEach((p, i) => { if (!isKept(p, i)) rows.push(row(p, false)); });
     area.appendChild(h('div.card', null, h('h2', { text: t('bench_passages') }),
       h('div.table-wrap', null, h('table.responsive.bench', null,
         h('caption.visually-hidden', { text: t('bench_passages') }),
@@ -841,7 +842,7 @@
     return h(`li.msg.${role}`, null,
       h('div.msg-head', null,
         h('span.msg-role', { text: t(`role_${role}`) }),
-        m.user_id ? h('span.msg-user', { text: m.user_id }) : null,
+        role === 'user' && m.user_id ? h('span.msg-user', { text: m.user_id }) : null,
         h('time', { datetime: m.created_at || '', text: fmtTime(m.created_at) }),
         role === 'user' && m.user_id ? h('button.btn.small.ghost', { type: 'button', text: t('delete_user'),
           'aria-label': t('delete_user_of', { user: m.user_id }),
@@ -1131,13 +1132,20 @@
       section.appendChild(h('p.empty', { text: t('quotas_empty') }));
       return section;
     }
-    const keys = [];
-    for (const q of quotas) for (const k of Object.keys(q)) if (!keys.includes(k)) keys.push(k);
-    section.appendChild(table(keys.map((k) => ({
-      label: t(`quota_${k}`) === `quota_${k}` ? k : t(`quota_${k}`),
-      num: typeof quotas[0][k] === 'number',
-      cell: (q) => (typeof q[k] === 'number' ? fmtNumber(q[k]) : q[k] === null || q[k] === undefined ? '—' : typeof q[k] === 'object' ? JSON.stringify(q[k]) : String(q[k])),
-    })), quotas.map((q) => ({ data: q }))));
+    const used = (n, limit) => {
+      if (!limit) return h('span', null, fmtNumber(n || 0), h('span.muted', { text: ` · ${t('quota_no_limit')}` }));
+      const share = (n || 0) / limit;
+      return h(`span.fused${share >= 1 ? '.over' : ''}`, null, t('quota_of', { n: fmtNumber(n || 0), limit: fmtNumber(limit) }),
+        h('span.meter', { 'aria-hidden': 'true' }, meterFill(share)));
+    };
+    section.appendChild(table([
+      { label: t('quota_scope'), cell: (q) => t(`quota_scope_${q.scope}`) === `quota_scope_${q.scope}` ? String(q.scope) : t(`quota_scope_${q.scope}`) },
+      { label: t('quota_id'), cell: (q) => q.id || '—' },
+      { label: t('tenant'), cell: (q) => q.tenant || '—' },
+      { label: t('col_day'), cls: 'when-cell', cell: (q) => q.day || '—' },
+      { label: t('quota_requests'), num: true, cell: (q) => used(q.requests, q.limit_requests) },
+      { label: t('quota_tokens'), num: true, cell: (q) => used(q.tokens, q.limit_tokens) },
+    ], quotas.map((q) => ({ data: q }))));
     return section;
   }
 
@@ -1220,7 +1228,9 @@
           thinking.replaceWith(answerItem(event.answer, event.citations || []));
           state.playground[state.playground.indexOf(thinking)] = log.lastElementChild;
         } else if (event.error) {
-          const item = h('li.msg.failed', { role: 'alert' }, h('p.error', { text: event.error }));
+          // a failed answer may still carry the passages it quoted
+          const item = h('li.msg.failed', { role: 'alert' }, h('p.error', { text: event.error }),
+            event.citations && event.citations.length ? citationList(event.citations) : null);
           thinking.replaceWith(item);
           state.playground[state.playground.indexOf(thinking)] = item;
         }

@@ -5,12 +5,14 @@ and one tenant's admin kept out of another tenant's knowledge base."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from console_browser import (
+    CHROMIUM,
     DOCX_TYPE,
     PDF_TYPE,
     REFUND_TITLE,
@@ -77,6 +79,19 @@ def server(tmp_path_factory: pytest.TempPathFactory, embedder: object) -> Iterat
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Debian's Chromium; skipped where it is not installed, unless the run requires it (CI)."""
+    missing = None
+    if not Path(CHROMIUM).exists():
+        missing = f"{CHROMIUM} is not installed (Debian: apt install chromium)"
+    else:
+        try:
+            import playwright  # noqa: F401
+        except ImportError:
+            missing = "playwright is not installed (pip install -e '.[test]')"
+    if missing:
+        if os.environ.get("KNOWBOT_TEST_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(f"the browser tests are required but {missing}")
+        pytest.skip(missing)
     with chromium() as b:
         yield b
 

@@ -710,3 +710,16 @@ async def test_two_replicas_share_links_sessions_and_the_login_limit(tmp_path: P
         for _ in range(5):
             assert (await sign_in(a, "guess")).status_code == 401
         assert (await sign_in(b)).status_code == 429
+
+
+async def test_doctor_reports_the_console(tmp_path: Path) -> None:
+    from bot.doctor import check_settings
+
+    assert not [r for r in await check_settings(make_settings(tmp_path)) if r.name == "console"]
+    short = [r for r in await check_settings(make_settings(
+        tmp_path, console_password="short", admins=["slack:U1"])) if r.name == "console"]
+    assert [r.status for r in short] == ["warn", "warn"]
+    assert "12 characters" in short[0].detail and "KNOWBOT_PUBLIC_URL" in short[1].detail
+    (ok,) = [r for r in await check_settings(make_settings(
+        tmp_path, console_password_hash=hash_password(PASSWORD))) if r.name == "console"]
+    assert ok.status == "ok" and "password" in ok.detail

@@ -543,6 +543,9 @@ async def test_deleting_a_users_data(tmp_path: Path, embedder: Any) -> None:
             key=own, message_id="job", text="/remind in 2 hours call the dentist"))
         assert job is not None and "dentist" in str(await runtime.scheduler.all_jobs())  # type: ignore[union-attr]
 
+        by_chat = (await client.get("/console/api/conversations", params={
+            "tenant": "slack:T1", "chat": "D1"})).json()
+        assert [(c["chat_id"], c["messages"]) for c in by_chat] == [("D1", 2)]
         gone = await client.delete("/console/api/users", params={
             "channel": "slack", "tenant": "slack:T1", "user": "U1"},
             headers={"X-CSRF-Token": csrf})

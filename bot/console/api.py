@@ -238,6 +238,7 @@ def build_api(settings: "Settings", console: "Console") -> FastAPI:
 
     @api.get("/conversations")
     async def conversations(channel: str | None = None, tenant: str | None = None,
+                            chat: str | None = Query(None, max_length=256),
                             q: str | None = Query(None, max_length=200),
                             limit: int = Query(50, ge=1, le=500),
                             s: Session = Depends(signed_in)) -> Any:
@@ -245,10 +246,12 @@ def build_api(settings: "Settings", console: "Console") -> FastAPI:
                                  "text": q or None, "limit": limit}
         if tenant:
             tenant_reach(s, tenant)
+        if chat:
+            query["chats"] = [chat]
         if s.scope != "all":
             query["tenants"] = list(s.tenants)
             if not s.whole_tenant:
-                query["chats"] = list(s.chats or [])
+                query["chats"] = [c for c in s.chats or [] if not chat or c == chat]
         return await admin().conversations(**query)
 
     @api.get("/conversations/{conversation_id:path}")

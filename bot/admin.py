@@ -145,27 +145,32 @@ class LocalAdmin:
                 ConversationKey("", "", chat, ""))]
         else:
             kbs = names
-        query = query.strip()
-        if not kbs or not query or not await service.registry.languages(tenant, kbs):
+        searched = await service.diagnose_scope(tenant, kbs, query, top_k) if kbs else []
+        if not searched:
             return {"passages": [], "gate": {"kept": 0, "reason": "nothing to search: the scope "
                                              "holds no document"},
                     "answer": NOTHING_FOUND, "kbs": kbs}
-        found = await service.diagnose(tenant, kbs, query, top_k)
-        kept = {c.hit.id for c in found.kept}
+        from knowledge.search import interleave
+
         passages = []
-        for rank, c in enumerate(found.shown, 1):
-            p = found.passage(c)
-            passages.append({"rank": rank, "text": p.text, "source": p.source,
-                             "source_id": p.source_id, "location": p.location, "url": p.url or None,
-                             "scores": {"dense": c.dense, "xling": c.xling,
-                                        "bm25": found.bm25.get(c.hit.id), "fused": c.score},
-                             "kept": c.hit.id in kept})
-        if found.kept:
-            answer, _ = extractive_answer([found.passage(c) for c in found.kept],
-                                          self.runtime.settings.max_quote_chars)
+        for text, found in searched:  # the question, then its translations (with a model)
+            kept = {c.hit.id for c in found.kept}
+            for rank, c in enumerate(found.shown, 1):
+                p = found.passage(c)
+                passages.append({"rank": rank, "query": text, "text": p.text, "source": p.source,
+                                 "source_id": p.source_id, "location": p.location,
+                                 "url": p.url or None,
+                                 "scores": {"dense": c.dense, "xling": c.xling,
+                                            "bm25": found.bm25.get(c.hit.id), "fused": c.score},
+                                 "kept": c.hit.id in kept})
+        answered = interleave([[d.passage(c) for c in d.kept] for _, d in searched], top_k)
+        if answered:
+            answer, _ = extractive_answer(answered, self.runtime.settings.max_quote_chars)
         else:
             answer = NOTHING_FOUND
-        return {"passages": passages, "gate": {"kept": len(found.kept), "reason": found.reason},
+        reason = searched[0][1].reason if len(searched) == 1 else "; ".join(
+            f"{text!r}: {d.reason}" for text, d in searched)
+        return {"passages": passages, "gate": {"kept": len(answered), "reason": reason},
                 "answer": answer, "kbs": kbs}
 
     async def conversations(self, **query: Any) -> list[dict[str, Any]]:

@@ -184,6 +184,15 @@ class KnowledgeService:
         translation and the two result lists are interleaved: the small offline embedding model
         matches across Chinese and English poorly, a translated question matches well.
         """
+        searched = await self.diagnose_scope(tenant, kbs, query, top_k)
+        if len(searched) == 1:
+            return [searched[0][1].passage(c) for c in searched[0][1].kept]
+        return interleave([[d.passage(c) for c in d.kept] for _, d in searched], top_k)
+
+    async def diagnose_scope(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5
+                             ) -> list[tuple[str, "Diagnosis"]]:
+        """What `search_scope` searches, each query (the question, then any translation of it)
+        with its `diagnose`; empty when there is nothing to search."""
         query = query.strip()
         if not query or not kbs:
             return []
@@ -200,20 +209,16 @@ class KnowledgeService:
         wanted = script_of(query)
         others = sorted(lang for lang in languages if lang in NAMES and lang != wanted)
         if self.translator is None or not wanted or not others:
-            return await self._search_one(tenant, kbs, query, top_k, dense_q)
+            return [(query, await self.diagnose(tenant, kbs, query, top_k, dense_q))]
         translations = [self.translator(query, NAMES[lang]) for lang in others]
-        results = await asyncio.gather(self._search_one(tenant, kbs, query, top_k, dense_q),
+        results = await asyncio.gather(self.diagnose(tenant, kbs, query, top_k, dense_q),
                                        *translations)
-        lists = [results[0]]
+        found: list[tuple[str, Diagnosis]] = [(query, results[0])]
         for translated in results[1:]:
             if translated and translated.strip() and translated.strip() != query:
-                lists.append(await self._search_one(tenant, kbs, translated.strip(), top_k))
-        return interleave(lists, top_k)
-
-    async def _search_one(self, tenant: str, kbs: Sequence[str], query: str, top_k: int,
-                          dense_q: Sequence[float] | None = None) -> list[Passage]:
-        found = await self.diagnose(tenant, kbs, query, top_k, dense_q)
-        return [found.passage(c) for c in found.kept]
+                text = translated.strip()
+                found.append((text, await self.diagnose(tenant, kbs, text, top_k)))
+        return found
 
     async def diagnose(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5,
                        dense_q: Sequence[float] | None = None) -> "Diagnosis":

@@ -726,3 +726,25 @@ async def test_doctor_reports_the_console(tmp_path: Path) -> None:
     (ok,) = [r for r in await check_settings(make_settings(
         tmp_path, console_password_hash=hash_password(PASSWORD))) if r.name == "console"]
     assert ok.status == "ok" and "password" in ok.detail
+
+
+async def test_with_a_model_the_bench_shows_the_translated_search_the_chat_makes_too(
+        tmp_path: Path, embedder: Any) -> None:
+    async with FakeOpenAI() as model:
+        async with console_server(tmp_path, embedder, console_password=PASSWORD,
+                                  llm_base_url=model.base_url, llm_api_key="k",
+                                  llm_model="fake") as (client, _):
+            assert (await sign_in(client)).status_code == 303
+            csrf = (await me(client))["csrf"]
+            await upload(client, csrf, "console:local", "default", "vpn.md", VPN)
+            model.script(reply("How do I reset my VPN password?"))  # the translation
+            found = (await client.post("/console/api/bench", headers={"X-CSRF-Token": csrf},
+                                       json={"query": "我忘记了VPN密码，怎么重置？",
+                                             "tenant": "console:local"})).json()
+            queries = [p["query"] for p in found["passages"]]
+            assert queries[0] == "我忘记了VPN密码，怎么重置？"
+            assert "How do I reset my VPN password?" in queries
+            assert "'How do I reset my VPN password?': answered" in found["gate"]["reason"]
+            assert found["gate"]["kept"] == 1  # the same passage from both: quoted once
+            assert found["answer"].count("self-service portal") == 1
+            assert len(model.requests) == 1  # the bench asks no more of the model than that

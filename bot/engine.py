@@ -15,7 +15,7 @@ from bot.citations import select_citations
 from bot.clock import SYSTEM_CLOCK, Clock
 from bot.commands import CommandSet, builtin_commands, parse_command
 from bot.config import Settings
-from bot.errors import LLMError
+from bot.errors import KnowbotError, LLMError
 from bot.knowledge import KnowledgeSearch
 from bot.llm import LLMRouter
 from bot.memory import Memory, summary_prompt
@@ -256,6 +256,19 @@ class Engine:
                 return Reply(text, citations, kind="error")
             await self.memory.remember(key, question, exc.user_message, user_id=key.user_id,
                                        meta=answer_meta((), error=problem))
+            raise
+        except Exception as exc:
+            # anything else fails the message (the dispatcher says so); the conversation keeps
+            # what went wrong, for the console
+            from bot.dispatcher import UNEXPECTED
+
+            said = exc.user_message if isinstance(exc, KnowbotError) else UNEXPECTED
+            try:
+                await self.memory.remember(key, question, said, user_id=key.user_id,
+                                           meta=answer_meta((), error=f"{type(exc).__name__}: "
+                                                                      f"{exc}"))
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                log.warning("could not keep the failed turn of %s", key.conversation_id())
             raise
         text, citations = select_citations(result.text, ctx.citations)
         await self.memory.remember(key, question, text, user_id=key.user_id,

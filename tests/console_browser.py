@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -80,13 +81,13 @@ class ConsoleServer:
 
     def start(self, timeout: float = 120.0) -> ConsoleServer:
         self.thread.start()
-        deadline = threading.Event()
+        # time.sleep, not Event.wait(timeout): under faketime a timed wait may never time out
         for _ in range(int(timeout * 10)):
             if self.server.started:
                 return self
             if self.failed is not None or not self.thread.is_alive():
                 raise RuntimeError(f"the server did not start: {self.failed!r}")
-            deadline.wait(0.1)
+            time.sleep(0.1)
         raise RuntimeError("the server did not start in time")
 
     def stop(self) -> None:

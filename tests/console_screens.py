@@ -73,11 +73,17 @@ QUESTIONS = {
 }
 
 
+TRANSLATIONS = {"礼品卡可以退款吗？": "Can gift cards be refunded?"}
+
+
 def respond(request: dict[str, Any]) -> Any:
     """The scripted model: a tool call for a known question, then the answer after its result
     (decided from the request alone, so summaries or retries never shift a script)."""
     messages = request.get("messages") or []
     asked = last_user_text(request)
+    system = str((messages[0].get("content") if messages else "") or "")
+    if system.startswith("Translate"):
+        return reply(TRANSLATIONS.get(asked.strip(), asked))
     known = next((q for q in QUESTIONS if q in asked), None)
     if known is None:
         return reply("The conversation so far: questions about refunds, travel and hotels.")
@@ -184,7 +190,10 @@ def shoot(browser: Any, server: ConsoleServer, out: Path, size: str) -> None:
     page.fill("#bench-q", "礼品卡可以退款吗？")
     page.get_by_role("button", name="Search").click()
     page.wait_for_selector("table.bench")
-    page.locator(".bench-results").evaluate("el => el.scrollIntoView()")
+    # the passages with their scores and the gate line (the answer is just above)
+    page.locator("table.bench").first.evaluate(
+        "el => { const card = el.closest('.card'); card.style.scrollMarginTop = '4.5rem';"
+        " card.scrollIntoView(); }")
     save(page, out / f"bench-{size}.png")
 
     page.goto(f"/console/#/conversations?channel=telegram&tenant={TELEGRAM[0]}:{TELEGRAM[1]}")

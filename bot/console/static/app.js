@@ -718,15 +718,35 @@
       if (gate.reason) area.appendChild(h('p.gate-reason', { text: gate.reason }));
       return;
     }
+    // one ranking per text searched: the question, then (with a model) its translation
+    const groups = [];
+    for (const p of passages) {
+      const query = p.query === undefined ? null : p.query;
+      let group = groups.find((g) => g.query === query);
+      if (!group) { group = { query, passages: [] }; groups.push(group); }
+      group.passages.push(p);
+    }
+    const card = h('div.card', null, h('h2', { text: t('bench_passages') }));
+    if (groups.length > 1 && gate.reason) card.appendChild(h('p.gate-reason.muted', { text: gate.reason }));
+    groups.forEach((group, gi) => {
+      if (groups.length > 1) {
+        card.appendChild(h('h3.ranking', { text: gi === 0 ? t('ranking_question', { q: group.query }) : t('ranking_translation', { q: group.query }) }));
+      }
+      card.appendChild(rankingTable(group.passages, groups.length > 1 ? null : gate, gi));
+    });
+    area.appendChild(card);
+  }
+
+  function rankingTable(passages, gate, index) {
     const maxFused = Math.max(...passages.map((p) => p.scores.fused || 0), 1e-9);
     const headers = [t('col_rank'), t('col_passage'), t('score_dense'), t('score_xling'), t('score_bm25'), t('score_fused')];
-    const rows = [];
     const gateRow = () => h('tr.gate-line', { 'data-testid': 'gate-line' },
       h('td', { colspan: '6' }, h('span.gate-label', { text: t('gate_line') }),
-        gate.reason ? h('span.gate-reason', { text: ` ${gate.reason}` }) : null));
+        gate && gate.reason ? h('span.gate-reason', { text: ` ${gate.reason}` }) : null));
     // the gate keeps passages by score, not by rank: the kept ones (in rank order) are above
     // the line, the others below it, each still showing its rank
-    const isKept = (p, i) => (typeof p.kept === 'boolean' ? p.kept : i < gate.kept);
+    const keptCount = gate ? gate.kept : passages.length;
+    const isKept = (p, i) => (typeof p.kept === 'boolean' ? p.kept : i < keptCount);
     const row = (p, kept) => h(`tr.${kept ? 'kept' : 'dropped'}`, { 'data-rank': p.rank, 'data-kept': String(kept) },
       h('td.num', { 'data-label': headers[0] }, String(p.rank)),
       h('td', { 'data-label': headers[1] },
@@ -739,15 +759,15 @@
       h('td.num', { 'data-label': headers[4] }, score(p.scores.bm25)),
       h('td.num', { 'data-label': headers[5] }, h('span.fused', null, score(p.scores.fused),
         h('span.meter', { 'aria-hidden': 'true' }, meterFill(p.scores.fused / maxFused)))));
+    const rows = [];
     passages.forEach((p, i) => { if (isKept(p, i)) rows.push(row(p, true)); });
     rows.push(gateRow());
     passages.forEach((p, i) => { if (!isKept(p, i)) rows.push(row(p, false)); });
-    area.appendChild(h('div.card', null, h('h2', { text: t('bench_passages') }),
-      h('div.table-wrap', null, h('table.responsive.bench', null,
-        h('caption.visually-hidden', { text: t('bench_passages') }),
-        h('thead', null, h('tr', null, headers.map((label, i) =>
-          h('th', { scope: 'col', class: i === 1 ? null : 'num', text: label })))),
-        h('tbody', null, rows)))));
+    return h('div.table-wrap', null, h(`table.responsive.bench`, { 'data-ranking': String(index) },
+      h('caption.visually-hidden', { text: t('bench_passages') }),
+      h('thead', null, h('tr', null, headers.map((label, i) =>
+        h('th', { scope: 'col', class: i === 1 ? null : 'num', text: label })))),
+      h('tbody', null, rows)));
   }
 
   function meterFill(fraction) {

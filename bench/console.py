@@ -3,7 +3,8 @@
 Serves `create_app` with uvicorn on 127.0.0.1 (SQLite and Qdrant Edge in a temporary data dir,
 the offline e5 and cross-lingual models), fills it with conversations and documents, signs in
 with the password, and times the calls the console's pages make. Prints the median and p95 of
-each (milliseconds) and the sign-in's scrypt cost; compare figures from one run.
+each (milliseconds) and the sign-in's scrypt cost; compare figures from one run, and with the
+first row: /healthz, the cost of one HTTP round trip on this machine.
 
     HF_HUB_OFFLINE=1 python bench/console.py [--conversations 2000] [--messages 10] [--docs 30]
 """
@@ -102,6 +103,7 @@ async def main(args: argparse.Namespace) -> None:
             csrf = (await client.get("/console/api/me")).json()["csrf"]
             first = (await client.get("/console/api/conversations")).json()[0]["id"]
             calls = {
+                "GET /healthz (the HTTP floor)": lambda: client.get("/healthz"),
                 "GET /api/me": lambda: client.get("/console/api/me"),
                 "GET /api/kbs": lambda: client.get("/console/api/kbs"),
                 "GET /api/sources": lambda: client.get("/console/api/sources", params={

@@ -179,6 +179,8 @@ def shoot(browser: Any, server: ConsoleServer, out: Path, size: str) -> None:
     for name in ("travel.docx", "scan.pdf"):
         page.wait_for_selector(f'li.upload[data-file="{name}"]:is(.ok, .failed)')
     page.wait_for_timeout(300)
+    if size == "desktop":  # the uploads and the documents below them
+        page.locator("#sources-h").evaluate("el => el.scrollIntoView()")
     save(page, out / f"knowledge-{size}.png")
     page.get_by_role("link", name="Show the chunks of Refund policy").click()
     page.wait_for_selector("#chunks li.chunk")

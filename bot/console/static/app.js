@@ -458,8 +458,8 @@
       { label: t('col_type'), cell: (s) => s.kind },
       { label: t('col_pages'), num: true, cell: (s) => fmtNumber(s.pages) },
       { label: t('col_chunks'), num: true, cell: (s) => fmtNumber(s.chunks) },
-      { label: t('col_added_by'), cell: (s) => s.added_by || '—' },
-      { label: t('col_added_at'), cls: 'when-cell', cell: (s) => fmtTime(s.added_at) },
+      { label: t('col_added'), cls: 'when-cell', cell: (s) => h('span.added', null, h('span', { text: fmtTime(s.added_at) }),
+        h('span.muted.added-by', { text: t('added_by', { who: s.added_by || '—' }) })) },
       { label: t('col_lang'), cell: (s) => s.lang || '—' },
       { label: t('col_recrawled'), cell: (s) => (s.url ? fmtTime(s.recrawled_at) : t('not_a_link')) },
       {

@@ -16,6 +16,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,6 +121,21 @@ class ConsoleServer:
             if getattr(route, "path", None) == "/console":
                 return route.app.state.console  # type: ignore[attr-defined]
         raise LookupError("no console mounted")
+
+    def chat_link(self, channel: str, tenant: str, user: str, *, is_admin: bool = False) -> str:
+        """The link `/console` typed in a private chat answers with (through the dispatcher,
+        as any chat message): a Knowbot admin (KNOWBOT_ADMINS) or a workspace admin gets one."""
+        from bot.types import ConversationKey, InboundMessage
+
+        message = InboundMessage(key=ConversationKey(channel, tenant, user, user),
+                                 message_id=f"console-{uuid.uuid4().hex}", text="/console",
+                                 is_admin=is_admin)
+        reply = self.call(lambda: self.runtime.dispatcher.process(message))
+        assert reply is not None
+        found = re.search(r"https?://\S+/console/link\?t=\S+", reply.text)
+        assert found, reply.text
+        assert found.group(0).startswith(self.base_url), found.group(0)
+        return found.group(0)
 
     def link(self, grant: Any) -> str:
         """A one-time sign-in link for this grant, minted as the /console chat command does."""

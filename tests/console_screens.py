@@ -22,7 +22,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.console.auth import Grant
 from bot.types import ConversationKey, InboundMessage
 from tests.console_browser import (
     DOCX_TYPE,
@@ -223,7 +222,7 @@ def shoot(browser: Any, server: ConsoleServer, out: Path, size: str) -> None:
 
     # a tenant admin's view (a Slack workspace's admin, signed in by a chat link)
     admin = new_page(browser, server.base_url, width=width, height=height, locale="zh-CN")
-    admin.goto(server.link(Grant("slack:U03ALICE", "tenant", [f"{SLACK[0]}:{SLACK[1]}"])))
+    admin.goto(server.chat_link(SLACK[0], SLACK[1], "U03ALICE", is_admin=True))
     admin.wait_for_selector("body[data-ready=true]")
     admin.wait_for_selector("table.responsive")
     save(admin, out / f"knowledge-zh-{size}.png")

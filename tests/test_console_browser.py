@@ -28,8 +28,6 @@ from console_browser import (
     upload,
 )
 
-from bot.console.auth import Grant
-
 STATIC = Path(__file__).resolve().parent.parent / "bot" / "console" / "static"
 OTHER_TENANT = "slack:T0OTHER"
 OTHER_TITLE = "Salaries 2031 (confidential)"
@@ -73,7 +71,7 @@ def test_english_and_chinese_have_the_same_strings_and_every_string_used_exists(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, embedder: object) -> Iterator[ConsoleServer]:
     data = tmp_path_factory.mktemp("console") / "data"
-    with ConsoleServer(data, embedder=embedder) as running:
+    with ConsoleServer(data, embedder=embedder, admins=["telegram:4242"]) as running:
         yield running
 
 
@@ -143,7 +141,8 @@ def test_the_language_follows_the_browser_and_the_switch_is_remembered(server: C
 
 def test_a_chat_link_signs_in_once_and_not_when_used_or_expired(server: ConsoleServer,
                                                                  browser: Any) -> None:
-    link = server.link(Grant("telegram:4242", "all"))
+    # what /console answers in a private chat with a Knowbot admin
+    link = server.chat_link("telegram", "knowbot_bot", "4242")
     page = new_page(browser, server.base_url)
     page.goto(link)
     page.wait_for_selector("body[data-ready=true]")
@@ -157,7 +156,7 @@ def test_a_chat_link_signs_in_once_and_not_when_used_or_expired(server: ConsoleS
     again.goto("/console/")
     assert again.url.endswith("/console/login")  # and it gave no session
 
-    late = server.link(Grant("telegram:4242", "all"))
+    late = server.chat_link("telegram", "knowbot_bot", "4242")
     server.clock.advance(server.settings.console_link_minutes * 60 + 5)
     response = again.goto(late)
     assert response is not None and response.status == 403
@@ -337,7 +336,8 @@ def test_a_tenant_admin_cannot_open_another_tenants_knowledge_by_changing_the_ur
 
     mine = "slack:T0MINE"
     page = new_page(browser, server.base_url)
-    page.goto(server.link(Grant("slack:U0ADMIN", "tenant", [mine])))
+    # a Slack workspace admin types /console: a link to that workspace only
+    page.goto(server.chat_link("slack", "T0MINE", "U0ADMIN", is_admin=True))
     page.wait_for_selector("body[data-ready=true]")
     assert mine in page.inner_text("#who")
     page.goto(target)

@@ -925,8 +925,12 @@
 
   function deleteUserForm(tenant) {
     const channel = h('select', { id: 'del-channel' }, CHANNELS.map((c) => h('option', { value: c, text: t(`channel_${c}`) })));
+    // a tenant is CHANNEL:WORKSPACE: the channel follows the tenant typed
+    const follow = (value) => { const prefix = value.split(':')[0]; if (CHANNELS.includes(prefix)) channel.value = prefix; };
     const tenantInput = h('input', { id: 'del-tenant', type: 'text', value: tenant || '', required: true, placeholder: 'telegram:-1001' });
     const user = h('input', { id: 'del-user', type: 'text', required: true, autocomplete: 'off' });
+    follow(tenant || '');
+    tenantInput.addEventListener('input', () => follow(tenantInput.value));
     const form = h('form.card.inline-form.delete-user', { 'aria-labelledby': 'del-h' },
       h('h2', { id: 'del-h', text: t('delete_user_title') }),
       h('p.muted', { text: t('delete_user_intro') }),

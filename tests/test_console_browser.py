@@ -396,3 +396,26 @@ def test_the_playground_shows_a_tool_call_as_it_happens_then_the_answer(
             page.context.close()
         finally:
             release.set()  # never leave the model waiting
+
+
+def test_every_page_fits_a_phone_and_is_labelled(server: ConsoleServer, browser: Any,
+                                                 documents: dict[str, Any]) -> None:
+    page = new_page(browser, server.base_url, width=390, height=844)
+    sign_in(page)
+    for route, ready in [("knowledge?tenant=console:local&kb=default", "table.responsive"),
+                         ("bench?tenant=console:local", "#bench-q"),
+                         ("conversations", ".conv-list h2"),
+                         ("usage", ".stats"),
+                         ("playground", "#play-q")]:
+        page.goto(f"/console/#/{route}")
+        page.wait_for_selector(ready)
+        page.wait_for_load_state("networkidle")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, (route, overflow)
+        # every form control has a name a screen reader can say
+        unnamed = page.evaluate("""() => [...document.querySelectorAll(
+            'main input:not([type=hidden]):not([aria-hidden=true]), main select, main textarea, main button')]
+            .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                    && !el.textContent.trim()).map((el) => el.outerHTML.slice(0, 80))""")
+        assert not unnamed, (route, unnamed)
+    page.context.close()

@@ -222,7 +222,7 @@ def shoot(browser: Any, server: ConsoleServer, out: Path, size: str) -> None:
 
     # a tenant admin's view (a Slack workspace's admin, signed in by a chat link)
     admin = new_page(browser, server.base_url, width=width, height=height, locale="zh-CN")
-    admin.goto(server.chat_link(SLACK[0], SLACK[1], "U03ALICE", is_admin=True))
+    admin.goto(server.chat_link(SLACK[0], SLACK[1], "U09ADMIN", is_admin=True))
     admin.wait_for_selector("body[data-ready=true]")
     admin.wait_for_selector("table.responsive")
     save(admin, out / f"knowledge-zh-{size}.png")

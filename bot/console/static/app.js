@@ -298,8 +298,14 @@
     const { page, params } = parseRoute();
     const seq = ++state.seq;
     for (const link of document.querySelectorAll('#nav a')) {
-      if (link.dataset.route === page) link.setAttribute('aria-current', 'page');
-      else link.removeAttribute('aria-current');
+      if (link.dataset.route === page) {
+        link.setAttribute('aria-current', 'page');
+        // on a phone the menu scrolls sideways: keep the current page's entry in sight
+        const nav = link.parentElement;
+        if (nav.scrollWidth > nav.clientWidth) nav.scrollLeft = Math.max(0, link.offsetLeft - nav.offsetLeft - 16);
+      } else {
+        link.removeAttribute('aria-current');
+      }
     }
     const main = clear(document.getElementById('main'));
     document.title = `${t(`nav_${page}`)} · ${t('title')}`;

@@ -70,6 +70,12 @@ class SearchBody(BaseModel):
     top_k: int = Field(5, ge=1, le=50)
 
 
+class BenchBody(SearchBody):
+    """A retrieval test with the scores behind it."""
+
+    chat: str | None = Field(None, max_length=256)
+
+
 class AskBody(BaseModel):
     """One question, answered as in the terminal."""
 
@@ -142,6 +148,42 @@ def build_admin_api(settings: "Settings", runtime: Callable[[], "Runtime"]) -> F
     @api.get("/jobs", summary="Scheduled jobs")
     async def jobs(tenant: str | None = None, a: LocalAdmin = Depends(admin)) -> Any:
         return await a.jobs(tenant)
+
+    @api.get("/sources/{source}/chunks", summary="A source's chunks with their locations")
+    async def chunks(source: str, tenant: str = CONSOLE_TENANT,
+                     a: LocalAdmin = Depends(admin)) -> Any:
+        found = await a.source_chunks(tenant, source)
+        if found is None:
+            raise HTTPException(404, f"there is no source {source!r} in {tenant}")
+        return found[1]
+
+    @api.post("/bench", summary="A retrieval test: every ranking's score and the gate's decision")
+    async def bench(body: BenchBody, a: LocalAdmin = Depends(admin)) -> Any:
+        return await a.bench(body.tenant, body.kb, body.chat, body.query, body.top_k)
+
+    @api.get("/conversations", summary="Conversations by channel, tenant and text")
+    async def conversations(channel: str | None = None, tenant: str | None = None,
+                            q: str | None = Query(None, max_length=200),
+                            limit: int = Query(50, ge=1, le=500),
+                            a: LocalAdmin = Depends(admin)) -> Any:
+        return await a.conversations(channel=channel, tenant=tenant, text=q, limit=limit)
+
+    @api.get("/conversations/{conversation:path}",
+             summary="A conversation's messages with citations, tool calls and errors")
+    async def conversation(conversation: str, a: LocalAdmin = Depends(admin)) -> Any:
+        found = await a.conversation(conversation)
+        if found is None:
+            raise HTTPException(404, "no such conversation")
+        return found
+
+    @api.delete("/users", summary="Delete a user's messages, summaries they are in, and jobs")
+    async def forget_user(tenant: str, user: str = Query(..., min_length=1, max_length=256),
+                          a: LocalAdmin = Depends(admin)) -> Any:
+        return await a.forget_user(tenant, user)
+
+    @api.get("/backlog", summary="Inbox entries by state and replies waiting in the outbox")
+    async def backlog(a: LocalAdmin = Depends(admin)) -> Any:
+        return await a.backlog()
 
     @api.post("/ingest/file", summary="Add a file (its bytes are the body); NDJSON progress")
     async def ingest_file(request: Request, name: str = Query(..., min_length=1, max_length=255),

@@ -88,6 +88,9 @@ def create_app(
     from bot.admin_api import build_admin_api
 
     app.mount("/api", build_admin_api(settings, lambda: app.state.runtime))
+    from bot.console import build_console
+
+    app.mount("/console", build_console(settings, lambda: app.state.runtime))
 
     def running() -> Runtime | None:
         return getattr(app.state, "runtime", None)

@@ -237,6 +237,28 @@ def plugins_list(
     typer.echo(f"{len(tools)} tool(s)")
 
 
+console_app = typer.Typer(help="The web console at /console.", no_args_is_help=True)
+app.add_typer(console_app, name="console")
+
+
+@console_app.command("hash-password")
+def console_hash_password() -> None:
+    """Print a hash of a console password for KNOWBOT_CONSOLE_PASSWORD_HASH.
+
+    Asks for the password twice on a terminal; reads one line from a pipe.
+    """
+    from bot.console.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = typer.prompt("Console password", hide_input=True,
+                                confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        _fail("use a password of at least 8 characters")
+    typer.echo(hash_password(password))
+
+
 def _register_knowledge() -> None:
     from knowledge.cli import register
 

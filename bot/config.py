@@ -314,6 +314,19 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the admin API; default is a random one in the data dir."
     )
+    console_password: SecretStr | None = Field(
+        None, description="Password of the web console at /console (or set its hash below)."
+    )
+    console_password_hash: SecretStr | None = Field(
+        None, description="The console password's hash, as `knowbot console hash-password` "
+        "prints it (scrypt); use instead of KNOWBOT_CONSOLE_PASSWORD."
+    )
+    console_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="Hours a console sign-in lasts."
+    )
+    console_link_minutes: float = Field(
+        10.0, gt=0, le=24 * 60, description="Minutes a one-time console link from /console lasts."
+    )
     store_wait_seconds: float = Field(
         60.0, ge=0, description="How long a command waits for another process to free the store."
     )
@@ -360,6 +373,16 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `knowbot serve` listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port `knowbot serve` listens on.")
+
+    @field_validator("console_password_hash")
+    @classmethod
+    def _console_hash(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parts = value.get_secret_value().strip().split("$")
+        if len(parts) != 6 or parts[0] != "scrypt" or not all(parts[1:]):
+            raise ValueError("not a hash from `knowbot console hash-password` (scrypt$N$r$p$...)")
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("timezone")
     @classmethod
@@ -472,6 +495,11 @@ class Settings(BaseSettings):
             if name not in order:
                 order.append(name)
         return order
+
+    @property
+    def console_enabled(self) -> bool:
+        """The web console is on: a password (or its hash) is set, or Knowbot admins are."""
+        return bool(self.console_password or self.console_password_hash or self.admins)
 
     def is_admin(self, channel: str, user_id: str) -> bool:
         """True if the user is a configured Knowbot admin."""

@@ -71,7 +71,28 @@ async def check_settings(settings: Settings) -> list[Result]:
         results.append(Result("secret key", "warn", "KNOWBOT_SECRET_KEY is not set: each "
                               "replica keeps its own random key, so a link signed by one fails "
                               "on another", "set KNOWBOT_SECRET_KEY to the same value everywhere"))
+    results += _console_checks(settings)
     return results
+
+
+def _console_checks(settings: Settings) -> list[Result]:
+    """The web console: on, and reachable through the links /console sends."""
+    if not settings.console_enabled:
+        return []
+    found = []
+    password = settings.console_password
+    if password is not None and len(password.get_secret_value()) < 12:
+        found.append(Result("console", "warn", "KNOWBOT_CONSOLE_PASSWORD is shorter than 12 "
+                            "characters", "use a longer one (sign-in allows 5 wrong tries per "
+                            "address in 15 minutes)"))
+    if settings.admins and not settings.public_url:
+        found.append(Result("console", "warn", "KNOWBOT_PUBLIC_URL is not set: the sign-in "
+                            f"links /console sends point to http://{settings.host}:"
+                            f"{settings.port}", "set KNOWBOT_PUBLIC_URL to the HTTPS address"))
+    if not found:
+        how = "password" if (password or settings.console_password_hash) else "chat links"
+        found.append(Result("console", "ok", f"on at /console (sign-in by {how})"))
+    return found
 
 
 async def check_database(settings: Settings) -> Result:

@@ -15,7 +15,7 @@ from bot.citations import select_citations
 from bot.clock import SYSTEM_CLOCK, Clock
 from bot.commands import CommandSet, builtin_commands, parse_command
 from bot.config import Settings
-from bot.errors import LLMError
+from bot.errors import KnowbotError, LLMError
 from bot.knowledge import KnowledgeSearch
 from bot.llm import LLMRouter
 from bot.memory import Memory, summary_prompt
@@ -80,6 +80,20 @@ def extractive_answer(
         lines.append(f"> {text} [{len(citations)}]")
         lines.append("")
     return "\n".join(lines).rstrip(), tuple(citations)
+
+
+def answer_meta(citations: "tuple[Citation, ...] | list[Citation]", tools: Any = (),
+                error: str | None = None) -> dict[str, Any]:
+    """What is kept beside an answer: the citations it used, its tool calls, what went wrong."""
+    meta: dict[str, Any] = {
+        "citations": [{"source": c.source, "location": c.location, "url": c.url,
+                       "snippet": c.snippet} for c in citations]}
+    if tools:
+        meta["tools"] = [{"name": t.name, "arguments": t.arguments, "result": t.result_preview}
+                         for t in tools]
+    if error:
+        meta["error"] = error[:2000]
+    return meta
 
 
 NOTHING_FOUND = (
@@ -208,7 +222,8 @@ class Engine:
                 text, citations = extractive_answer(passages, self.settings.max_quote_chars)
             else:
                 text, citations = NOTHING_FOUND, ()
-            await self.memory.remember(key, question, text, user_id=key.user_id)
+            await self.memory.remember(key, question, text, user_id=key.user_id,
+                                       meta=answer_meta(citations))
             return Reply(text, citations)
 
         if self.deps.quotas is not None:
@@ -229,16 +244,35 @@ class Engine:
                 self.deps.llm, messages, self.deps.registry, ctx,
                 max_steps=self.settings.llm_max_steps, conversation_id=key.conversation_id(),
             )
-        except LLMError:
+        except LLMError as exc:
             log.warning("every model provider failed for %s", key.conversation_id())
+            problem = str(exc) or exc.user_message
             if passages:
                 text, citations = extractive_answer(
                     passages, self.settings.max_quote_chars, MODEL_DOWN_INTRO
                 )
+                await self.memory.remember(key, question, text, user_id=key.user_id,
+                                           meta=answer_meta(citations, error=problem))
                 return Reply(text, citations, kind="error")
+            await self.memory.remember(key, question, exc.user_message, user_id=key.user_id,
+                                       meta=answer_meta((), error=problem))
+            raise
+        except Exception as exc:
+            # anything else fails the message (the dispatcher says so); the conversation keeps
+            # what went wrong, for the console
+            from bot.dispatcher import UNEXPECTED
+
+            said = exc.user_message if isinstance(exc, KnowbotError) else UNEXPECTED
+            try:
+                await self.memory.remember(key, question, said, user_id=key.user_id,
+                                           meta=answer_meta((), error=f"{type(exc).__name__}: "
+                                                                      f"{exc}"))
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                log.warning("could not keep the failed turn of %s", key.conversation_id())
             raise
         text, citations = select_citations(result.text, ctx.citations)
-        await self.memory.remember(key, question, text, user_id=key.user_id)
+        await self.memory.remember(key, question, text, user_id=key.user_id,
+                                   meta=answer_meta(citations, result.tool_calls))
         if ctx.notices:
             text = text.rstrip() + "\n\n" + "\n".join(f"> {n}" for n in ctx.notices)
         return Reply(text, citations)

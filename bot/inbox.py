@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (Connection, and_, bindparam, exists, false, func, insert, or_, select,
+                        update)
 
 from bot.clock import Clock
 from bot.db import insert_new
@@ -288,6 +289,44 @@ class Inbox:
         oldest = _aware(oldest)
         age = (self.clock.now() - oldest).total_seconds() if oldest is not None else 0.0
         return int(count), max(0.0, age)
+
+    async def counts(self, tenants: list[str] | None = None) -> dict[str, int]:
+        """How many entries are queued, running (or answered, sending) and dead; of some
+        tenants (CHANNEL:TENANT) only, when given."""
+        query = select(_INBOX.c.status, func.count()).group_by(_INBOX.c.status)
+        if tenants is not None:
+            query = query.where(or_(false(), *[
+                and_(_INBOX.c.channel == c, _INBOX.c.tenant == t)
+                for c, _, t in (x.partition(":") for x in tenants)]))
+        rows = await self.store.read(lambda conn: conn.execute(query).all())
+        found = {status: int(n) for status, n in rows}
+        return {"queued": found.get("queued", 0),
+                "running": found.get("running", 0) + found.get("answered", 0),
+                "dead": found.get("dead", 0)}
+
+    async def forget_user(self, conversation_ids: Iterable[str], user_id: str) -> int:
+        """Delete the finished entries a user sent in these conversations; return how many."""
+        ids = sorted(set(conversation_ids))
+        if not ids:
+            return 0
+        query = (select(_INBOX.c.id, _INBOX.c.message)
+                 .where(_INBOX.c.conversation_id.in_(ids),
+                        _INBOX.c.status.in_(("done", "dead"))).limit(100_000))
+
+        def write(conn: Connection) -> int:
+            gone = []
+            for entry_id, message in conn.execute(query).all():
+                try:
+                    sender = json.loads(message).get("key", {}).get("user_id")
+                except (ValueError, AttributeError):
+                    continue
+                if sender == user_id:
+                    gone.append(entry_id)
+            for start in range(0, len(gone), 500):
+                conn.execute(_INBOX.delete().where(_INBOX.c.id.in_(gone[start:start + 500])))
+            return len(gone)
+
+        return await self.store.write(write)
 
     async def prune(self, older_than: timedelta) -> int:
         """Drop finished entries older than a bound (they served as dedupe records until then)."""

@@ -33,6 +33,7 @@ MASK = "***"
 MIN_SECRET = 4  # shorter values would mask ordinary words
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _OURS = "_knowbot_handler"  # marks the handler configure() installed
+_LINK_TOKEN = re.compile(r"(/link\?t=)[^\s\"'&]+")  # a console link's one-time token
 
 
 def current() -> dict[str, str]:
@@ -130,6 +131,8 @@ class _Masking:
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
+        if "link?t=" in text:  # a one-time console link in an access log line
+            text = _LINK_TOKEN.sub(r"\1" + MASK, text)
         return text
 
 

@@ -78,14 +78,18 @@ class Memory:
         return kept
 
     async def remember(
-        self, key: ConversationKey, question: str, answer: str, user_id: str = ""
+        self, key: ConversationKey, question: str, answer: str, user_id: str = "",
+        meta: dict[str, Any] | None = None,
     ) -> None:
-        """Store one exchange (the question and the answer, never retrieved passages)."""
+        """Store one exchange (the question and the answer, never retrieved passages).
+
+        `meta` is kept with the answer: the citations it used, its tool calls, an error.
+        """
         await self.store.add_messages(
             key,
             [("user", question, message_tokens("user", question)),
              ("assistant", answer, message_tokens("assistant", answer))],
-            user_id=user_id,
+            user_id=user_id, meta=[None, meta],
         )
 
     async def forget(self, key: ConversationKey) -> int:

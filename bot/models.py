@@ -45,6 +45,8 @@ class Message(SQLModel, table=True):
     token_count: int = 0
     user_id: str = Field(default="", max_length=256)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+    # an answer's JSON: the citations it used, the tool calls it made, what went wrong
+    meta: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
 class ProcessedInbound(SQLModel, table=True):

@@ -22,7 +22,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 KNOWN_CHANNELS = ("slack", "telegram", "wechat")
-INTERNAL = ("healthz", "readyz", "metrics", "api")  # probes, scrapes, the admin API
+INTERNAL = ("healthz", "readyz", "metrics", "api", "console")  # probes, scrapes, admin API, console
 
 
 def channel_of(path: str, running: tuple[str, ...] = ()) -> str | None:

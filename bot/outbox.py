@@ -121,12 +121,28 @@ class Outbox:
             log.info("reply to %s on %s kept in the outbox for a retry", key.chat_id, channel)
         return row
 
-    async def pending(self) -> int:
-        """How many replies wait in the outbox."""
+    async def pending(self, tenants: list[str] | None = None) -> int:
+        """How many replies wait in the outbox (for some tenants, CHANNEL:TENANT, only)."""
         from sqlalchemy import func
 
-        return await self.store.read(
-            lambda conn: conn.execute(select(func.count()).select_from(_OUTBOX)).scalar_one())
+        if tenants is None:
+            return await self.store.read(
+                lambda conn: conn.execute(select(func.count()).select_from(_OUTBOX)).scalar_one())
+        wanted = set(tenants)
+        channels = sorted({t.partition(":")[0] for t in wanted})
+        query = select(_OUTBOX.c.key).where(_OUTBOX.c.channel.in_(channels)).limit(100_000)
+
+        def count(conn: Connection) -> int:
+            n = 0
+            for (key,) in conn.execute(query):
+                try:
+                    record = json.loads(key)
+                    n += f"{record['channel']}:{record['tenant']}" in wanted
+                except (ValueError, KeyError, TypeError):
+                    continue
+            return n
+
+        return await self.store.read(count)
 
     async def stats(self) -> tuple[int, datetime | None]:
         """How many replies wait, and when the oldest of them was first kept (for metrics)."""

@@ -211,6 +211,10 @@ class Runtime:
         runtime = cls(settings, store, llm, registry, knowledge, engine, dispatcher, limiter, usage,
                       state, metrics=metrics)
         runtime.plugin_closers = closers
+        if settings.console_enabled:  # /console: a one-time link to the web console
+            from bot.console.auth import console_command
+
+            engine.commands.add(console_command(settings, state, clock, runtime.deliver))
         await runtime.signals.start()
         return runtime
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -164,13 +165,20 @@ class Store:
                     summarized_upto=0, created_at=now, updated_at=now)
 
     async def add_messages(
-        self, key: ConversationKey, turns: list[tuple[str, str, int]], user_id: str = ""
+        self, key: ConversationKey, turns: list[tuple[str, str, int]], user_id: str = "",
+        meta: list[dict[str, Any] | None] | None = None,
     ) -> list[int]:
-        """Append (role, content, token_count) turns to the conversation; return their ids."""
+        """Append (role, content, token_count) turns to the conversation; return their ids.
+
+        `meta`, one per turn, is what an answer used and did (citations, tool calls, an error).
+        """
         now = self.clock.now()
         conv_id = key.conversation_id()
+        metas = list(meta or []) + [None] * (len(turns) - len(meta or []))
         rows = [dict(conversation_id=conv_id, role=role, content=content, token_count=tokens,
-                     user_id=user_id, created_at=now) for role, content, tokens in turns]
+                     user_id=user_id, created_at=now,
+                     meta=json.dumps(m, ensure_ascii=False) if m else "")
+                for (role, content, tokens), m in zip(turns, metas)]
         upsert = self._upsert_conversation(key, now)
 
         def write(conn: Connection) -> list[int]:
@@ -237,6 +245,133 @@ class Store:
             )
             return int(result.scalar_one())
 
+    # ---- the console: conversations by channel and chat, and a user's data -------------
+
+    async def conversations(self, *, channel: str | None = None, tenant: str | None = None,
+                            tenants: list[str] | None = None, chats: list[str] | None = None,
+                            text: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Conversations, newest first, with their message count and last message.
+
+        `tenant` is CHANNEL:TENANT; `tenants` and `chats` bound what a scoped admin sees;
+        `text` keeps conversations with a message containing it.
+        """
+        conv, msg = _CONVERSATION, _MESSAGE
+        query = select(conv).order_by(conv.c.updated_at.desc(), conv.c.id).limit(
+            max(1, min(limit, 500)))
+        if channel:
+            query = query.where(conv.c.channel == channel)
+        if tenant:
+            ch, _, ten = tenant.partition(":")
+            query = query.where(conv.c.channel == ch, conv.c.tenant == ten)
+        if tenants is not None:
+            pairs = [t.partition(":") for t in tenants]
+            from sqlalchemy import and_, false, or_
+
+            query = query.where(or_(false(), *[and_(conv.c.channel == c, conv.c.tenant == t)
+                                               for c, _, t in pairs]))
+        if chats is not None:
+            query = query.where(conv.c.chat_id.in_(chats))
+        if text:
+            hit = select(msg.c.conversation_id).where(
+                msg.c.content.icontains(text[:200], autoescape=True))
+            query = query.where(conv.c.id.in_(hit))
+        count = (select(func.count(), func.max(msg.c.id)).where(
+            msg.c.conversation_id == bindparam("conv")))
+        last = select(msg.c.content).where(msg.c.id == bindparam("last"))
+
+        def read(conn: Connection) -> list[dict[str, Any]]:
+            found = []
+            for row in conn.execute(query).all():
+                n, last_id = conn.execute(count, {"conv": row.id}).one()
+                content = conn.execute(last, {"last": last_id}).scalar() if last_id else ""
+                found.append({"id": row.id, "channel": row.channel,
+                              "tenant": f"{row.channel}:{row.tenant}", "chat_id": row.chat_id,
+                              "thread_id": row.thread_id, "updated_at": _iso(row.updated_at),
+                              "messages": int(n), "last": (content or "")[:300]})
+            return found
+
+        return await self._lane.read(read)
+
+    async def chats(self, tenant: str | None = None, limit: int = 5000) -> dict[str, list[str]]:
+        """The chats Knowbot has talked in, per tenant (CHANNEL:TENANT), most recent first."""
+        conv = _CONVERSATION
+        query = (select(conv.c.channel, conv.c.tenant, conv.c.chat_id,
+                        func.max(conv.c.updated_at).label("last"))
+                 .group_by(conv.c.channel, conv.c.tenant, conv.c.chat_id)
+                 .order_by(func.max(conv.c.updated_at).desc()).limit(limit))
+        if tenant:
+            ch, _, ten = tenant.partition(":")
+            query = query.where(conv.c.channel == ch, conv.c.tenant == ten)
+
+        def read(conn: Connection) -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {}
+            for row in conn.execute(query):
+                found.setdefault(f"{row.channel}:{row.tenant}", []).append(row.chat_id)
+            return found
+
+        return await self._lane.read(read)
+
+    async def conversation(self, conversation_id: str, limit: int = 1000
+                           ) -> dict[str, Any] | None:
+        """One conversation with its messages (oldest first) and each answer's meta."""
+        conv, msg = _CONVERSATION, _MESSAGE
+        head = select(conv).where(conv.c.id == conversation_id)
+        turns = (select(msg).where(msg.c.conversation_id == conversation_id)
+                 .order_by(msg.c.id.desc()).limit(max(1, min(limit, 5000))))
+
+        def read(conn: Connection) -> dict[str, Any] | None:
+            row = conn.execute(head).first()
+            if row is None:
+                return None
+            messages = []
+            for m in reversed(conn.execute(turns).all()):
+                try:
+                    meta = json.loads(m.meta) if m.meta else {}
+                except ValueError:
+                    meta = {}
+                messages.append({"id": m.id, "role": m.role, "content": m.content,
+                                 "user_id": m.user_id, "created_at": _iso(m.created_at),
+                                 "citations": meta.get("citations", []),
+                                 "tools": meta.get("tools", []), "error": meta.get("error")})
+            return {"id": row.id, "channel": row.channel, "tenant": f"{row.channel}:{row.tenant}",
+                    "chat_id": row.chat_id, "thread_id": row.thread_id,
+                    "updated_at": _iso(row.updated_at), "summary": row.summary,
+                    "messages": messages}
+
+        return await self._lane.read(read)
+
+    async def forget_user(self, channel: str, tenant: str, user_id: str,
+                          chats: list[str] | None = None) -> dict[str, int]:
+        """Delete a user's messages in a tenant (in some chats only, when given).
+
+        A conversation left with no message is deleted; one that still holds others' messages
+        loses its running summary (it may repeat what the user said), which is rebuilt from
+        what is left. Returns {"messages": n, "conversations": n, "affected": [ids]}.
+        """
+        conv, msg = _CONVERSATION, _MESSAGE
+        mine = select(conv.c.id).where(conv.c.channel == channel, conv.c.tenant == tenant)
+        if chats is not None:
+            mine = mine.where(conv.c.chat_id.in_(chats))
+        where = (msg.c.user_id == user_id, msg.c.conversation_id.in_(mine))
+
+        def write(conn: Connection) -> dict[str, Any]:
+            affected = sorted({r[0] for r in conn.execute(
+                select(msg.c.conversation_id).where(*where).distinct())})
+            removed = int(conn.execute(delete(msg).where(*where)).rowcount or 0)
+            emptied = 0
+            for conv_id in affected:
+                left = conn.execute(select(func.count()).where(
+                    msg.c.conversation_id == conv_id)).scalar_one()
+                if left:
+                    conn.execute(update(conv).where(conv.c.id == conv_id).values(
+                        summary="", summary_tokens=0, summarized_upto=0))
+                else:
+                    emptied += int(conn.execute(delete(conv).where(conv.c.id == conv_id))
+                                   .rowcount or 0)
+            return {"messages": removed, "conversations": emptied, "affected": affected}
+
+        return await self._lane.write(write)
+
     # ---- usage ----------------------------------------------------------
 
     async def record_usage_many(self, events: list[Any]) -> None:
@@ -269,3 +404,14 @@ class Store:
             )
             await session.commit()
             return int(result.rowcount or 0)
+
+
+def _iso(value: datetime | None) -> str | None:
+    """An aware ISO time (SQLite hands back naive UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        from datetime import timezone
+
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat()

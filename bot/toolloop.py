@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import html
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from bot.llm import Completion, LLMRouter, ToolCall
 from plugins import ToolContext, ToolRegistry
@@ -44,6 +45,21 @@ class LoopResult:
     tool_calls: tuple[ToolCallRecord, ...]
     provider: str
     model: str
+
+
+# Who watches the tool calls of the loops run in this context (the console's playground):
+# called with {"tool": {...}} before a call and {"tool_result": {...}} after it.
+TOOL_EVENTS: contextvars.ContextVar[Callable[[dict[str, Any]], None] | None] = \
+    contextvars.ContextVar("knowbot_tool_events", default=None)
+
+
+def _tell(event: dict[str, Any]) -> None:
+    watcher = TOOL_EVENTS.get()
+    if watcher is not None:
+        try:
+            watcher(event)
+        except Exception:  # noqa: BLE001 - a watcher never breaks an answer
+            log.warning("a tool-call watcher failed", exc_info=True)
 
 
 def wrap_tool_result(name: str, output: str) -> str:
@@ -128,9 +144,12 @@ async def run_tool_loop(
             "step %d: model called %s", step, ", ".join(call.name for call in calls)
         )
         conversation.append(_assistant_message(completion))
+        for call in calls:
+            _tell({"tool": {"name": call.name, "arguments": call.arguments}})
         outputs = await _run_calls(registry, calls, ctx)
         for call, output in zip(calls, outputs, strict=True):
             records.append(ToolCallRecord(call.name, call.arguments, output[:PREVIEW_CHARS]))
+            _tell({"tool_result": {"name": call.name, "result": output[:PREVIEW_CHARS]}})
             conversation.append({
                 "role": "tool",
                 "tool_call_id": call.id,

@@ -52,7 +52,7 @@ from qdrant_edge import (
 
 from bot.errors import ConfigError, StorageError
 from knowledge.types import Hit, Point, SparseVector
-from knowledge.vectorstore import VectorStore, named_query_ok
+from knowledge.vectorstore import VectorStore, chunk_record, named_query_ok
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,22 @@ class EdgeStore(VectorStore):
                                 with_payload=True)
         found, _ = self._call(self._shard.scroll, request)
         return [(str(p.id), str((p.payload or {}).get("text", ""))) for p in found]
+
+    def chunks(self, tenant: str, kb: str, source_id: str, limit: int = 2000
+               ) -> list[dict[str, Any]]:
+        """A source's ready chunks (text, location, ordinal, version), in document order."""
+        selected = Filter(must=[*_owner(tenant, kb, source_id), _is("ready", _TRUE)])
+        found: list[Any] = []
+        offset = None
+        while len(found) < limit:
+            request = ScrollRequest(limit=min(_BATCH, limit - len(found)), filter=selected,
+                                    with_payload=True, offset=offset)
+            page, offset = self._call(self._shard.scroll, request)
+            found.extend(page)
+            if offset is None or not page:
+                break
+        return sorted((chunk_record(p.payload or {}) for p in found),
+                      key=lambda c: c["ordinal"])
 
     def count_missing(self, name: str) -> int:
         """How many points lack the named vector."""

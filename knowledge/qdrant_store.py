@@ -34,7 +34,7 @@ from knowledge.edge_store import (
     check_vector_name,
 )
 from knowledge.types import Hit, Point, SparseVector
-from knowledge.vectorstore import VectorStore, named_query_ok
+from knowledge.vectorstore import VectorStore, chunk_record, named_query_ok
 
 try:  # gRPC errors surface as-is when the client is built with prefer_grpc=True
     from grpc import RpcError as _RpcError
@@ -259,6 +259,22 @@ class QdrantServerStore(VectorStore):
                               scroll_filter=self._lacking(name), limit=limit,
                               with_payload=["text"], with_vectors=False)
         return [(str(p.id), str((p.payload or {}).get("text", ""))) for p in found]
+
+    def chunks(self, tenant: str, kb: str, source_id: str, limit: int = 2000
+               ) -> list[dict[str, Any]]:
+        """A source's ready chunks (text, location, ordinal, version), in document order."""
+        selected = models.Filter(must=[*_owner(tenant, kb, source_id), _is("ready", True)])
+        found: list[Any] = []
+        offset = None
+        while len(found) < limit:
+            page, offset = self._call(self.client.scroll, self.collection,
+                                      scroll_filter=selected, limit=min(256, limit - len(found)),
+                                      offset=offset, with_payload=True, with_vectors=False)
+            found.extend(page)
+            if offset is None or not page:
+                break
+        return sorted((chunk_record(p.payload or {}) for p in found),
+                      key=lambda c: c["ordinal"])
 
     def count_missing(self, name: str) -> int:
         """How many points lack the named vector."""

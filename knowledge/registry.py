@@ -52,11 +52,13 @@ class SourceInfo:
     added_by: str
     added_at: datetime
     updated_at: datetime
+    lang: str = ""
 
 
 def _source_info(row: Source, kb: str) -> SourceInfo:
     return SourceInfo(row.id, kb, row.title, row.origin, row.kind, row.content_hash, row.version,
-                      row.chunk_count, row.pages, row.added_by, row.added_at, row.updated_at)
+                      row.chunk_count, row.pages, row.added_by, row.added_at, row.updated_at,
+                      row.lang or "")
 
 
 class Registry:
@@ -141,6 +143,20 @@ class Registry:
                 .order_by(Source.updated_at.desc())  # type: ignore[attr-defined]
             )
             return [_source_info(row, kb) for row in result.scalars().all()]
+
+    async def source_by_id(self, tenant: str, source_id: str) -> tuple[SourceInfo, KBInfo] | None:
+        """A source of the tenant by its id, with its knowledge base (None: not in this tenant)."""
+        statement = (select(Source, KnowledgeBase)
+                     .join(KnowledgeBase, Source.kb_id == KnowledgeBase.id)  # type: ignore[arg-type]
+                     .where(KnowledgeBase.tenant == tenant)  # type: ignore[arg-type]
+                     .where(Source.id == source_id))  # type: ignore[arg-type]
+        async with self.store.session() as session:
+            row = (await session.exec(statement)).first()  # type: ignore[call-overload]
+            if row is None:
+                return None
+            source, kb = row
+            return _source_info(source, kb.name), KBInfo(int(kb.id), kb.tenant, kb.name,
+                                                          kb.shared, kb.chat_id, 0)
 
     async def find_source(self, tenant: str, kb: str, *, origin: str | None = None,
                           content_hash: str | None = None, source_id: str | None = None

@@ -98,16 +98,31 @@ def peak(dense: Sequence[Hit]) -> float | None:
 def gate(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: Sequence[Hit],
          rule: Gate) -> list[Candidate]:
     """The candidates worth citing, or none when the question is not in the knowledge base."""
+    return gate_decision(candidates, dense, xling, rule)[0]
+
+
+def gate_decision(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: Sequence[Hit],
+                  rule: Gate) -> tuple[list[Candidate], str]:
+    """`gate`'s candidates and, in words, why (the console's retrieval bench shows it)."""
     if not xling or not candidates:
-        return []
+        return [], "nothing found"
     best = xling[0].score
     if best < rule.floor:
-        return []
+        return [], (f"declined: the best cross-lingual cosine {best:.3f} is below the floor "
+                    f"{rule.floor:.3f}")
     if best < rule.sure:
         stands_out = peak(dense)
         if stands_out is not None and stands_out < rule.peak:
-            return []
-    return [c for c in candidates if c.xling is None or c.xling >= best - rule.spread]
+            return [], (f"declined: cross-lingual cosine {best:.3f} is between the floor "
+                        f"{rule.floor:.3f} and sure {rule.sure:.3f}, and e5's best stands only "
+                        f"{stands_out:.3f} above its ranks 6-20 (needs {rule.peak:.3f})")
+        why = (f"answered: cross-lingual cosine {best:.3f} is between the floor and sure, and "
+               + (f"e5's best stands {stands_out:.3f} above its ranks 6-20"
+                  if stands_out is not None else "too few hits to judge e5's peak"))
+    else:
+        why = f"answered: cross-lingual cosine {best:.3f} is at or above sure {rule.sure:.3f}"
+    kept = [c for c in candidates if c.xling is None or c.xling >= best - rule.spread]
+    return kept, why + f"; passages within {rule.spread:.2f} of it are kept"
 
 
 _WORD = re.compile(r"[\w\u4e00-\u9fff]+")
@@ -152,10 +167,23 @@ def relevant(candidates: Sequence[Candidate], best_dense: float, min_score: floa
     documents (`lexical` false) must clear the higher `semantic_min_score`, and every candidate
     must also be within `spread` of the best match, not only above the floor.
     """
-    if best_dense < (min_score if lexical else semantic_min_score):
-        return []
+    return relevant_decision(candidates, best_dense, min_score, semantic_min_score, lexical,
+                             margin, spread)[0]
+
+
+def relevant_decision(candidates: Sequence[Candidate], best_dense: float, min_score: float,
+                      semantic_min_score: float, lexical: bool, margin: float = 0.04,
+                      spread: float = 0.07) -> tuple[list[Candidate], str]:
+    """`relevant`'s candidates and, in words, why."""
+    bar = min_score if lexical else semantic_min_score
+    kind = "shares keywords" if lexical else "shares no keyword"
+    if best_dense < bar:
+        return [], (f"declined: the question {kind}, and the best e5 cosine {best_dense:.3f} "
+                    f"is below {bar:.3f}")
     floor = max(min_score - margin, best_dense - spread)
-    return [c for c in candidates if c.dense is None or c.dense >= floor]
+    kept = [c for c in candidates if c.dense is None or c.dense >= floor]
+    return kept, (f"answered: the question {kind}, and the best e5 cosine {best_dense:.3f} "
+                  f"clears {bar:.3f}; passages from e5 cosine {floor:.3f} are kept")
 
 
 def interleave(lists: Sequence[Sequence[Passage]], top_k: int) -> list[Passage]:

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
@@ -21,13 +22,14 @@ from knowledge.langs import NAMES, script_of
 from knowledge.reindex import fill_missing, log_end
 from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
 from knowledge.search import (
+    Candidate,
     Gate,
     Ranking,
     collapse_near_duplicates,
     fuse,
-    gate,
+    gate_decision,
     interleave,
-    relevant,
+    relevant_decision,
 )
 from knowledge.sparse import SparseEncoder
 from knowledge.types import Chunk, IngestReceipt, LoadedDocument, Point
@@ -38,11 +40,34 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
 EMBED_BATCH = 32  # texts per model call
 EMBED_GROUP = 128  # chunks handed to the embedder at once (it batches them by length)
+RECRAWLED = "recrawled"  # state store: TENANT|KB|SOURCE -> when the link was last fetched again
 
 
 def source_id_for(tenant: str, kb: str, origin: str) -> str:
     """A stable id for a source: the same origin in the same knowledge base is the same source."""
     return uuid.uuid5(uuid.NAMESPACE_URL, f"knowbot:{tenant}:{kb}:{origin}").hex
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A search and what is behind it (see KnowledgeService.diagnose)."""
+
+    kept: list[Candidate]  # what the search answers with, best first
+    shown: list[Candidate]  # the best candidates before the gate, best first
+    bm25: dict[str, float]  # point id -> BM25 score, for the points BM25 found
+    reason: str  # the gate's decision, in words
+
+    @staticmethod
+    def passage(c: Candidate) -> Passage:
+        """A candidate as the passage a search returns."""
+        return Passage(
+            text=str(c.hit.payload.get("text", "")),
+            source=str(c.hit.payload.get("title", "")),
+            location=str(c.hit.payload.get("location", "")),
+            score=c.dense if c.dense is not None else c.score,
+            source_id=str(c.hit.payload.get("source_id", "")),
+            url=str(c.hit.payload.get("url", "")),
+        )
 
 
 class KnowledgeService:
@@ -159,6 +184,15 @@ class KnowledgeService:
         translation and the two result lists are interleaved: the small offline embedding model
         matches across Chinese and English poorly, a translated question matches well.
         """
+        searched = await self.diagnose_scope(tenant, kbs, query, top_k)
+        if len(searched) == 1:
+            return [searched[0][1].passage(c) for c in searched[0][1].kept]
+        return interleave([[d.passage(c) for c in d.kept] for _, d in searched], top_k)
+
+    async def diagnose_scope(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5
+                             ) -> list[tuple[str, "Diagnosis"]]:
+        """What `search_scope` searches, each query (the question, then any translation of it)
+        with its `diagnose`; empty when there is nothing to search."""
         query = query.strip()
         if not query or not kbs:
             return []
@@ -175,18 +209,24 @@ class KnowledgeService:
         wanted = script_of(query)
         others = sorted(lang for lang in languages if lang in NAMES and lang != wanted)
         if self.translator is None or not wanted or not others:
-            return await self._search_one(tenant, kbs, query, top_k, dense_q)
+            return [(query, await self.diagnose(tenant, kbs, query, top_k, dense_q))]
         translations = [self.translator(query, NAMES[lang]) for lang in others]
-        results = await asyncio.gather(self._search_one(tenant, kbs, query, top_k, dense_q),
+        results = await asyncio.gather(self.diagnose(tenant, kbs, query, top_k, dense_q),
                                        *translations)
-        lists = [results[0]]
+        found: list[tuple[str, Diagnosis]] = [(query, results[0])]
         for translated in results[1:]:
             if translated and translated.strip() and translated.strip() != query:
-                lists.append(await self._search_one(tenant, kbs, translated.strip(), top_k))
-        return interleave(lists, top_k)
+                text = translated.strip()
+                found.append((text, await self.diagnose(tenant, kbs, text, top_k)))
+        return found
 
-    async def _search_one(self, tenant: str, kbs: Sequence[str], query: str, top_k: int,
-                          dense_q: Sequence[float] | None = None) -> list[Passage]:
+    async def diagnose(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5,
+                       dense_q: Sequence[float] | None = None) -> "Diagnosis":
+        """One search, with everything behind it: each ranking's scores and the gate's decision.
+
+        `kept` is what the search answers with (the gate, current versions, near-duplicates
+        collapsed); `shown` is the best `top_k` before the gate, for the retrieval bench.
+        """
         embedder = await self.embedder()
         xl = await self.crosslingual()
         # both models embed the question at once (one thread each)
@@ -213,26 +253,22 @@ class KnowledgeService:
         if xl is not None and self._xl_complete:
             rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
                         s.knowledge_gate_spread)
-            fused = gate(fused, dense, xling, rule)
+            gated, reason = gate_decision(fused, dense, xling, rule)
         else:  # no cross-lingual model, or a reindex still filling it: the e5 gate
             best = max((h.score for h in dense), default=0.0)
-            fused = relevant(fused, best, s.knowledge_min_score, s.knowledge_semantic_min_score,
-                             lexical=any(h.score > 0 for h in sparse))
+            gated, reason = relevant_decision(
+                fused, best, s.knowledge_min_score, s.knowledge_semantic_min_score,
+                lexical=any(h.score > 0 for h in sparse))
         current = await self._current_versions(tenant, fused)
-        fused = [c for c in fused
-                 if current.get(str(c.hit.payload.get("source_id"))) == c.hit.payload.get("version")]
-        fused = collapse_near_duplicates(fused, limit=top_k)
-        return [
-            Passage(
-                text=str(c.hit.payload.get("text", "")),
-                source=str(c.hit.payload.get("title", "")),
-                location=str(c.hit.payload.get("location", "")),
-                score=c.dense if c.dense is not None else c.score,
-                source_id=str(c.hit.payload.get("source_id", "")),
-                url=str(c.hit.payload.get("url", "")),
-            )
-            for c in fused
-        ]
+
+        def live(candidates: Sequence[Candidate]) -> list[Candidate]:
+            return [c for c in candidates if current.get(str(c.hit.payload.get("source_id")))
+                    == c.hit.payload.get("version")]
+
+        kept = collapse_near_duplicates(live(gated), limit=top_k)
+        shown = collapse_near_duplicates(live(fused), limit=top_k)
+        return Diagnosis(kept=kept, shown=shown, bm25={h.id: h.score for h in sparse},
+                         reason=reason)
 
     async def _current_versions(self, tenant: str, candidates: Sequence[object]) -> dict[str, str]:
         ids = {str(c.hit.payload.get("source_id")) for c in candidates}  # type: ignore[attr-defined]
@@ -357,6 +393,7 @@ class KnowledgeService:
                     log.warning("re-crawl of source %s failed: %s", source.id, exc)
                     continue
                 counts[receipt.status] += 1
+                await self.mark_recrawled(kb.tenant, kb.name, source.id)
         log.info("re-crawl: %s", counts)
         return counts
 
@@ -471,6 +508,48 @@ class KnowledgeService:
         await self.registry.delete_source(found.id)
         await asyncio.to_thread((await self.vectors()).delete, tenant, kb, found.id)
         return found
+
+    async def chunks(self, tenant: str, source_id: str, limit: int = 2000
+                     ) -> tuple[SourceInfo, list[dict[str, object]]] | None:
+        """A source of the tenant and its current chunks in document order (None: no such)."""
+        found = await self.registry.source_by_id(tenant, source_id)
+        if found is None:
+            return None
+        source, kb = found
+        points = await asyncio.to_thread((await self.vectors()).chunks, tenant, kb.name,
+                                         source.id, limit)
+        return source, [{k: v for k, v in p.items() if k != "version"}
+                        for p in points if p["version"] == source.version]
+
+    async def recrawl_source(self, tenant: str, kb: str, source_id: str,
+                             progress: Progress | None = None) -> IngestReceipt:
+        """Re-fetch one link source now (unchanged content is kept as it is)."""
+        source = await self.registry.find_source(tenant, kb, source_id=source_id)
+        if source is None:
+            raise KnowbotError(f"There is no source {source_id!r} in the knowledge base {kb!r}.")
+        if not source.origin.startswith(("http://", "https://")):
+            raise KnowbotError(f"{source.title} is a file, not a link: only links are re-crawled.")
+        info = next((k for k in await self.registry.list_kbs(tenant) if k.name == kb), None)
+        receipt = await self.ingest_url(tenant, kb, source.origin, added_by=source.added_by,
+                                        chat_id=info.chat_id if info else "",
+                                        shared=info.shared if info else False, progress=progress)
+        await self.mark_recrawled(tenant, kb, source.id)
+        return receipt
+
+    async def mark_recrawled(self, tenant: str, kb: str, source_id: str) -> None:
+        """Note when a link source was last fetched again."""
+        from bot.kv import StateStore
+
+        await StateStore(self.registry.store).put(
+            RECRAWLED, f"{tenant}|{kb}|{source_id}", self.registry.store.clock.now().isoformat())
+
+    async def recrawled(self, tenant: str, kb: str) -> dict[str, str]:
+        """When each link source of a knowledge base was last fetched again (source id -> time)."""
+        from bot.kv import StateStore
+
+        prefix = f"{tenant}|{kb}|"
+        items = await StateStore(self.registry.store).items(RECRAWLED, prefix, limit=100_000)
+        return {key[len(prefix):]: str(entry.value) for key, entry in items}
 
     async def delete_kb(self, tenant: str, kb: str) -> int:
         """Delete a whole knowledge base; return how many sources it had."""

@@ -13,7 +13,7 @@ it existed; points written before then lack it until `set_vectors` fills them fr
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from knowledge.types import Hit, Point, SparseVector
 
@@ -27,6 +27,16 @@ def named_query_ok(extra: dict[str, int], name: str, vector: Sequence[float],
     if len(vector) != want:
         raise ValueError(f"query vector has {len(vector)} dimensions, {name!r} has {want}")
     return bool(kbs) and limit > 0
+
+
+def chunk_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A stored chunk as the console shows it."""
+    try:
+        ordinal = int(payload.get("ordinal", 0))
+    except (TypeError, ValueError):
+        ordinal = 0
+    return {"ordinal": ordinal, "text": str(payload.get("text", "")),
+            "location": str(payload.get("location", "")), "version": str(payload.get("version", ""))}
 
 
 class VectorStore(Protocol):
@@ -70,6 +80,11 @@ class VectorStore(Protocol):
 
     def missing_vector(self, name: str, limit: int) -> list[tuple[str, str]]:
         """Up to `limit` points lacking the named vector, as (point id, chunk text)."""
+        ...
+
+    def chunks(self, tenant: str, kb: str, source_id: str, limit: int = 2000
+               ) -> list[dict[str, Any]]:
+        """A source's ready chunks as `chunk_record`s, in document order (at most `limit`)."""
         ...
 
     def count_missing(self, name: str) -> int:

@@ -9,6 +9,7 @@ check says what to do about it. Output names settings and hosts, never a secret'
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import time
 from dataclasses import dataclass
@@ -426,6 +427,28 @@ async def check_public_urls(settings: Settings) -> list[Result]:
     return results
 
 
+def _preload(settings: Settings) -> None:
+    """Import the client libraries the checks will use, before their time limits start.
+
+    A check's limit is for the network; on a busy machine importing qdrant-client or aiogram
+    alone can take longer than that.
+    """
+    names = ["openai", "httpx"]
+    if settings.redis_url:
+        names.append("redis.asyncio")
+    if settings.qdrant_url:
+        names.append("qdrant_client")
+    if settings.telegram_token:
+        names.append("aiogram")
+    if settings.slack_bot_token:
+        names.append("slack_sdk.web.async_client")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # the check itself says what is missing
+            pass
+
+
 async def _bounded(name: str, check: Awaitable[Any]) -> list[Result]:
     try:
         found = await asyncio.wait_for(check, TIMEOUT + 5)
@@ -444,5 +467,6 @@ async def run_doctor(settings: Settings) -> list[Result]:
         ("model", check_providers), ("slack", check_slack), ("telegram", check_telegram),
         ("wechat", check_wechat), ("public url", check_public_urls),
     ]
+    await asyncio.to_thread(_preload, settings)
     found = await asyncio.gather(*(_bounded(name, fn(settings)) for name, fn in checks))
     return [result for group in found for result in group]

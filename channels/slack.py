@@ -391,6 +391,11 @@ class SlackChannel:
         except SlackApiError as exc:
             log.info("thread context unavailable: %s", exc.response.get("error"))
             return
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            # the earlier messages are context, not the question: answer without them
+            log.warning("thread context unavailable: conversations.replies failed (%s)",
+                        type(exc).__name__)
+            return
         lines: list[str] = []
         for item in (found.get("messages") or [])[:THREAD_MESSAGES]:
             if item.get("ts") == event.get("ts"):

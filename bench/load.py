@@ -153,6 +153,32 @@ def _ids(text: str) -> list[int]:
             if w == "load" and words[i + 1] == "message" and words[i + 2].isdigit()]
 
 
+def _report(results: dict[str, dict[str, list[float] | int]], rss: list[float],
+            cpu: list[float], idle: list[float], xacts: float, idle_xacts: float) -> None:
+    """Print the figures (before the teardown, which can be slow after an overload)."""
+    print(f"{'channel':<9} {'ack p50':>9} {'ack p99':>9} {'sent':>6} {'delivered':>9} "
+          f"{'lost':>5} {'dup':>4} {'refused':>7}")
+    for channel, r in results.items():
+        acks = r["acks"]
+        assert isinstance(acks, list)
+        print(f"{channel:<9} {_pct(acks, 0.5):>7.1f}ms {_pct(acks, 0.99):>7.1f}ms {r['sent']:>6} "
+              f"{r['delivered']:>9} {r['lost']:>5} {r['duplicated']:>4} {r['failed']:>7}")
+    wechat = results["wechat"]["acks"]
+    assert isinstance(wechat, list)
+    print(f"goals: Telegram/Slack ack p99 < {ACK_GOAL_MS:.0f} ms; WeChat passive reply p99 < "
+          f"model 1000 ms + {ACK_GOAL_MS:.0f} ms (measured {_pct(wechat, 0.99):.0f} ms, median "
+          f"{statistics.median(wechat) if wechat else float('nan'):.0f} ms); 0 lost; 0 duplicated")
+    print("peak RSS per replica: " + ", ".join(f"{m:.0f} MB" for m in rss))
+    answered = sum(int(r["delivered"]) for r in results.values())
+    print(f"replicas' CPU per answered message: {sum(cpu) / max(1, answered) * 1000:.2f} ms "
+          f"(their CPU during the run, less what they use idle: "
+          + ", ".join(f"{c:.1f} s" for c in cpu) + f"; idle {', '.join(f'{i * 100:.0f}%' for i in idle)}"
+          " of a core)")
+    print(f"database transactions per answered message: {xacts / max(1, answered):.1f} "
+          f"(PostgreSQL's counters, less the {idle_xacts:.1f}/s the replicas make idle; the "
+          "statistics collector may lag a little)")
+
+
 async def main(args: argparse.Namespace) -> None:
     import psycopg
     from sqlalchemy.engine import make_url
@@ -194,33 +220,14 @@ async def main(args: argparse.Namespace) -> None:
                     cpu = [_cpu_seconds(p) - c - i * busy_for
                            for p, c, i in zip(pids, cpu_from, idle)]
                     rss = [_peak_rss_mb(p) for p in pids]
+                    _report(results, rss, cpu, idle, xacts, idle_xacts)
                 finally:
+                    print("stopping the replicas and the platforms", flush=True)
                     for replica in replicas:
                         replica.stop()
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(f"{'channel':<9} {'ack p50':>9} {'ack p99':>9} {'sent':>6} {'delivered':>9} "
-          f"{'lost':>5} {'dup':>4} {'refused':>7}")
-    for channel, r in results.items():
-        acks = r["acks"]
-        assert isinstance(acks, list)
-        print(f"{channel:<9} {_pct(acks, 0.5):>7.1f}ms {_pct(acks, 0.99):>7.1f}ms {r['sent']:>6} "
-              f"{r['delivered']:>9} {r['lost']:>5} {r['duplicated']:>4} {r['failed']:>7}")
-    wechat = results["wechat"]["acks"]
-    assert isinstance(wechat, list)
-    print(f"goals: Telegram/Slack ack p99 < {ACK_GOAL_MS:.0f} ms; WeChat passive reply p99 < "
-          f"model 1000 ms + {ACK_GOAL_MS:.0f} ms (measured {_pct(wechat, 0.99):.0f} ms, median "
-          f"{statistics.median(wechat) if wechat else float('nan'):.0f} ms); 0 lost; 0 duplicated")
-    print("peak RSS per replica: " + ", ".join(f"{m:.0f} MB" for m in rss))
-    answered = sum(int(r["delivered"]) for r in results.values())
-    print(f"replicas' CPU per answered message: {sum(cpu) / max(1, answered) * 1000:.2f} ms "
-          f"(their CPU during the run, less what they use idle: "
-          + ", ".join(f"{c:.1f} s" for c in cpu) + f"; idle {', '.join(f'{i * 100:.0f}%' for i in idle)}"
-          " of a core)")
-    print(f"database transactions per answered message: {xacts / max(1, answered):.1f} "
-          f"(PostgreSQL's counters, less the {idle_xacts:.1f}/s the replicas make idle; the "
-          "statistics collector may lag a little)")
 
 
 if __name__ == "__main__":

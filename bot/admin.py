@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bot.errors import KnowbotError
-from bot.types import ConversationKey, InboundMessage, Passage
+from bot.types import ConversationKey, InboundMessage, Passage, Reply
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -261,15 +261,7 @@ class LocalAdmin:
         key = ConversationKey("console", "local", chat, chat)
         message = InboundMessage(key=key, message_id=f"console-web-{uuid.uuid4().hex}",
                                  text=question, is_admin=True)
-        runtime = self.runtime
-        if question.strip().startswith("/"):
-            reply = await runtime.dispatcher.process(message)
-        else:
-            async def handler(msg: InboundMessage) -> Any:
-                return await runtime.engine.answer(msg, question, kb=kb)
-
-            reply = await runtime.dispatcher.process(message, handler=handler)
-        assert reply is not None  # a fresh message id is never a redelivery
+        reply = await self._answer(message, kb)
         return {"answer": reply.text, "kind": reply.kind, "conversation": key.conversation_id(),
                 "citations": [{"source": c.source, "location": c.location, "url": c.url or None,
                                "snippet": c.snippet} for c in reply.citations]}
@@ -337,9 +329,15 @@ class LocalAdmin:
         """Answer one question as the terminal user `user` would get it."""
         from channels.console import console_key
 
-        runtime = self.runtime
         message = InboundMessage(key=console_key(user), message_id=f"admin-{uuid.uuid4().hex}",
                                  text=question, is_admin=True)
+        reply = await self._answer(message, kb)
+        return {**reply.as_dict(), "kind": reply.kind}
+
+    async def _answer(self, message: InboundMessage, kb: str | None) -> Reply:
+        """A fresh message through the dispatcher: a command as typed, else answered from `kb`."""
+        runtime = self.runtime
+        question = message.text
         if question.strip().startswith("/"):
             reply = await runtime.dispatcher.process(message)
         else:
@@ -348,7 +346,7 @@ class LocalAdmin:
 
             reply = await runtime.dispatcher.process(message, handler=handler)
         assert reply is not None  # a fresh message id is never a redelivery
-        return {**reply.as_dict(), "kind": reply.kind}
+        return reply
 
     async def usage(self, days: int) -> list[dict[str, Any]]:
         """Model calls and tokens per day, tenant, provider and model over the last `days`."""

@@ -228,15 +228,19 @@ def _stream(work: Callable[[Progress], Awaitable[dict[str, Any]]]) -> StreamingR
         finally:
             loop.call_soon_threadsafe(events.put_nowait, None)
 
-    task = loop.create_task(run())
+    return ndjson_response(events, loop.create_task(run()))
 
+
+def ndjson_response(events: "asyncio.Queue[dict[str, Any] | None]", task: "asyncio.Task[None]"
+                    ) -> StreamingResponse:
+    """Stream the queue's events as NDJSON lines until None; the task always finishes."""
     async def lines() -> AsyncIterator[bytes]:
         try:
             while (event := await events.get()) is not None:
                 yield (json.dumps(event, ensure_ascii=False) + "\n").encode()
         finally:
             if not task.done():
-                await task  # the client left: the ingest still finishes, nothing half-written
+                await task  # the client left: the work still finishes, nothing half-written
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 

@@ -10,16 +10,15 @@ newline-delimited JSON as they go.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from bot.admin import CONSOLE_TENANT, LocalAdmin
-from bot.admin_api import _stream, error_text
+from bot.admin_api import _stream, error_text, ndjson_response
 from bot.console.auth import Session, csrf_ok
 from bot.errors import KnowbotError
 from bot.httpbody import read_bounded
@@ -332,14 +331,4 @@ def _events(work: Any) -> StreamingResponse:
         finally:
             loop.call_soon_threadsafe(events.put_nowait, None)
 
-    task = loop.create_task(run())
-
-    async def lines() -> AsyncIterator[bytes]:
-        try:
-            while (event := await events.get()) is not None:
-                yield (json.dumps(event, ensure_ascii=False) + "\n").encode()
-        finally:
-            if not task.done():
-                await task
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return ndjson_response(events, loop.create_task(run()))

@@ -55,6 +55,15 @@ def tenant_of_conversation(conversation_id: str) -> str:
     return f"{parts[0]}:{parts[1].replace('%3A', ':')}"
 
 
+def _count_call(totals: dict[str, Any], record: Any) -> None:
+    """Add one usage record (a model call) to a row of totals."""
+    totals["calls"] += 1
+    totals["errors"] += int(record.outcome != "ok")
+    totals["prompt_tokens"] += record.prompt_tokens
+    totals["completion_tokens"] += record.completion_tokens
+    totals["latency_ms"] += record.latency_ms
+
+
 class LocalAdmin:
     """The operations on a runtime in this process."""
 
@@ -217,12 +226,7 @@ class LocalAdmin:
             if not may_see(tenant, chat):
                 continue
             key = (_day(r.created_at), tenant, tenant.partition(":")[0], r.provider, r.model)
-            t = totals[key]
-            t["calls"] += 1
-            t["errors"] += int(r.outcome != "ok")
-            t["prompt_tokens"] += r.prompt_tokens
-            t["completion_tokens"] += r.completion_tokens
-            t["latency_ms"] += r.latency_ms
+            _count_call(totals[key], r)
         return [{"day": d, "tenant": tenant, "channel": channel, "provider": p, "model": m,
                  "calls": t["calls"], "errors": t["errors"], "prompt_tokens": t["prompt_tokens"],
                  "completion_tokens": t["completion_tokens"],
@@ -357,12 +361,7 @@ class LocalAdmin:
         for r in await self.runtime.store.usage(since):
             key = (r.created_at.date().isoformat(), tenant_of_conversation(r.conversation_id),
                    r.provider, r.model)
-            t = totals[key]
-            t["calls"] += 1
-            t["errors"] += int(r.outcome != "ok")
-            t["prompt_tokens"] += r.prompt_tokens
-            t["completion_tokens"] += r.completion_tokens
-            t["latency_ms"] += r.latency_ms
+            _count_call(totals[key], r)
         return [{"day": d, "tenant": tenant, "provider": p, "model": m, **t}
                 for (d, tenant, p, m), t in sorted(totals.items())]
 

@@ -189,14 +189,10 @@ def build_admin_api(settings: "Settings", runtime: Callable[[], "Runtime"]) -> F
     async def ingest_file(request: Request, name: str = Query(..., min_length=1, max_length=255),
                           tenant: str = CONSOLE_TENANT, kb: str = "default",
                           origin: str = "", a: LocalAdmin = Depends(admin)) -> Any:
-        limit = settings.ingest_max_bytes
-        data = await read_bounded(request, limit)
-        if data is None:
-            return JSONResponse({"error": f"{name} is over the {limit / 2**20:.0f} MB limit "
-                                          "(KNOWBOT_INGEST_MAX_BYTES)"}, status_code=413)
-        mime = request.headers.get("content-type", "").split(";")[0].strip()
-        if mime in ("application/octet-stream", "application/x-www-form-urlencoded"):
-            mime = ""
+        body = await read_upload(request, name, settings.ingest_max_bytes)
+        if isinstance(body, JSONResponse):
+            return body
+        data, mime = body
         return _stream(lambda progress: a.ingest_file(tenant, kb, data, name, mime,
                                                       origin or name, progress))
 
@@ -229,6 +225,19 @@ def _stream(work: Callable[[Progress], Awaitable[dict[str, Any]]]) -> StreamingR
             loop.call_soon_threadsafe(events.put_nowait, None)
 
     return ndjson_response(events, loop.create_task(run()))
+
+
+async def read_upload(request: Request, name: str, limit: int
+                      ) -> "tuple[bytes, str] | JSONResponse":
+    """A file sent as the request body, bounded: (its bytes, its type or ""), or the 413."""
+    data = await read_bounded(request, limit)
+    if data is None:
+        return JSONResponse({"error": f"{name} is over the {limit / 2**20:.0f} MB limit "
+                                      "(KNOWBOT_INGEST_MAX_BYTES)"}, status_code=413)
+    mime = request.headers.get("content-type", "").split(";")[0].strip()
+    if mime in ("application/octet-stream", "application/x-www-form-urlencoded"):
+        mime = ""
+    return data, mime
 
 
 def ndjson_response(events: "asyncio.Queue[dict[str, Any] | None]", task: "asyncio.Task[None]"

@@ -18,10 +18,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from bot.admin import CONSOLE_TENANT, LocalAdmin
-from bot.admin_api import _stream, error_text, ndjson_response
+from bot.admin_api import _stream, error_text, ndjson_response, read_upload
 from bot.console.auth import Session, csrf_ok
 from bot.errors import KnowbotError
-from bot.httpbody import read_bounded
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -193,14 +192,10 @@ def build_api(settings: "Settings", console: "Console") -> FastAPI:
                      name: str = Query(..., min_length=1, max_length=255),
                      s: Session = Depends(signed_in)) -> Any:
         info = await kb_reach(s, tenant, kb, create=True)
-        limit = settings.ingest_max_bytes
-        data = await read_bounded(request, limit)
-        if data is None:
-            return JSONResponse({"error": f"{name} is over the {limit / 2**20:.0f} MB limit "
-                                          "(KNOWBOT_INGEST_MAX_BYTES)"}, status_code=413)
-        mime = request.headers.get("content-type", "").split(";")[0].strip()
-        if mime in ("application/octet-stream", "application/x-www-form-urlencoded"):
-            mime = ""
+        body = await read_upload(request, name, settings.ingest_max_bytes)
+        if isinstance(body, JSONResponse):
+            return body
+        data, mime = body
         a = admin()
         chat_id = info.get("chat_id") or ""
         return _stream(lambda progress: a.ingest_file(

@@ -457,7 +457,8 @@ async def run(args: argparse.Namespace) -> None:
             seed_s = time.perf_counter() - seeded_at
             print(f"Knowbot core benchmark: model latency {LATENCY:g} s (fake server in "
                   f"{'a thread of this process' if args.server_thread else 'a child process'}), "
-                  f"SQLite at {settings.resolved_database_url}")
+                  f"SQLite at {settings.resolved_database_url}, event loop "
+                  f"{type(asyncio.get_running_loop()).__module__.split('.')[0]}")
             print(f"seeded {seeded} messages in {seed_s:.1f} s: {keys['main'].conversation_id()} "
                   f"and {keys['kb'].conversation_id()} have "
                   f"{await runtime.store.count_messages(keys['main'])} and "
@@ -554,13 +555,18 @@ def main() -> None:
                         help="model calls timed alone to tell the SDK's CPU apart (default 500)")
     parser.add_argument("--server-thread", action="store_true",
                         help="run the fake model server in a thread of this process")
+    parser.add_argument("--asyncio", action="store_true",
+                        help="run on asyncio's own event loop, not the server's (uvloop)")
     args = parser.parse_args()
     for name in [k for k in os.environ if k.startswith("KNOWBOT_")] + [
         "OPENAI_API_KEY", "OPENAI_BASE_URL"
     ]:
         os.environ.pop(name, None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(args))
+    from bot.eventloop import loop_factory  # as `knowbot serve` runs
+
+    with asyncio.Runner(loop_factory=None if args.asyncio else loop_factory()) as runner:
+        runner.run(run(args))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,17 @@ that answers in 1 s, then two replicas on PostgreSQL and Redis, and drives Teleg
 updates, Slack events and WeChat messages (each a new conversation, round-robin over the
 replicas) at a fixed total rate. Prints, per channel: acknowledgement latency p50/p99 (the
 webhook's HTTP answer; for WeChat the passive reply, which carries the answer, so its figure
-includes the model's second), answers delivered, lost and duplicated; and each replica's peak
-RSS. The load generator and the fakes share this process, which shares the machine's cores
-with the replicas: compare figures from one run.
+includes the model's second), answers delivered, lost and duplicated; each replica's peak RSS,
+its CPU per answered message and the database transactions per answered message.
+
+The platforms and the model run in a child process of their own and the load generator in this
+one, so neither takes the other's event loop; all of them share the machine's cores with the
+replicas, PostgreSQL and Redis: compare figures from one run. `--profile DIR` samples every
+replica with py-spy while the load runs (raw flamegraph files in DIR) and prints where their
+CPU went.
 
     python bench/load.py [--rate 200] [--seconds 60] [--replicas 2] [--workers 256] [--quick]
+        [--profile DIR]
 
 Needs PostgreSQL (KNOWBOT_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test,
 where it makes and drops a database of its own) and Redis (KNOWBOT_BENCH_REDIS_URL).
@@ -19,23 +25,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+import httpx  # noqa: E402
+
 from channels.telegram import derive_webhook_secret  # noqa: E402
-from fake_telegram import parse_telegram_html, private_chat, user  # noqa: E402
+from fake_telegram import FakeBotAPI, parse_telegram_html, private_chat, user  # noqa: E402
 from replicas import (TG_TOKEN, Balancer, Platforms, Replica, WeChatUser,  # noqa: E402
-                      slack_event, slack_headers)
+                      slack_event, slack_headers, stop_all)
 
 ACK_GOAL_MS = 50.0
 CHANNELS = ("telegram", "slack", "wechat")
@@ -77,10 +90,110 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: Platforms
+# ---- the platforms' process ----------------------------------------------------------------
+
+
+def _openid(n: int) -> str:
+    return f"o-user-{n:03d}"  # as WeChatUser names conversation n
+
+
+def _delivered(platforms: Platforms) -> dict[str, Any]:
+    """What the platforms were sent: message numbers per channel, WeChat pushes with times."""
+    return {
+        "telegram": [i for call in platforms.telegram.calls_of("sendMessage")
+                     for i in _ids(parse_telegram_html(call.params["text"]))],
+        "slack": [i for call in platforms.slack.called("chat.postMessage")
+                  for i in _ids(str(call.params.get("text", "")))],
+        "wechat_pushed": [[m["touser"], m["text"]["content"], m["_at"]]
+                          for m in platforms.wechat.sent],
+    }
+
+
+async def _serve_platforms(latency: float, conversations: int, database_url: str,
+                           redis_url: str, extra: dict[str, str]) -> None:
+    """Child mode: run the platforms and the model, print the replicas' settings and the
+    control URL as one JSON line, answer /delivered, stop when stdin closes."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from fake_wechat import serve
+
+    async with Platforms(model_latency=latency) as platforms:
+        for n in range(conversations):  # every WeChat user "wrote": their 48 hours are open
+            platforms.wechat.user_wrote(_openid(n))
+
+        async def delivered(request: Any) -> JSONResponse:
+            return JSONResponse(_delivered(platforms))
+
+        control = Starlette(routes=[Route("/delivered", delivered)])
+        async with serve(control) as url:
+            env = platforms.env(database_url, redis_url, **extra)
+            print(json.dumps({"env": env, "control": url}), flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+class RemotePlatforms:
+    """The platforms' child process, seen from the load generator."""
+
+    def __init__(self, latency: float, conversations: int, database_url: str, redis_url: str,
+                 **extra: str) -> None:
+        self._argv = [sys.executable, __file__, "--serve-platforms",
+                      json.dumps([latency, conversations, database_url, redis_url, extra])]
+        self._proc: subprocess.Popen[str] | None = None
+        self.env: dict[str, str] = {}
+        self.control = ""
+        self.wechat = _PushedWeChat()
+        self.client = httpx.AsyncClient(timeout=30)
+
+    def __enter__(self) -> "RemotePlatforms":
+        self._proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True)
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line.startswith("{"):
+            self.__exit__()
+            raise RuntimeError("the platforms' process did not start")
+        started = json.loads(line)
+        self.env, self.control = started["env"], started["control"]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is None:
+            return
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+    async def delivered(self) -> dict[str, Any]:
+        seen = (await self.client.get(self.control + "/delivered")).json()
+        self.wechat.sent = [{"touser": who, "text": {"content": text}, "_at": at}
+                            for who, text, at in seen["wechat_pushed"]]
+        return seen
+
+
+class _PushedWeChat:
+    """What `WeChatUser` asks of the WeChat API: its pushes (fetched from the child) and the
+    users' 48 hours (opened in the child for every conversation before the load starts)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def user_wrote(self, openid: str) -> None:
+        pass
+
+
+# ---- the load ---------------------------------------------------------------------------
+
+
+async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: RemotePlatforms
                  ) -> dict[str, dict[str, list[float] | int]]:
     balancer = Balancer(replicas)
     secret = {"X-Telegram-Bot-Api-Secret-Token": derive_webhook_secret(TG_TOKEN)}
+    updates = FakeBotAPI(TG_TOKEN)  # only builds Telegram's update JSON; not served here
     acks: dict[str, list[float]] = {c: [] for c in CHANNELS}
     failed = {c: 0 for c in CHANNELS}
     people: dict[int, WeChatUser] = {}
@@ -93,13 +206,13 @@ async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: P
         try:
             if channel == "telegram":
                 chat = 10_000 + n
-                update = platforms.telegram.text_update(private_chat(chat), user(chat), text)
+                update = updates.text_update(private_chat(chat), user(chat), text)
                 await balancer.post("/telegram/webhook", json=update, headers=secret)
             elif channel == "slack":
                 raw = slack_event(n, text, f"EvLoad{n:07d}")
                 await balancer.post("/slack/events", content=raw, headers=slack_headers(raw))
             else:
-                person = people[n] = WeChatUser(replicas, platforms.wechat, n)
+                person = people[n] = WeChatUser(replicas, platforms.wechat, n)  # type: ignore[arg-type]
                 await person.say(text, n)
         except AssertionError:
             failed[channel] += 1
@@ -116,12 +229,10 @@ async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: P
     await asyncio.gather(*tasks)
     sent_for = time.perf_counter() - start
 
-    def delivered() -> dict[str, list[int]]:
-        seen: dict[str, list[int]] = {c: [] for c in CHANNELS}
-        for call in platforms.telegram.calls_of("sendMessage"):
-            seen["telegram"] += _ids(parse_telegram_html(call.params["text"]))
-        for call in platforms.slack.called("chat.postMessage"):
-            seen["slack"] += _ids(str(call.params.get("text", "")))
+    async def delivered() -> dict[str, list[int]]:
+        remote = await platforms.delivered()
+        seen: dict[str, list[int]] = {"telegram": remote["telegram"], "slack": remote["slack"],
+                                      "wechat": []}
         for person in people.values():
             for text, _ in person.answers("load message"):
                 seen["wechat"] += _ids(text)
@@ -129,11 +240,11 @@ async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: P
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if sum(len(set(v)) for v in delivered().values()) >= total:
+        if sum(len(set(v)) for v in (await delivered()).values()) >= total:
             break
         await asyncio.sleep(0.5)
     await asyncio.sleep(2)
-    seen = delivered()
+    seen = await delivered()
     results: dict[str, dict[str, list[float] | int]] = {}
     for n, channel in enumerate(CHANNELS):
         expected = {i for i in range(total) if i % 3 == n}
@@ -192,42 +303,95 @@ async def main(args: argparse.Namespace) -> None:
         if os.environ.get("KNOWBOT_BENCH_LOG_SQL"):  # every statement into the server's log
             conn.execute(f'ALTER DATABASE "{name}" SET log_statement = \'all\'')
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    total = int(args.rate * args.seconds)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            async with Platforms(model_latency=1.0) as platforms:
-                env = platforms.env(url, redis_url, KNOWBOT_WORKERS=str(args.workers),
-                                    KNOWBOT_RATE_LIMIT_PER_MINUTE="1000",
-                                    KNOWBOT_LOG_LEVEL="WARNING")
-                replicas = [Replica(f"replica-{n}", env, Path(tmp) / f"data-{n}")
-                            for n in range(args.replicas)]
-                for replica in replicas:
-                    replica.start()
-                try:
-                    await asyncio.gather(*(r.ready() for r in replicas))
-                    pids = [r.proc.pid for r in replicas if r.proc is not None]
-                    await asyncio.sleep(3)  # start-up work (the reindex check, first polls)
-                    idle_from = [_cpu_seconds(p) for p in pids]
-                    idle_xacts_from = _transactions(admin_url, name)
-                    await asyncio.sleep(3)
-                    idle = [(_cpu_seconds(p) - c) / 3 for p, c in zip(pids, idle_from)]
-                    idle_xacts = (_transactions(admin_url, name) - idle_xacts_from) / 3
-                    cpu_from = [_cpu_seconds(p) for p in pids]
-                    xacts_from = _transactions(admin_url, name)
-                    drive_from = time.perf_counter()
-                    results = await _drive(args, replicas, platforms)
-                    busy_for = time.perf_counter() - drive_from
-                    xacts = _transactions(admin_url, name) - xacts_from - idle_xacts * busy_for
-                    cpu = [_cpu_seconds(p) - c - i * busy_for
-                           for p, c, i in zip(pids, cpu_from, idle)]
-                    rss = [_peak_rss_mb(p) for p in pids]
-                    _report(results, rss, cpu, idle, xacts, idle_xacts)
-                finally:
-                    print("stopping the replicas and the platforms", flush=True)
-                    for replica in replicas:
-                        replica.stop()
+        with tempfile.TemporaryDirectory() as tmp, RemotePlatforms(
+                1.0, total, url, redis_url, KNOWBOT_WORKERS=str(args.workers),
+                KNOWBOT_RATE_LIMIT_PER_MINUTE="1000", KNOWBOT_LOG_LEVEL="WARNING") as platforms:
+            replicas = [Replica(f"replica-{n}", platforms.env, Path(tmp) / f"data-{n}")
+                        for n in range(args.replicas)]
+            for replica in replicas:
+                replica.start()
+            profilers: list[subprocess.Popen[bytes]] = []
+            try:
+                await asyncio.gather(*(r.ready() for r in replicas))
+                pids = [r.proc.pid for r in replicas if r.proc is not None]
+                await asyncio.sleep(3)  # start-up work (the reindex check, first polls)
+                idle_from = [_cpu_seconds(p) for p in pids]
+                idle_xacts_from = _transactions(admin_url, name)
+                await asyncio.sleep(3)
+                idle = [(_cpu_seconds(p) - c) / 3 for p, c in zip(pids, idle_from)]
+                idle_xacts = (_transactions(admin_url, name) - idle_xacts_from) / 3
+                cpu_from = [_cpu_seconds(p) for p in pids]
+                xacts_from = _transactions(admin_url, name)
+                if args.profile:
+                    profilers = _profile(args.profile, pids, args.seconds)
+                drive_from = time.perf_counter()
+                results = await _drive(args, replicas, platforms)
+                busy_for = time.perf_counter() - drive_from
+                xacts = _transactions(admin_url, name) - xacts_from - idle_xacts * busy_for
+                cpu = [_cpu_seconds(p) - c - i * busy_for
+                       for p, c, i in zip(pids, cpu_from, idle)]
+                rss = [_peak_rss_mb(p) for p in pids]
+                _report(results, rss, cpu, idle, xacts, idle_xacts)
+                if profilers:
+                    for proc in profilers:
+                        await asyncio.to_thread(proc.wait, 60)
+                    _print_profile(args.profile)
+            finally:
+                print("stopping the replicas and the platforms", flush=True)
+                for proc in profilers:
+                    if proc.poll() is None:
+                        proc.kill()
+                await stop_all(replicas)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _profile(folder: str, pids: list[int], seconds: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each replica for the length of the load (GIL-holding samples only)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([spy, "record", "--pid", str(pid), "--duration",
+                              str(max(1, int(seconds))), "--rate", "250", "--gil",
+                              "--nonblocking", "--format", "raw", "--output",
+                              str(Path(folder) / f"replica-{n}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for n, pid in enumerate(pids)]
+
+
+def _print_profile(folder: str, top: int = 25) -> None:
+    """Where the replicas' CPU went: the share of samples inside each Knowbot function (and its
+    callees), and the library functions most often on top of the stack."""
+    inside: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for path in sorted(Path(folder).glob("replica-*.txt")):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")"
+                      for f in stack.split(";") if " (" in f]
+            if frames:
+                leaves[frames[-1]] += n
+            for frame in set(frames):
+                if any(f"({part}/" in frame for part in ("bot", "channels", "knowledge", "plugins")):
+                    inside[frame] += n
+    if not total:
+        print("profile: no samples")
+        return
+    print(f"profile: {total} samples holding the GIL, in {folder}; share of them inside:")
+    for frame, n in inside.most_common(top):
+        print(f"  {100 * n / total:5.1f}%  {frame}")
+    print("on top of the stack:")
+    for frame, n in leaves.most_common(top // 2):
+        print(f"  {100 * n / total:5.1f}%  {frame}")
 
 
 if __name__ == "__main__":
@@ -237,7 +401,16 @@ if __name__ == "__main__":
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--workers", type=int, default=256, help="KNOWBOT_WORKERS per replica")
     parser.add_argument("--quick", action="store_true", help="30 messages/s for 10 s")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy every replica during the load")
+    parser.add_argument("--serve-platforms", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
+    if parsed.serve_platforms:
+        latency, conversations, database_url, redis_url, extra = json.loads(parsed.serve_platforms)
+        asyncio.run(_serve_platforms(latency, conversations, database_url, redis_url, extra))
+        raise SystemExit(0)
     if parsed.quick:
         parsed.rate, parsed.seconds = 30.0, 10.0
-    asyncio.run(main(parsed))
+    from bot.eventloop import loop_factory  # the generator's own overhead is in every latency
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main(parsed))

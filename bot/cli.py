@@ -50,9 +50,10 @@ def _settings(*, quiet: bool = True, **overrides: Any) -> Settings:
     return settings
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+def _run(coro: Coroutine[Any, Any, Any], *, loop_factory: Any = None) -> Any:
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
     except KnowbotError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -100,7 +101,9 @@ def serve(
             proxy_headers=True, log_config=None,  # uvicorn's lines go through bot.logs too
         )
     )
-    _run(_serve(settings, web, server))
+    from bot.eventloop import loop_factory
+
+    _run(_serve(settings, web, server), loop_factory=loop_factory())
 
 
 async def _serve(settings: Settings, web: Any, server: Any) -> None:

@@ -69,6 +69,14 @@ _GIVE_UP = (update(_INBOX).where(_STILL_TAKEABLE)
                     last_error=bindparam("error"))
             .returning(_INBOX.c.channel, _INBOX.c.message, _INBOX.c.context))
 
+# The statements of one answer's own entry, also built once (`_HELD` binds the taken entry).
+_HELD = and_(_INBOX.c.id == bindparam("h_id"), _INBOX.c.lease_owner == bindparam("h_owner"),
+             _INBOX.c.attempts == bindparam("h_attempts"), _INBOX.c.status == "running")
+_RENEW = update(_INBOX).where(_HELD).values(lease_until=bindparam("until"))
+_FINISH = update(_INBOX).where(_HELD).values(status=bindparam("status"),
+                                              finished_at=bindparam("now"), lease_until=None)
+_PUT_REPLY = insert(_OUTBOX)
+
 GAVE_UP = ("Sorry, I could not answer your message: it failed {n} times on my side. "
            "Please send it again, or ask an admin to look at the logs.")
 
@@ -214,11 +222,14 @@ class Inbox:
         return and_(_INBOX.c.id == taken.id, _INBOX.c.lease_owner == taken.owner,
                     _INBOX.c.attempts == taken.attempts, _INBOX.c.status == "running")
 
+    @staticmethod
+    def _held_params(taken: Taken) -> dict[str, Any]:
+        return {"h_id": taken.id, "h_owner": taken.owner, "h_attempts": taken.attempts}
+
     async def renew(self, taken: Taken) -> bool:
         """Extend the lease while the answer is being made; False if it was lost."""
-        stmt = update(_INBOX).where(self._held(taken)).values(
-            lease_until=self.clock.now() + self.lease)
-        return await self.store.write(lambda conn: conn.execute(stmt).rowcount == 1)
+        params = {**self._held_params(taken), "until": self.clock.now() + self.lease}
+        return await self.store.write(lambda conn: conn.execute(_RENEW, params).rowcount == 1)
 
     # ---- out ------------------------------------------------------------------------------
 
@@ -234,9 +245,8 @@ class Inbox:
     async def finish_for_send(self, taken: Taken, reply: Reply | None) -> "StoredReply | None":
         """`finish`, handing back the outbox row as written (to send without reading it again)."""
         now = self.clock.now()
-        status = "answered" if reply is not None else "done"
-        mark = update(_INBOX).where(self._held(taken)).values(
-            status=status, finished_at=now, lease_until=None)
+        mark = {**self._held_params(taken), "now": now,
+                "status": "answered" if reply is not None else "done"}
         key = taken.message.key
         row = StoredReply(
             id=uuid.uuid4().hex, channel=taken.channel, key=json.dumps(key.to_record()),
@@ -247,11 +257,11 @@ class Inbox:
             inbox_id=taken.id)
 
         def write(conn: Connection) -> StoredReply | None:
-            if conn.execute(mark).rowcount != 1:
+            if conn.execute(_FINISH, mark).rowcount != 1:
                 return None
             if reply is None:
                 return None
-            conn.execute(insert(_OUTBOX).values(**asdict(row)))
+            conn.execute(_PUT_REPLY, asdict(row))
             return row
 
         result = await self.store.write(write)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from bot.clock import Clock
 from bot.errors import ChannelSendError, KnowbotError
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 _OUTBOX = OutboxEntry.__table__  # type: ignore[attr-defined]
 _INBOX = InboxEntry.__table__  # type: ignore[attr-defined]
+# Forgetting a sent reply, built once: it runs for every answer.
+_REMOVE = delete(_OUTBOX).where(_OUTBOX.c.id == bindparam("r_id"))
+_ANSWER_DONE = (update(_INBOX).where(_INBOX.c.id == bindparam("r_inbox"),
+                                     _INBOX.c.status == "answered").values(status="done"))
 
 # While the outbox retries a reply, the index of its first part not yet sent: a channel that
 # splits replies into several messages skips the ones before it.
@@ -256,14 +260,10 @@ class Outbox:
 
     async def _remove(self, entry_id: str, inbox_id: int | None = None) -> None:
         """Forget a sent (or dropped) reply; the inbox entry it answers is done with it."""
-        stmt = delete(_OUTBOX).where(_OUTBOX.c.id == entry_id)
-        finished = (update(_INBOX).where(_INBOX.c.id == inbox_id, _INBOX.c.status == "answered")
-                    .values(status="done") if inbox_id is not None else None)
-
         def write(conn: Connection) -> None:
-            conn.execute(stmt)
-            if finished is not None:
-                conn.execute(finished)
+            conn.execute(_REMOVE, {"r_id": entry_id})
+            if inbox_id is not None:
+                conn.execute(_ANSWER_DONE, {"r_inbox": inbox_id})
 
         await self.store.write(write)
 

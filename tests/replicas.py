@@ -83,12 +83,22 @@ class Replica:
         self.proc.wait(10)
 
     def stop(self) -> None:
+        """SIGTERM, then wait up to 20 s (blocking: from a loop serving fakes, use `stop_all`)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+async def stop_all(replicas: list[Replica]) -> None:
+    """Stop every replica at once without blocking the event loop: a replica finishing its
+    answers on SIGTERM may still call the fakes this loop serves."""
+    for replica in replicas:
+        if replica.proc is not None and replica.proc.poll() is None:
+            replica.proc.send_signal(signal.SIGTERM)
+    await asyncio.gather(*(asyncio.to_thread(replica.stop) for replica in replicas))
 
 
 class Balancer:

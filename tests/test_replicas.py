@@ -26,7 +26,7 @@ from fake_slack import FakeSlack
 from fake_telegram import FakeBotAPI, parse_telegram_html, private_chat, user
 from fake_wechat import FakeWeChatAPI
 from replicas import (TG_TOKEN, Balancer, Platforms, Replica, WeChatUser, slack_event,
-                      slack_headers)
+                      slack_headers, stop_all)
 
 CONVERSATIONS = 100  # 40 Telegram private chats, 40 Slack DM threads, 20 WeChat users
 TELEGRAM, SLACK = range(0, 40), range(40, 80)
@@ -60,8 +60,7 @@ async def test_replicas_answer_every_message_once_in_order_through_a_kill(
             await _run_traffic(replicas, platforms.telegram, platforms.slack, platforms.wechat,
                                platforms.llm)
         finally:
-            for replica in replicas:
-                replica.stop()
+            await stop_all(replicas)
 
 
 async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: FakeSlack,

@@ -47,7 +47,8 @@ import httpx  # noqa: E402
 
 from channels.telegram import derive_webhook_secret  # noqa: E402
 from fake_telegram import FakeBotAPI, parse_telegram_html, private_chat, user  # noqa: E402
-from replicas import (TG_TOKEN, Balancer, Platforms, Replica, WeChatUser,  # noqa: E402
+from fake_wechat import WeChatServer  # noqa: E402
+from replicas import (TG_TOKEN, WECHAT_APP, WECHAT_TOKEN, Platforms, Replica,  # noqa: E402
                       slack_event, slack_headers, stop_all)
 
 ACK_GOAL_MS = 50.0
@@ -176,27 +177,82 @@ class RemotePlatforms:
 
 
 class _PushedWeChat:
-    """What `WeChatUser` asks of the WeChat API: its pushes (fetched from the child) and the
-    users' 48 hours (opened in the child for every conversation before the load starts)."""
+    """The WeChat API's customer-service messages, as last fetched from the child."""
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
-
-    def user_wrote(self, openid: str) -> None:
-        pass
 
 
 # ---- the load ---------------------------------------------------------------------------
 
 
+class _Sender:
+    """Posts to the replicas as a load balancer does: round robin, a request a replica does not
+    take (refused, 5xx, timed out) goes to the next one. One aiohttp session with no connection
+    limit: httpx's pool slows down with the number of requests waiting in it (at 200/s it, not
+    the replicas, became the bottleneck)."""
+
+    def __init__(self, replicas: list[Replica]) -> None:
+        import aiohttp
+
+        self.replicas = replicas
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self._errors = (aiohttp.ClientError, asyncio.TimeoutError)
+        self._timeout = aiohttp.ClientTimeout
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def post(self, first: int, path: str, body: bytes, headers: dict[str, str], *,
+                   params: dict[str, str] | None = None, timeout: float = 10.0,
+                   tries: int = 0) -> str:
+        for n in range(tries or len(self.replicas) * 3):
+            replica = self.replicas[(first + n) % len(self.replicas)]
+            try:
+                async with self.session.post(replica.url + path, data=body, headers=headers,
+                                             params=params,
+                                             timeout=self._timeout(total=timeout)) as response:
+                    text = await response.text()
+                    if response.status == 200:
+                        return text
+                    if response.status < 500:
+                        raise AssertionError(f"{path}: {response.status} {text[:200]}")
+            except self._errors:
+                if tries:  # WeChat: a try that timed out is over; the next goes at once
+                    continue
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"no replica took {path}")
+
+
+class _WeChatPerson:
+    """One WeChat user: the message POSTed up to 3 times, 5 s apart at most, each try to the
+    next replica, until one answers (as `replicas.WeChatUser`, on the bench's sender)."""
+
+    def __init__(self, wx: WeChatServer, n: int) -> None:
+        self.wx = wx
+        self.openid = _openid(n)
+        self.replies: list[tuple[str, float]] = []
+
+    async def say(self, sender: _Sender, text: str, n: int) -> None:
+        xml = self.wx.xml(self.openid, "text", {"Content": text})
+        params, body = self.wx.envelope(xml, self.openid)
+        reply = await sender.post(n, "/wechat", body, {"Content-Type": "text/xml"},
+                                  params=params, timeout=5.0, tries=3)
+        content = self.wx.read_reply(reply, params)
+        if content:
+            self.replies.append((content, time.monotonic()))
+
+
 async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: RemotePlatforms
                  ) -> dict[str, dict[str, list[float] | int]]:
-    balancer = Balancer(replicas)
-    secret = {"X-Telegram-Bot-Api-Secret-Token": derive_webhook_secret(TG_TOKEN)}
+    sender = _Sender(replicas)
+    secret = {"X-Telegram-Bot-Api-Secret-Token": derive_webhook_secret(TG_TOKEN),
+              "Content-Type": "application/json"}
     updates = FakeBotAPI(TG_TOKEN)  # only builds Telegram's update JSON; not served here
+    wx = WeChatServer(replicas[0].url, WECHAT_TOKEN, app_id=WECHAT_APP)  # builds WeChat's XML
     acks: dict[str, list[float]] = {c: [] for c in CHANNELS}
     failed = {c: 0 for c in CHANNELS}
-    people: dict[int, WeChatUser] = {}
+    people: dict[int, _WeChatPerson] = {}
     total = int(args.rate * args.seconds)
 
     async def one(n: int) -> None:
@@ -207,13 +263,13 @@ async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: R
             if channel == "telegram":
                 chat = 10_000 + n
                 update = updates.text_update(private_chat(chat), user(chat), text)
-                await balancer.post("/telegram/webhook", json=update, headers=secret)
+                await sender.post(n, "/telegram/webhook", json.dumps(update).encode(), secret)
             elif channel == "slack":
                 raw = slack_event(n, text, f"EvLoad{n:07d}")
-                await balancer.post("/slack/events", content=raw, headers=slack_headers(raw))
+                await sender.post(n, "/slack/events", raw.encode(), slack_headers(raw))
             else:
-                person = people[n] = WeChatUser(replicas, platforms.wechat, n)  # type: ignore[arg-type]
-                await person.say(text, n)
+                person = people[n] = _WeChatPerson(wx, n)
+                await person.say(sender, text, n)
         except AssertionError:
             failed[channel] += 1
             return
@@ -221,20 +277,29 @@ async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: R
 
     start = time.perf_counter()
     tasks = []
+    late = 0.0  # how far behind its schedule the generator fell at worst
     for n in range(total):
         delay = start + n / args.rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        else:
+            late = max(late, -delay)
         tasks.append(asyncio.create_task(one(n)))
-    await asyncio.gather(*tasks)
     sent_for = time.perf_counter() - start
+    await asyncio.gather(*tasks)
+    acked_for = time.perf_counter() - start
+    await sender.close()
+    await wx.close()
 
     async def delivered() -> dict[str, list[int]]:
         remote = await platforms.delivered()
         seen: dict[str, list[int]] = {"telegram": remote["telegram"], "slack": remote["slack"],
                                       "wechat": []}
+        pushed: dict[str, list[str]] = collections.defaultdict(list)
+        for m in platforms.wechat.sent:
+            pushed[m["touser"]].append(m["text"]["content"])
         for person in people.values():
-            for text, _ in person.answers("load message"):
+            for text in [t for t, _ in person.replies] + pushed.get(person.openid, []):
                 seen["wechat"] += _ids(text)
         return seen
 
@@ -253,8 +318,9 @@ async def _drive(args: argparse.Namespace, replicas: list[Replica], platforms: R
                             "delivered": len(expected & set(got)),
                             "lost": len(expected - set(got)),
                             "duplicated": len(got) - len(set(got))}
-    print(f"sent {total} messages in {sent_for:.1f} s ({total / sent_for:.0f}/s asked "
-          f"{args.rate:.0f}/s)")
+    print(f"sent {total} messages in {sent_for:.1f} s ({total / sent_for:.0f}/s, asked "
+          f"{args.rate:.0f}/s; the generator fell {late * 1000:.0f} ms behind at worst); the "
+          f"last acknowledgement came {acked_for:.1f} s after the first send")
     return results
 
 
@@ -406,7 +472,10 @@ if __name__ == "__main__":
     parsed = parser.parse_args()
     if parsed.serve_platforms:
         latency, conversations, database_url, redis_url, extra = json.loads(parsed.serve_platforms)
-        asyncio.run(_serve_platforms(latency, conversations, database_url, redis_url, extra))
+        from bot.eventloop import loop_factory
+
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_serve_platforms(latency, conversations, database_url, redis_url, extra))
         raise SystemExit(0)
     if parsed.quick:
         parsed.rate, parsed.seconds = 30.0, 10.0

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = timedelta(seconds=5)  # after a failure outside the answer's own error boundary
+# A wake (a put on this replica, a finished answer) waits this long before taking, so that the
+# puts and finishes of a busy moment share one take instead of one take each.
+WAKE_COALESCE = 0.005
 
 
 class Workers:
@@ -94,7 +97,8 @@ class Workers:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll)
             except TimeoutError:
-                pass
+                continue
+            await asyncio.sleep(WAKE_COALESCE)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)

@@ -55,6 +55,8 @@ _RECALL_TURNS = (
     .where(_MESSAGE.c.conversation_id == bindparam("conv"), _MESSAGE.c.id > bindparam("after"))
     .order_by(_MESSAGE.c.id.desc()).limit(bindparam("limit"))
 )
+_COUNT_MESSAGES = select(func.count()).where(_MESSAGE.c.conversation_id == bindparam("conv"))
+_ANY_MESSAGE = select(_MESSAGE.c.id).where(_MESSAGE.c.conversation_id == bindparam("conv")).limit(1)
 
 
 @dataclass(frozen=True)
@@ -238,12 +240,15 @@ class Store:
 
     async def count_messages(self, key: ConversationKey) -> int:
         """How many messages the conversation has stored."""
-        async with self.session() as session:
-            result = await session.exec(  # type: ignore[call-overload]
-                select(func.count()).select_from(Message)
-                .where(Message.conversation_id == key.conversation_id())  # type: ignore[arg-type]
-            )
-            return int(result.scalar_one())
+        params = {"conv": key.conversation_id()}
+        return int(await self._lane.read(
+            lambda conn: conn.execute(_COUNT_MESSAGES, params).scalar_one()))
+
+    async def has_messages(self, key: ConversationKey) -> bool:
+        """Whether the conversation has any message stored (one index probe, not a count)."""
+        params = {"conv": key.conversation_id()}
+        return await self._lane.read(
+            lambda conn: conn.execute(_ANY_MESSAGE, params).first() is not None)
 
     # ---- the console: conversations by channel and chat, and a user's data -------------
 

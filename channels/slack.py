@@ -383,7 +383,7 @@ class SlackChannel:
         if not thread_ts or thread_ts == event.get("ts"):
             return
         store = self.runtime.store
-        if await store.count_messages(key) > 0:
+        if await store.has_messages(key):
             return  # Knowbot already took part in this thread: its memory has it
         try:
             found = await self.client.conversations_replies(

@@ -45,7 +45,9 @@ async def test_migrations_create_every_table_and_are_idempotent(db_url: str) -> 
 
 
 async def test_messages_are_kept_per_conversation_in_order(store: Store) -> None:
+    assert not await store.has_messages(KEY)
     await store.add_messages(KEY, [("user", "hello", 5), ("assistant", "hi there", 6)])
+    assert await store.has_messages(KEY) and not await store.has_messages(OTHER)
     await store.add_messages(OTHER, [("user", "someone else", 7)])
     await store.add_messages(KEY, [("user", "second", 5)])
     _, turns = await store.recall(KEY)
@@ -66,6 +68,7 @@ async def test_summary_state_and_reset(store: Store) -> None:
     state, _ = await store.recall(KEY)
     assert (state.summary, state.summarized_upto) == ("", 0)
     assert await store.count_messages(KEY) == 0
+    assert not await store.has_messages(KEY)
 
 
 async def test_an_inbound_id_is_claimed_once_even_concurrently(store: Store) -> None:

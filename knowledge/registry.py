@@ -5,13 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.errors import StorageError
 from bot.models import KnowledgeBase, Source
 from bot.store import Store
 from bot.types import ConversationKey
+
+_KB = KnowledgeBase.__table__  # type: ignore[attr-defined]
+# What a conversation may read, asked on every message: built once, each call binds its chat.
+_READABLE = (select(_KB.c.name)
+             .where(_KB.c.tenant == bindparam("r_tenant"),
+                    or_(_KB.c.shared.is_(True), _KB.c.name == bindparam("r_chat_kb")))
+             .order_by(_KB.c.name))
 
 
 def tenant_of(key: ConversationKey) -> str:
@@ -96,14 +103,9 @@ class Registry:
 
     async def readable(self, key: ConversationKey) -> list[str]:
         """Names of the knowledge bases a conversation may read: its chat's own and the shared ones."""
-        statement = (
-            select(KnowledgeBase.name)
-            .where(KnowledgeBase.tenant == tenant_of(key))  # type: ignore[arg-type]
-            .where(or_(KnowledgeBase.shared == True,  # type: ignore[arg-type]  # noqa: E712
-                       KnowledgeBase.name == chat_kb_name(key)))  # type: ignore[arg-type]
-            .order_by(KnowledgeBase.name)
-        )
-        return await self.store.read(lambda conn: list(conn.execute(statement).scalars().all()))
+        params = {"r_tenant": tenant_of(key), "r_chat_kb": chat_kb_name(key)}
+        return await self.store.read(
+            lambda conn: list(conn.execute(_READABLE, params).scalars().all()))
 
     async def languages(self, tenant: str, kbs: list[str]) -> set[str]:
         """The main languages of the sources in these knowledge bases ("" for unknown);

@@ -99,7 +99,7 @@ def load_fp32(models: Path) -> object:
                       tokenizer_path=target / emb.TOKENIZER_FILE,
                       query_prefix=emb.E5_QUERY_PREFIX, passage_prefix=emb.E5_PASSAGE_PREFIX,
                       max_length=emb._max_length(target))
-    e5.passage_batch = 32
+    e5.passage_budget = 0
     return e5
 
 
@@ -121,7 +121,7 @@ def load_plain(models: Path) -> object:
                       tokenizer_path=target / emb.TOKENIZER_FILE,
                       query_prefix=emb.E5_QUERY_PREFIX, passage_prefix=emb.E5_PASSAGE_PREFIX,
                       max_length=emb._max_length(target))
-    e5.passage_batch = 32
+    e5.passage_budget = 0
     return e5
 
 
@@ -190,6 +190,8 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="where the e5 model is built")
     parser.add_argument("--docs", type=int, default=12)
     parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the configurations whose name contains this (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     models = Path(args.models or tempfile.mkdtemp(prefix="knowbot-mem-models-"))
@@ -200,6 +202,8 @@ def main() -> None:
     load = Path("/proc/loadavg").read_text().split()[0]
     print(f"resident memory (MB) per configuration, one process each; load average {load}")
     for name in CONFIGS:
+        if args.only and not any(part in name for part in args.only):
+            continue
         out = subprocess.run([sys.executable, __file__, "--child", name, "--models", str(models),
                               "--docs", str(args.docs), "--questions", str(args.questions)],
                              capture_output=True, text=True, check=True).stdout

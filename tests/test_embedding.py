@@ -305,7 +305,7 @@ def test_vectors_are_those_of_fastembeds_own_tokenizer_and_session(
                       model_name=module.E5_MODEL_NAME, dim=384,
                       tokenizer_path=plain / "tokenizer.json", query_prefix="query: ",
                       passage_prefix="passage: ")
-    before.passage_batch = 32  # fastembed's batches as before
+    before.passage_budget = 0  # fastembed's batches as before
     assert before._lean is None and embedder._lean is not None
     texts = [*SENTENCES, *EDGE_TEXTS[:12], "VPN 密码 self-service portal " * 300]
     assert cosines(embedder.embed_passages(texts), np.array(before.embed_passages(texts))).min() \

@@ -2,9 +2,11 @@
 
     HF_HUB_OFFLINE=1 python bench/memory.py [--models DIR] [--docs 12] [--questions 20]
 
-The first configuration is Knowbot as it was before: e5's 4-bit MatMulNBits layers turned back
-into fp32 MatMuls (the model as built before), and a second copy of the tokenizer for counting
-tokens (about 280 MB), for a before/after in one run. Each configuration runs in a child process of
+The first configuration is Knowbot as it was before issue 3's memory work: e5's 4-bit MatMulNBits
+layers turned back into fp32 MatMuls (the model as built before), and a second copy of the
+tokenizer for counting tokens (about 280 MB). The second is Knowbot before this one: the Hugging
+Face tokenizer (`tokenizer.json`, about 290 MB), one onnxruntime session with its memory arena and
+batches of 32 chunks. For a before/after in one run. Each configuration runs in a child process of
 its own (so nothing is shared or freed between
 them): import Knowbot's knowledge modules, load e5, then the cross-lingual model (USE
 multilingual v3), then the CC-CEDICT dictionary, then ingest `--docs` documents of the bench
@@ -31,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 CONFIGS = {
     "as before: fp32 e5 layers, two tokenizers, + cross-lingual":
         {"xl": True, "dictionary": False, "fp32": True, "own_tokenizer": True},
+    "before: HF tokenizer, one session with arena, batches of 32, all models":
+        {"xl": True, "dictionary": True, "hf_tokenizer": True},
     "e5 only": {"xl": False, "dictionary": False},
     "e5 + cross-lingual": {"xl": True, "dictionary": False},
     "e5 + cross-lingual + dictionary (default)": {"xl": True, "dictionary": True},
@@ -85,14 +89,40 @@ def load_fp32(models: Path) -> object:
 
     built = emb.ensure_e5_model(models / emb.E5_DIR_NAME)
     target = fp32_copy(built, Path(tempfile.mkdtemp(prefix="knowbot-mem-fp32-")) / emb.E5_DIR_NAME)
+    for lean in target.glob("sentencepiece.*"):  # as before: fastembed's own tokenizer
+        lean.unlink()
     emb._register_custom_model(emb.E5_MODEL_NAME, dim=384, model_file=emb.MODEL_FILE,
                                additional_files=[emb.DATA_FILE], pooling="mean", normalize=True,
                                description="fp32 comparison")
-    return emb.Embedder(emb.Embedder._load(emb.E5_MODEL_NAME, target.parent, None, target),
-                        model_name=emb.E5_MODEL_NAME, dim=384,
-                        tokenizer_path=target / emb.TOKENIZER_FILE,
-                        query_prefix=emb.E5_QUERY_PREFIX, passage_prefix=emb.E5_PASSAGE_PREFIX,
-                        max_length=emb._max_length(target))
+    e5 = emb.Embedder(emb.Embedder._load(emb.E5_MODEL_NAME, target.parent, None, target),
+                      model_name=emb.E5_MODEL_NAME, dim=384,
+                      tokenizer_path=target / emb.TOKENIZER_FILE,
+                      query_prefix=emb.E5_QUERY_PREFIX, passage_prefix=emb.E5_PASSAGE_PREFIX,
+                      max_length=emb._max_length(target))
+    e5.passage_budget = 0
+    return e5
+
+
+def load_plain(models: Path) -> object:
+    """An Embedder as before the lean tokenizer: fastembed's own tokenizer and single session
+    (arena on), batches of 32 (the e5 build itself is left as it is)."""
+    import shutil
+
+    from knowledge import embedder as emb
+
+    built = emb.ensure_e5_model(models / emb.E5_DIR_NAME)
+    target = Path(tempfile.mkdtemp(prefix="knowbot-mem-plain-")) / emb.E5_DIR_NAME
+    shutil.copytree(built, target, ignore=shutil.ignore_patterns("sentencepiece.*"))
+    emb._register_custom_model(emb.E5_MODEL_NAME, dim=384, model_file=emb.MODEL_FILE,
+                               additional_files=[emb.DATA_FILE], pooling="mean", normalize=True,
+                               description="as before")
+    e5 = emb.Embedder(emb.Embedder._load(emb.E5_MODEL_NAME, target.parent, None, target),
+                      model_name=emb.E5_MODEL_NAME, dim=384,
+                      tokenizer_path=target / emb.TOKENIZER_FILE,
+                      query_prefix=emb.E5_QUERY_PREFIX, passage_prefix=emb.E5_PASSAGE_PREFIX,
+                      max_length=emb._max_length(target))
+    e5.passage_budget = 0
+    return e5
 
 
 def status(field: str) -> float:
@@ -115,7 +145,12 @@ async def child(config: dict[str, bool], models: Path, docs: int, questions: int
     from knowledge.service import KnowledgeService
 
     stages["imports"] = status("VmRSS")
-    e5 = load_fp32(models) if config.get("fp32") else Embedder.default(models)
+    if config.get("fp32"):
+        e5 = load_fp32(models)
+    elif config.get("hf_tokenizer"):
+        e5 = load_plain(models)
+    else:
+        e5 = Embedder.default(models)
     e5.share_tokenizer = not config.get("own_tokenizer")  # type: ignore[attr-defined]
     e5.embed_query("warm up")
     stages["e5 loaded"] = status("VmRSS")
@@ -155,6 +190,8 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="where the e5 model is built")
     parser.add_argument("--docs", type=int, default=12)
     parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the configurations whose name contains this (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     models = Path(args.models or tempfile.mkdtemp(prefix="knowbot-mem-models-"))
@@ -165,6 +202,8 @@ def main() -> None:
     load = Path("/proc/loadavg").read_text().split()[0]
     print(f"resident memory (MB) per configuration, one process each; load average {load}")
     for name in CONFIGS:
+        if args.only and not any(part in name for part in args.only):
+            continue
         out = subprocess.run([sys.executable, __file__, "--child", name, "--models", str(models),
                               "--docs", str(args.docs), "--questions", str(args.questions)],
                              capture_output=True, text=True, check=True).stdout

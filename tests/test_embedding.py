@@ -226,3 +226,106 @@ def test_counting_tokens_leaves_the_models_truncation_on(embedder: Embedder) -> 
     # the model still truncates what it embeds to its 512 positions (else it would fail)
     assert len(embedder.embed_query(long_text)) == 384
     assert len(embedder.embed_passages([long_text, "short"])) == 2
+
+
+# ---- the lean tokenizer (knowledge/lean_tokenizer.py) and the two sessions ------------------
+
+EDGE_TEXTS = [
+    "", " ", "   ", " hello", "hello ", "  a  b  ", "\n\nx\n", "\tTab\tsep", "a\u3000b", "a\u00a0b",
+    "ｆｕｌｌ　ｗｉｄｔｈ１２３", "emoji 😀 🎉 👨\u200d👩\u200d👧", "<s> a </s>", "x<mask>y", "<unk>",
+    "<pad>", "<s><s>", " <mask> ", "<mask", "\u200bzero\u200bwidth", "e\u0301 cafe\u0301",
+    "ﬁ ligature", "①②③ ㍿ ㈱", "\x00\x01ctl", "日本語と中文，混合 text。", "\r\n", "a \u200b",
+    "\ufffd\u05b0 mojibake", "\r\u05b9", "x\u200b\u0328", "passage: 报销  流程\n\n 见 附件",
+    "query: 我忘记了VPN密码怎么办", "Ｑ：报销需要哪些审批？ A: see §4.2 (p. 17)…",
+]
+
+
+def mixed_sample() -> list[str]:
+    """Chinese and English documents of the bench corpus, their lines and slices, edge cases and
+    random strings over their characters."""
+    import random
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.corpus import build
+
+    texts: list[str] = [*SENTENCES, *EDGE_TEXTS]
+    for doc in build(20251125, 0.3).docs:
+        text = doc.data.decode("utf-8", "replace")  # some are GBK: mojibake is a good test too
+        texts += [text, *text.split("\n"), *(text[i:i + 300] for i in range(0, len(text), 300))]
+    rng = random.Random(12)
+    pool = sorted(set("".join(texts))) + [" ", "  ", "\n", "<s>", "</s>", "<mask>", "\u0301",
+                                          "\u200b", "\u00a0", "\u3000", "\ufffd"]
+    texts += ["".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) for _ in range(5000)]
+    return texts
+
+
+def test_the_lean_tokenizer_gives_tokenizer_jsons_ids(model_dir: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from knowledge.lean_tokenizer import LeanTokenizer
+
+    reference = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    reference.no_truncation()
+    reference.no_padding()
+    lean = LeanTokenizer(model_dir)
+    texts = mixed_sample()
+    assert len(texts) > 8000 and sum(len(t) for t in texts) > 500_000
+    assert sum(any("\u4e00" <= c <= "\u9fff" for c in t) for t in texts) > 2000  # Chinese too
+    differ = [t for t in texts if reference.encode(t, add_special_tokens=False).ids != lean.ids(t)]
+    assert differ == []
+    for text in texts[:300]:
+        assert reference.encode(text).ids == lean.ids(text, add_special_tokens=True)
+
+
+def test_the_lean_tokenizer_truncates_and_pads_as_fastembed(model_dir: Path) -> None:
+    from fastembed.common.preprocessor_utils import load_tokenizer
+
+    from knowledge.lean_tokenizer import LeanTokenizer
+
+    reference, _ = load_tokenizer(model_dir)  # what fastembed would use: truncation, padding
+    lean = LeanTokenizer(model_dir, 512)
+    batch = ["short", "VPN 密码 self-service portal " * 300, "", "中文 and English " * 20]
+    want, got = reference.encode_batch(batch), lean.encode_batch(batch)
+    assert [e.ids for e in got] == [e.ids for e in want]
+    assert [e.attention_mask for e in got] == [e.attention_mask for e in want]
+    assert len(got[1].ids) == 512 and got[0].ids[-1] == lean.pad_id
+
+
+def test_vectors_are_those_of_fastembeds_own_tokenizer_and_session(
+        embedder: Embedder, model_dir: Path, tmp_path: Path) -> None:
+    from knowledge import embedder as module
+
+    plain = tmp_path / "models" / E5_DIR_NAME  # the same build without the sentencepiece files
+    shutil.copytree(model_dir, plain, ignore=shutil.ignore_patterns("sentencepiece.*"))
+    module._register_custom_model(module.E5_MODEL_NAME, dim=384, model_file="model.onnx",
+                                  additional_files=["model.onnx_data"], pooling="mean",
+                                  normalize=True, description="test")
+    before = Embedder(Embedder._load(module.E5_MODEL_NAME, plain.parent, None, plain),
+                      model_name=module.E5_MODEL_NAME, dim=384,
+                      tokenizer_path=plain / "tokenizer.json", query_prefix="query: ",
+                      passage_prefix="passage: ")
+    before.passage_budget = 0  # fastembed's batches as before
+    assert before._lean is None and embedder._lean is not None
+    texts = [*SENTENCES, *EDGE_TEXTS[:12], "VPN 密码 self-service portal " * 300]
+    assert cosines(embedder.embed_passages(texts), np.array(before.embed_passages(texts))).min() \
+        > 0.99999
+    queries = np.array([embedder.embed_query(t) for t in SENTENCES])
+    assert cosines(queries.tolist(), np.array([before.embed_query(t) for t in SENTENCES])).min() \
+        > 0.99999
+    assert [embedder.count_tokens(t) for t in texts] == [before.count_tokens(t) for t in texts]
+    assert embedder.max_tokens == before.max_tokens
+
+
+def test_a_build_without_the_sentencepiece_model_is_rebuilt(model_dir: Path,
+                                                            tmp_path: Path) -> None:
+    target = tmp_path / "models" / "e5"
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("sentencepiece.*"))
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 2
+    manifest["files"] = {k: v for k, v in manifest["files"].items()
+                         if not k.startswith("sentencepiece.")}
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
+    ensure_e5_model(target)
+    assert (target / "sentencepiece.model").is_file() and (target / "sentencepiece.json").is_file()
+    assert json.loads((target / MANIFEST_FILE).read_text())["format_version"] == 3

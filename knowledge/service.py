@@ -26,10 +26,12 @@ from knowledge.search import (
     Candidate,
     Gate,
     Ranking,
+    by_names,
     collapse_near_duplicates,
     fuse,
     gate_decision,
     interleave,
+    names_state,
     relevant_decision,
 )
 from knowledge.sparse import SparseEncoder
@@ -254,7 +256,7 @@ class KnowledgeService:
         """
         embedder = await self.embedder()
         xl = await self.crosslingual()
-        dictionary = await self.dictionary() if others else None
+        dictionary = await self.dictionary()  # for names, and to write the question out
         # both models embed the question at once (one thread each), unless the caller did
         dense_q, xl_q = await asyncio.gather(
             asyncio.to_thread(embedder.embed_query, query) if dense_q is None  # type: ignore[attr-defined]
@@ -262,7 +264,8 @@ class KnowledgeService:
             asyncio.to_thread(xl.embed_query, query) if xl is not None and xl_q is None  # type: ignore[attr-defined]
             else asyncio.sleep(0, result=xl_q if xl is not None else None))
         sparse_q = self.sparse.encode_query(query)
-        groups = dictionary.groups(query, others[0]) if dictionary is not None else []  # type: ignore[attr-defined]
+        groups = dictionary.groups(query, others[0]) if dictionary is not None and others else []  # type: ignore[attr-defined]
+        names = dictionary.names(query) if dictionary is not None else []  # type: ignore[attr-defined]
         written_out = " ".join(" ".join(group) for group in groups)
         dict_q = self.sparse.encode_query(written_out) if written_out.strip() else None
         pool = max(20, top_k * 4)
@@ -271,7 +274,8 @@ class KnowledgeService:
         dense, sparse, xling, by_dictionary = await asyncio.gather(
             asyncio.to_thread(vectors.search_dense, dense_q, tenant, scope, pool),
             asyncio.to_thread(vectors.search_sparse, sparse_q, tenant, scope, pool),
-            asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope, pool)  # type: ignore[attr-defined]
+            asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope,  # type: ignore[attr-defined]
+                              max(pool, self.settings.knowledge_crosslingual_pool))
             if xl is not None else asyncio.sleep(0, result=[]),
             asyncio.to_thread(vectors.search_sparse, dict_q, tenant, scope, pool)
             if dict_q is not None and dict_q.indices else asyncio.sleep(0, result=[]),
@@ -282,15 +286,18 @@ class KnowledgeService:
                              if matched(groups, str(h.payload.get("text", ""))) >= need]
         s = self.settings
         language = script_of(query)
-        fused = fuse(Ranking(dense, s.knowledge_weight_dense),
-                     Ranking(xling, s.knowledge_weight_crosslingual,
-                             s.knowledge_weight_crosslingual_other, language),
-                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
-                     Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
+        rankings = (Ranking(dense, s.knowledge_weight_dense),
+                    Ranking(xling, s.knowledge_weight_crosslingual,
+                            s.knowledge_weight_crosslingual_other, language),
+                    Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
+                    Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
+        fused = fuse(*rankings)
+        named = by_names(fused, names) if s.knowledge_weight_names > 0 else []
+        if named:  # the passages that contain the question's names, as one more ranking
+            fused = fuse(*rankings, Ranking(named, s.knowledge_weight_names))
         if xl is not None and self._xl_complete:
-            rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
-                        s.knowledge_gate_spread)
-            gated, reason = gate_decision(fused, dense, xling, rule)
+            gated, reason = gate_decision(fused, dense, xling, gate_rule(s),
+                                          names_state(fused, names))
         else:  # no cross-lingual model, or a reindex still filling it: the e5 gate
             best = max((h.score for h in dense), default=0.0)
             gated, reason = relevant_decision(
@@ -593,6 +600,14 @@ class KnowledgeService:
         removed = await self.registry.delete_kb(tenant, kb)
         await asyncio.to_thread((await self.vectors()).delete, tenant, kb)
         return removed
+
+
+def gate_rule(s: Settings) -> Gate:
+    """The relevance gate as configured."""
+    return Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
+                s.knowledge_gate_spread,
+                s.knowledge_gate_named_floor if s.knowledge_gate_named_floor <= 1 else None,
+                s.knowledge_gate_unknown_sure if s.knowledge_gate_unknown_sure >= -0.999 else None)
 
 
 def _load(data: bytes, filename: str, mime: str, url: str, max_bytes: int) -> LoadedDocument:

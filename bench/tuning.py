@@ -66,6 +66,7 @@ class Lists:
     sparse: list[Hit]
     dictionary: list[Hit]
     names: tuple[tuple[str, ...], ...] = ()  # the question's names (Dictionary.names)
+    terms: tuple[tuple[str, ...], ...] = ()  # and its terms (Dictionary.terms)
 
 
 async def collect(service: Any, questions: Sequence[Question], tenant: str,
@@ -96,7 +97,8 @@ async def collect(service: Any, questions: Sequence[Question], tenant: str,
             vectors.search_vector(xl.vector_name, xl_q, tenant, list(kbs), xl_pool),
             vectors.search_sparse(sparse_q, tenant, list(kbs), POOL),
             by_dictionary,
-            tuple(dictionary.names(q.text)) if dictionary is not None else ()))
+            tuple(dictionary.names(q.text)) if dictionary is not None else (),
+            tuple(dictionary.terms(q.text)) if dictionary is not None else ()))
     return out
 
 
@@ -117,7 +119,7 @@ def fused(lists: Lists, k: float, weights: Sequence[float], dictionary: float = 
                 Ranking(lists.dictionary, 0.0, dictionary, language))
     result = fuse(*rankings)
     weight = NAMES_WEIGHT if names is None else names
-    named = by_names(result, lists.names) if weight > 0 else []
+    named = by_names(result, [*lists.names, *lists.terms]) if weight > 0 else []
     return fuse(*rankings, Ranking(named, weight)) if named else result
 
 
@@ -128,7 +130,8 @@ def passages(lists: Lists, k: float, weights: Sequence[float], rule: Gate | None
     the fused list when already made."""
     result = candidates if candidates is not None else fused(lists, k, weights, dictionary)
     if rule is not None:
-        result = gate(result, lists.dense, lists.xling, rule, names_state(result, lists.names))
+        result = gate(result, lists.dense, lists.xling, rule,
+                      names_state(result, lists.names, lists.terms))
     elif e5_floors is not None:
         best = max((h.score for h in lists.dense), default=0.0)
         result = relevant(result, best, e5_floors[0], e5_floors[1],

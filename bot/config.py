@@ -239,7 +239,7 @@ class Settings(BaseSettings):
         "e5 ranking having to agree.",
     )
     knowledge_gate_peak: float = Field(
-        0.03, ge=0, le=1,
+        0.04, ge=0, le=1,
         description="Between floor and sure: how far e5's best cosine must stand above the "
         "mean of its ranks 6-20 (a question the documents do not answer gets a flat list).",
     )
@@ -264,7 +264,8 @@ class Settings(BaseSettings):
         description="RRF weight of the names ranking: the candidates that contain the most of "
         "the question's names (capitalised words and codes, Latin words in a Chinese question, "
         "Chinese proper nouns; each also in its other spelling from the dictionary, 柏林 = "
-        "Berlin), the document title counting as part of each passage. 0 switches it off.",
+        "Berlin), the document title counting as part of each passage. Needs "
+        "knowledge_dictionary; 0 switches it off.",
     )
     knowledge_crosslingual_pool: int = Field(
         100, ge=1, le=500,

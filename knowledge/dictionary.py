@@ -52,6 +52,7 @@ WORDS_PER_GLOSS = 4  # a gloss longer than this many words is an explanation, no
 HEADWORDS_PER_WORD = 4  # Chinese words kept per English word
 MAX_QUESTION = 1000  # characters translated; the rest of a longer question is ignored
 MAX_NAMES = 6  # names taken from one question
+_TERM = re.compile(r"(?<![\w-])[a-z0-9]+(?:[-_.][a-z0-9]+)+(?![\w-])")
 _NAME_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9](?:[A-Za-z0-9'’-]*[A-Za-z0-9])?")
 
 # English words that carry no content for a keyword search (and map to many Chinese words).
@@ -231,6 +232,16 @@ class Dictionary:
                 continue  # "Where", "Does": a capital because it starts the question
             add((token, *chinese))
         return out
+
+    def terms(self, text: str) -> list[tuple[str, ...]]:
+        """Identifiers of an English question written in lower case ("ledger-cache",
+        "auth_worker", "v2.3"): names when a passage has them, but common words look the same
+        ("on-call", "per-person"), so a passage lacking them says nothing (see names_state)."""
+        if script_of(text) == "zh":
+            return []  # names() already takes every Latin word of a Chinese question
+        found = [t for t in _TERM.findall(text[:MAX_QUESTION])
+                 if not t.replace(".", "").replace(",", "").isdigit()]
+        return [(t,) for t in dict.fromkeys(found)][:MAX_NAMES]
 
     def _lookup(self, phrase: str) -> tuple[str, ...]:
         for form in _forms(phrase):

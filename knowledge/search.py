@@ -1,10 +1,12 @@
 """Hybrid retrieval: dense and BM25 results fused with RRF, gated by relevance, de-duplicated.
 
-The rankings: e5 dense, the cross-lingual dense vector, BM25 of the question, and BM25 of the
-question written out word by word in the other language (knowledge/dictionary.py).
+The rankings: e5 dense, the cross-lingual dense vector, BM25 of the question, BM25 of the
+question written out word by word in the other language (knowledge/dictionary.py), and the
+names ranking (`by_names`: the candidates of the others that contain the question's names).
 
 Two gates: `relevant` (e5 cosine and keywords only, used when no cross-lingual vector is there
-to ask) and `gate` (the cross-lingual cosine and whether the rankings agree; see Gate).
+to ask) and `gate` (the cross-lingual cosine, whether the rankings agree, and whether the
+passages mention what the question names; see Gate).
 """
 
 from __future__ import annotations
@@ -88,14 +90,15 @@ def by_names(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
     return [c.hit for c, n in zip(candidates, counts) if n == best][:limit]
 
 
-def names_state(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]]) -> str:
-    """"none" (the question names nothing), "found" (some candidate contains one of its names)
-    or "unknown" (it names something no candidate mentions)."""
-    if not names:
-        return "none"
-    if any(names_matched(list(names), _name_text(c.hit)) for c in candidates):
+def names_state(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
+                terms: Sequence[tuple[str, ...]] = ()) -> str:
+    """"found" (some candidate contains one of the question's names or terms), "unknown" (it
+    has names and no candidate mentions any of them, nor of its terms) or "none" (neither).
+    Terms (`Dictionary.terms`) only ever count when found."""
+    wanted = [*names, *terms]
+    if wanted and any(names_matched(wanted, _name_text(c.hit)) for c in candidates):
         return "found"
-    return "unknown"
+    return "unknown" if names else "none"
 
 
 def _name_text(hit: Hit) -> str:

@@ -248,9 +248,10 @@ class KnowledgeService:
                        xl_q: Sequence[float] | None = None) -> "Diagnosis":
         """One search, with everything behind it: each ranking's scores and the gate's decision.
 
-        The four rankings (e5, cross-lingual, BM25, BM25 of the question written out by
-        dictionary) fused and gated. `others`: the languages of the scope's documents other than
-        the question's (the dictionary ranking writes the question out in the first of them).
+        The rankings (e5, cross-lingual, BM25, BM25 of the question written out by dictionary,
+        then the candidates holding the question's names) fused and gated. `others`: the
+        languages of the scope's documents other than the question's (the dictionary ranking
+        writes the question out in the first of them).
         `kept` is what the search answers with (the gate, current versions, near-duplicates
         collapsed); `shown` is the best `top_k` before the gate, for the retrieval bench.
         """
@@ -266,6 +267,7 @@ class KnowledgeService:
         sparse_q = self.sparse.encode_query(query)
         groups = dictionary.groups(query, others[0]) if dictionary is not None and others else []  # type: ignore[attr-defined]
         names = dictionary.names(query) if dictionary is not None else []  # type: ignore[attr-defined]
+        terms = dictionary.terms(query) if dictionary is not None else []  # type: ignore[attr-defined]
         written_out = " ".join(" ".join(group) for group in groups)
         dict_q = self.sparse.encode_query(written_out) if written_out.strip() else None
         pool = max(20, top_k * 4)
@@ -292,12 +294,12 @@ class KnowledgeService:
                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
                     Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
         fused = fuse(*rankings)
-        named = by_names(fused, names) if s.knowledge_weight_names > 0 else []
+        named = by_names(fused, names + terms) if s.knowledge_weight_names > 0 else []
         if named:  # the passages that contain the question's names, as one more ranking
             fused = fuse(*rankings, Ranking(named, s.knowledge_weight_names))
         if xl is not None and self._xl_complete:
             gated, reason = gate_decision(fused, dense, xling, gate_rule(s),
-                                          names_state(fused, names))
+                                          names_state(fused, names, terms))
         else:  # no cross-lingual model, or a reindex still filling it: the e5 gate
             best = max((h.score for h in dense), default=0.0)
             gated, reason = relevant_decision(

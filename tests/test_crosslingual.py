@@ -367,6 +367,9 @@ def test_the_gate_uses_what_the_question_names() -> None:
     assert names_state(candidates, []) == "none"
     assert names_state(candidates, [("Berlin", "柏林")]) == "found"
     assert names_state(candidates, [("Paris", "巴黎")]) == "unknown"
+    # a lower-case term counts when a passage has it, and says nothing when none does
+    assert names_state(candidates, [], [("per-night",)]) == "none"
+    assert names_state(candidates, [("Paris", "巴黎")], [("berlin",)]) == "found"
     # no names: a cosine of 0.25 with a flat e5 list is declined
     assert gate_decision(candidates, dense, hits, rule, "none")[0] == []
     # the question names Berlin and the passages are Berlin's: answered

@@ -122,6 +122,13 @@ def test_the_names_a_question_asks_about_in_both_languages(dictionary: Dictionar
     assert len(dictionary.names(" ".join(f"Name{i}" for i in range(50)))) <= 6
 
 
+def test_lower_case_identifiers_are_terms(dictionary: Dictionary) -> None:
+    assert dictionary.terms("Who do I call when ledger-cache is down, or auth_worker?") == [
+        ("ledger-cache",), ("auth_worker",)]
+    assert dictionary.terms("Is 3.5 or 10,000 a term?") == []
+    assert dictionary.terms("ledger-cache 挂了找谁？") == []  # names() has it in a Chinese question
+
+
 def test_names_are_matched_in_either_spelling() -> None:
     from knowledge.dictionary import names_matched
 

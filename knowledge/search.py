@@ -117,7 +117,7 @@ class Gate:
     mean of its ranks 6 to 20 (a question the documents do not answer finds a flat list). With
     fewer than `PEAK_MIN_HITS` hits there is no list to judge and the question is answered.
     A kept passage must also be within `spread` of the best cross-lingual cosine (passages
-    only another ranking found are kept).
+    only another ranking found are kept, and so is e5's best).
 
     Names (see `names_state`) change the bar: a question naming something the passages
     contain ("the Berlin office", "the Lumio AB-123") is answered from `named_floor` on, with
@@ -157,21 +157,22 @@ def gate_decision(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: 
     if not xling or not candidates:
         return [], "nothing found"
     best = xling[0].score
-    keep = f"; passages within {rule.spread:.2f} of it are kept"
+    top = dense[0].id if dense else None
+    keep = f"; passages within {rule.spread:.2f} of it (and e5's best) are kept"
     if names == "unknown" and rule.unknown_sure is not None:
         if best < rule.unknown_sure:
             return [], (f"declined: no passage mentions the names the question asks about, and "
                         f"the best cross-lingual cosine {best:.3f} is below {rule.unknown_sure:.3f}")
         why = (f"answered: no passage mentions the question's names, but the cross-lingual "
                f"cosine {best:.3f} is at or above {rule.unknown_sure:.3f}")
-        return _within_spread(candidates, best, rule), why + keep
+        return _within_spread(candidates, best, rule, top), why + keep
     if names == "found" and rule.named_floor is not None:
         if best < rule.named_floor:
             return [], (f"declined: passages mention the question's names, but the best "
                         f"cross-lingual cosine {best:.3f} is below {rule.named_floor:.3f}")
         why = (f"answered: passages mention the question's names and the cross-lingual "
                f"cosine {best:.3f} is at or above {rule.named_floor:.3f}")
-        return _within_spread(candidates, best, rule), why + keep
+        return _within_spread(candidates, best, rule, top), why + keep
     if best < rule.floor:
         return [], (f"declined: the best cross-lingual cosine {best:.3f} is below the floor "
                     f"{rule.floor:.3f}")
@@ -186,11 +187,16 @@ def gate_decision(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: 
                   if stands_out is not None else "too few hits to judge e5's peak"))
     else:
         why = f"answered: cross-lingual cosine {best:.3f} is at or above sure {rule.sure:.3f}"
-    return _within_spread(candidates, best, rule), why + keep
+    return _within_spread(candidates, best, rule, top), why + keep
 
 
-def _within_spread(candidates: Sequence[Candidate], best: float, rule: Gate) -> list[Candidate]:
-    return [c for c in candidates if c.xling is None or c.xling >= best - rule.spread]
+def _within_spread(candidates: Sequence[Candidate], best: float, rule: Gate,
+                   e5_top: str | None = None) -> list[Candidate]:
+    """The candidates within `spread` of the best cross-lingual cosine, and always e5's best
+    (`e5_top`, a point id): a table of specifications can score low with the cross-lingual
+    model and still be e5's clear first in the question's own language."""
+    return [c for c in candidates
+            if c.xling is None or c.xling >= best - rule.spread or c.hit.id == e5_top]
 
 
 _WORD = re.compile(r"[\w\u4e00-\u9fff]+")

@@ -383,3 +383,22 @@ def test_the_gate_uses_what_the_question_names() -> None:
     # switched off (None), names change nothing
     plain = Gate(floor=0.18, sure=0.45, peak=0.03, spread=0.25)
     assert gate_decision(candidates, dense, hits, plain, "found")[0] == []
+
+
+def test_the_spread_keeps_e5s_best_passage() -> None:
+    from knowledge.search import Candidate, Gate, gate_decision
+
+    # the answer is a table of specifications: e5's clear first, the cross-lingual model's last
+    table = _hit(0, "Cinder HP-218", "Parameter: Weight; Value: 6.32 kg", 0.17)
+    prose = [_hit(i, "Cinder HP-218", f"Overview paragraph {i}", 0.45 - 0.01 * i)
+             for i in range(1, 4)]
+    xling = [*prose, table]
+    dense = [_hit(0, "Cinder HP-218", "Parameter: Weight; Value: 6.32 kg", 0.92),
+             *[_hit(i, "t", "x", 0.85) for i in range(1, 20)]]
+    candidates = [Candidate(h, 1.0, 0.92 if h.id == "p0" else 0.85, h.score) for h in xling]
+    rule = Gate(floor=0.18, sure=0.45, peak=0.03, spread=0.25, named_floor=0.20)
+    kept, _ = gate_decision(candidates, dense, xling, rule, "found")
+    assert "p0" in {c.hit.id for c in kept}
+    other = [_hit(9, "t", "x", 0.92), *dense[1:]]  # e5's best is another passage: the cut holds
+    kept, _ = gate_decision(candidates, other, xling, rule, "found")
+    assert "p0" not in {c.hit.id for c in kept} and len(kept) == 3

@@ -245,7 +245,8 @@ class Settings(BaseSettings):
     )
     knowledge_gate_spread: float = Field(
         0.25, ge=0, le=2,
-        description="Passages whose cross-lingual cosine is this far below the best are dropped.",
+        description="Passages whose cross-lingual cosine is this far below the best are dropped "
+        "(e5's best passage is always kept).",
     )
     knowledge_gate_named_floor: float = Field(
         0.20, ge=-1, le=2,

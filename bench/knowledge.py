@@ -622,6 +622,23 @@ def without_dictionary(service: KnowledgeService) -> Iterator[None]:
         service._dictionary, service._dictionary_loaded = saved
 
 
+# the defaults before the names ranking and the names-aware gate (for a before/after in one run)
+BEFORE_NAMES = dict(knowledge_weight_names=0.0, knowledge_gate_named_floor=2.0,
+                    knowledge_gate_unknown_sure=-1.0, knowledge_gate_sure=0.33,
+                    knowledge_gate_peak=0.02, knowledge_crosslingual_pool=20)
+
+
+@contextlib.contextmanager
+def as_before_names(service: KnowledgeService) -> Iterator[None]:
+    """The service with the defaults it had before the names ranking and the names gate."""
+    saved = service.settings
+    service.settings = saved.model_copy(update=BEFORE_NAMES)
+    try:
+        yield
+    finally:
+        service.settings = saved
+
+
 def instrument(service: KnowledgeService, watch: Watch) -> None:
     """Time the loader, the chunker and the registry as the service calls them."""
     service_module._load = watch.wrap("load", service_module._load)  # type: ignore[attr-defined]
@@ -670,7 +687,10 @@ async def run(args: argparse.Namespace) -> None:
           f" (other-language passages {settings.knowledge_weight_crosslingual_other}) / BM25 "
           f"{settings.knowledge_weight_bm25} / dictionary {settings.knowledge_weight_dictionary if settings.knowledge_dictionary else 'off'} (other-language passages); gate floor {settings.knowledge_gate_floor}, sure "
           f"{settings.knowledge_gate_sure}, peak {settings.knowledge_gate_peak}, spread "
-          f"{settings.knowledge_gate_spread}")
+          f"{settings.knowledge_gate_spread}, named floor {settings.knowledge_gate_named_floor}, "
+          f"unknown-name sure {settings.knowledge_gate_unknown_sure}; names ranking weight "
+          f"{settings.knowledge_weight_names}; cross-lingual pool "
+          f"{settings.knowledge_crosslingual_pool}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = await Store.open(settings.resolved_database_url)
     holder: dict[str, RecordingStore] = {}
@@ -701,11 +721,17 @@ async def run(args: argparse.Namespace) -> None:
         section(f"2. recall@5 over {len(questions)} labelled questions (search_scope, top_k=5)")
         watch.reset()
         edge_answers = await ask_all(service, questions, ingested.source_ids)
-        edge_recall = await report_recall(f"EdgeStore, {ingested.chunks} chunks", service, edge, raw,
+        await report_recall(f"EdgeStore, {ingested.chunks} chunks", service, edge, raw,
                                           edge_answers, ingested.source_ids, ingested.titles)
+        with as_before_names(service):  # the previous defaults, same store and run
+            names_before = await ask_all(service, questions, ingested.source_ids)
+        print(f"  as before the names ranking and the names-aware gate (previous defaults), same "
+              f"run: {recall_line(names_before)}")
+        print(f"    {decline_line(names_before)}")
         with without_dictionary(service):  # as before the dictionary ranking, same store and run
             before_answers = await ask_all(service, questions, ingested.source_ids)
-        print(f"  without the dictionary ranking (as before it), same run: {recall_line(before_answers)}")
+        print(f"  without the dictionary (no dictionary ranking, no names), same run: "
+              f"{recall_line(before_answers)}")
         print(f"    {decline_line(before_answers)}")
         lists = await collect(service, questions, TENANT, KBS)
         if os.environ.get("BENCH_DUMP"):  # the rankings, to study the gate offline
@@ -729,7 +755,7 @@ async def run(args: argparse.Namespace) -> None:
         qdrant_service = KnowledgeService(settings, db, lambda dim: local, lambda: embedder,
                                           dim=raw.dim, crosslingual_factory=lambda: xl)
         local_answers = await ask_all(qdrant_service, questions, ingested.source_ids)
-        local_recall = await report_recall("QdrantServerStore (local mode)", qdrant_service, local,
+        await report_recall("QdrantServerStore (local mode)", qdrant_service, local,
                                            raw, local_answers, ingested.source_ids, ingested.titles)
         await qdrant_service.close()
         qdrant_service = None

@@ -32,14 +32,17 @@ from knowledge.search import (
     Candidate,
     Gate,
     Ranking,
+    by_names,
     collapse_near_duplicates,
     fuse,
     gate,
+    names_state,
     relevant,
 )
 from knowledge.types import Hit
 
 POOL = 20
+NAMES_WEIGHT = 2.0  # the names ranking's weight in `fused` (tune() sets the configured one)
 # the grid scores the same few thousand passages over and over: remember their shingles
 search_module._shingles = functools.lru_cache(maxsize=None)(search_module._shingles)  # type: ignore[attr-defined]
 KS = (2, 5, 8, 10, 15, 30, 60)
@@ -62,6 +65,8 @@ class Lists:
     xling: list[Hit]
     sparse: list[Hit]
     dictionary: list[Hit]
+    names: tuple[tuple[str, ...], ...] = ()  # the question's names (Dictionary.names)
+    terms: tuple[tuple[str, ...], ...] = ()  # and its terms (Dictionary.terms)
 
 
 async def collect(service: Any, questions: Sequence[Question], tenant: str,
@@ -71,6 +76,7 @@ async def collect(service: Any, questions: Sequence[Question], tenant: str,
     e5 = await service.embedder()
     xl = await service.crosslingual()
     dictionary = await service.dictionary()
+    xl_pool = max(POOL, service.settings.knowledge_crosslingual_pool)
     out = []
     for q in questions:
         dense_q = await asyncio.to_thread(e5.embed_query, q.text)
@@ -88,26 +94,33 @@ async def collect(service: Any, questions: Sequence[Question], tenant: str,
         out.append(Lists(
             q,
             vectors.search_dense(dense_q, tenant, list(kbs), POOL),
-            vectors.search_vector(xl.vector_name, xl_q, tenant, list(kbs), POOL),
+            vectors.search_vector(xl.vector_name, xl_q, tenant, list(kbs), xl_pool),
             vectors.search_sparse(sparse_q, tenant, list(kbs), POOL),
-            by_dictionary))
+            by_dictionary,
+            tuple(dictionary.names(q.text)) if dictionary is not None else (),
+            tuple(dictionary.terms(q.text)) if dictionary is not None else ()))
     return out
 
 
-def fused(lists: Lists, k: float, weights: Sequence[float], dictionary: float = 0.0
-          ) -> list[Candidate]:
+def fused(lists: Lists, k: float, weights: Sequence[float], dictionary: float = 0.0,
+          names: float | None = None) -> list[Candidate]:
     """The four rankings fused as search_scope fuses them, before any gate.
 
     `weights` are (e5, cross-lingual, BM25) or (e5, cross-lingual same-language, BM25,
     cross-lingual other-language); `dictionary` is the weight of the dictionary ranking for
-    passages in the other language (0: off, as before it).
+    passages in the other language (0: off, as before it); `names` the weight of the names
+    ranking (None: NAMES_WEIGHT, the one the tuning is run with; 0: off).
     """
     other = weights[3] if len(weights) > 3 else None
     language = script_of(lists.question.text)
-    return fuse(Ranking(lists.dense, weights[0]),
+    rankings = (Ranking(lists.dense, weights[0]),
                 Ranking(lists.xling, weights[1], other, language),
                 Ranking(lists.sparse, weights[2]), k,
                 Ranking(lists.dictionary, 0.0, dictionary, language))
+    result = fuse(*rankings)
+    weight = NAMES_WEIGHT if names is None else names
+    named = by_names(result, [*lists.names, *lists.terms]) if weight > 0 else []
+    return fuse(*rankings, Ranking(named, weight)) if named else result
 
 
 def passages(lists: Lists, k: float, weights: Sequence[float], rule: Gate | None,
@@ -117,7 +130,8 @@ def passages(lists: Lists, k: float, weights: Sequence[float], rule: Gate | None
     the fused list when already made."""
     result = candidates if candidates is not None else fused(lists, k, weights, dictionary)
     if rule is not None:
-        result = gate(result, lists.dense, lists.xling, rule)
+        result = gate(result, lists.dense, lists.xling, rule,
+                      names_state(result, lists.names, lists.terms))
     elif e5_floors is not None:
         best = max((h.score for h in lists.dense), default=0.0)
         result = relevant(result, best, e5_floors[0], e5_floors[1],
@@ -185,11 +199,11 @@ def _gate_grid(all_lists: Sequence[Lists], source_ids: dict[str, str], k: float,
                weights: Sequence[float], d: float) -> list[tuple[Score, Gate]]:
     candidates = []
     made = [fused(x, k, weights, d) for x in all_lists]  # the gate does not change the fusion
-    floors = [round(0.10 + 0.02 * i, 2) for i in range(14)]
-    for floor, extra, stands_out, spread in itertools.product(
-            floors, (0, 0.05, 0.1, 0.15, 0.2, 0.3), (0.02, 0.025, 0.03, 0.035, 0.04),
-            (0.15, 0.25, 2.0)):
-        rule = Gate(floor, round(floor + extra, 2), stands_out, spread)
+    floors = [round(0.10 + 0.04 * i, 2) for i in range(7)]
+    for floor, extra, stands_out, named, unknown in itertools.product(
+            floors, (0, 0.1, 0.15, 0.2, 0.3), (0.02, 0.03, 0.04), (None, 0.15, 0.2, 0.25),
+            (None, 0.4, 0.5)):
+        rule = Gate(floor, round(floor + extra, 2), stands_out, 0.25, named, unknown)
         s = score(all_lists, [passages(x, k, weights, rule, candidates=c)
                               for x, c in zip(all_lists, made)], source_ids)
         candidates.append((s, rule))
@@ -211,6 +225,14 @@ def tune(all_lists: Sequence[Lists], source_ids: dict[str, str], settings: Any) 
                                             settings.knowledge_weight_bm25,
                                             settings.knowledge_weight_crosslingual_other)
     d = settings.knowledge_weight_dictionary if settings.knowledge_dictionary else 0.0
+    global NAMES_WEIGHT
+    NAMES_WEIGHT = settings.knowledge_weight_names if settings.knowledge_dictionary else 0.0
+    print(f"names ranking weight {NAMES_WEIGHT} (in every row below)")
+    for nw in (0.0, 1.0, 2.0, 3.0):
+        s = score(all_lists, [passages(x, k, weights, None, dictionary=d,
+                                       candidates=fused(x, k, weights, d, nw)) for x in all_lists],
+                  source_ids)
+        print(f"  names weight {nw}: same {s.same:.3f}, cross {s.cross:.3f}")
     print(f"fusion grid (no gate), dictionary ranking weight {d}: recall@5 same-language / "
           "cross-language; weights are (e5, cross-lingual, BM25) or (e5, cross-lingual for "
           "same-language passages, BM25, cross-lingual for other-language passages)")
@@ -258,7 +280,8 @@ def tune(all_lists: Sequence[Lists], source_ids: dict[str, str], settings: Any) 
                             c[0].declined_answerable))
     for s, rule in fit[:5]:
         print(f"  floor {rule.floor:.2f} sure {rule.sure:.2f} peak {rule.peak} spread "
-              f"{rule.spread:.2f}: unanswerable declined {s.declined_unanswerable:.1%}, answerable "
+              f"{rule.spread:.2f} named floor {rule.named_floor} unknown-name sure "
+              f"{rule.unknown_sure}: unanswerable declined {s.declined_unanswerable:.1%}, answerable "
               f"lost {s.declined_answerable:.1%}, recall same {s.same:.3f} cross {s.cross:.3f}")
     for label, train, test in (("first", first, second), ("second", second, first)):
         chosen = _best_gate(_gate_grid(train, source_ids, k, weights, d))
@@ -272,8 +295,9 @@ def tune(all_lists: Sequence[Lists], source_ids: dict[str, str], settings: Any) 
               f"scored on the other: unanswerable declined {s.declined_unanswerable:.1%}, "
               f"answerable lost {s.declined_answerable:.1%}, recall same {s.same:.3f} cross "
               f"{s.cross:.3f}")
-    current = Gate(settings.knowledge_gate_floor, settings.knowledge_gate_sure,
-                   settings.knowledge_gate_peak, settings.knowledge_gate_spread)
+    from knowledge.service import gate_rule
+
+    current = gate_rule(settings)
     for label, part in (("all questions", all_lists), ("first half", first),
                         ("second half", second)):
         s = score(part, [passages(x, k, weights, current, dictionary=d) for x in part], source_ids)

@@ -234,18 +234,45 @@ class Settings(BaseSettings):
         "the knowledge base.",
     )
     knowledge_gate_sure: float = Field(
-        0.33, ge=-1, le=1,
+        0.45, ge=-1, le=1,
         description="Cross-lingual top cosine from which a question is answered without the "
         "e5 ranking having to agree.",
     )
     knowledge_gate_peak: float = Field(
-        0.02, ge=0, le=1,
+        0.04, ge=0, le=1,
         description="Between floor and sure: how far e5's best cosine must stand above the "
         "mean of its ranks 6-20 (a question the documents do not answer gets a flat list).",
     )
     knowledge_gate_spread: float = Field(
         0.25, ge=0, le=2,
-        description="Passages whose cross-lingual cosine is this far below the best are dropped.",
+        description="Passages whose cross-lingual cosine is this far below the best are dropped "
+        "(e5's best passage is always kept).",
+    )
+    knowledge_gate_named_floor: float = Field(
+        0.20, ge=-1, le=2,
+        description="Cross-lingual top cosine from which a question that names something the "
+        "passages mention (an office, a product, a service: see knowledge_weight_names) is "
+        "answered; 2 switches this off (such questions then meet floor/sure/peak like others).",
+    )
+    knowledge_gate_unknown_sure: float = Field(
+        0.40, ge=-1, le=2,
+        description="Cross-lingual top cosine below which a question that names only things no "
+        "found passage mentions (\"Paris\", \"the Champions League\") is declined; -1 switches "
+        "this off.",
+    )
+    knowledge_weight_names: float = Field(
+        2.0, ge=0,
+        description="RRF weight of the names ranking: the candidates that contain the most of "
+        "the question's names (capitalised words and codes, Latin words in a Chinese question, "
+        "Chinese proper nouns; each also in its other spelling from the dictionary, 柏林 = "
+        "Berlin), the document title counting as part of each passage. Needs "
+        "knowledge_dictionary; 0 switches it off.",
+    )
+    knowledge_crosslingual_pool: int = Field(
+        100, ge=1, le=500,
+        description="Passages the cross-lingual ranking fetches (the other rankings fetch 4x "
+        "top_k, at least 20): a passage in the other language often ranks 20-100, and the names "
+        "ranking picks it out of them.",
     )
     knowledge_reindex_on_start: bool = Field(
         True, description="Fill missing cross-lingual vectors in the background at start-up."

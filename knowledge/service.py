@@ -26,10 +26,12 @@ from knowledge.search import (
     Candidate,
     Gate,
     Ranking,
+    by_names,
     collapse_near_duplicates,
     fuse,
     gate_decision,
     interleave,
+    names_state,
     relevant_decision,
 )
 from knowledge.sparse import SparseEncoder
@@ -262,16 +264,17 @@ class KnowledgeService:
                        ) -> "Diagnosis":
         """One search, with everything behind it: each ranking's scores and the gate's decision.
 
-        The four rankings (e5, cross-lingual, BM25, BM25 of the question written out by
-        dictionary) fused and gated. `others`: the languages of the scope's documents other than
-        the question's (the dictionary ranking writes the question out in the first of them).
+        The rankings (e5, cross-lingual, BM25, BM25 of the question written out by dictionary,
+        then the candidates holding the question's names) fused and gated. `others`: the
+        languages of the scope's documents other than the question's (the dictionary ranking
+        writes the question out in the first of them).
         `kept` is what the search answers with (the gate, current versions, near-duplicates
         collapsed); `shown` is the best `top_k` before the gate, for the retrieval bench.
         `early`: the e5 and cross-lingual hits, already under way (see `_embed_and_search`).
         """
         embedder = await self.embedder()
         xl = await self.crosslingual()
-        dictionary = await self.dictionary() if others else None
+        dictionary = await self.dictionary()  # for names, and to write the question out
         if early is not None:
             dense_q = xl_q = ()  # not needed: the hits are coming
         # both models embed the question at once (one thread each), unless the caller did
@@ -281,7 +284,9 @@ class KnowledgeService:
             asyncio.to_thread(xl.embed_query, query) if xl is not None and xl_q is None  # type: ignore[attr-defined]
             else asyncio.sleep(0, result=xl_q if xl is not None else None))
         sparse_q = self.sparse.encode_query(query)
-        groups = dictionary.groups(query, others[0]) if dictionary is not None else []  # type: ignore[attr-defined]
+        groups = dictionary.groups(query, others[0]) if dictionary is not None and others else []  # type: ignore[attr-defined]
+        names = dictionary.names(query) if dictionary is not None else []  # type: ignore[attr-defined]
+        terms = dictionary.terms(query) if dictionary is not None else []  # type: ignore[attr-defined]
         written_out = " ".join(" ".join(group) for group in groups)
         dict_q = self.sparse.encode_query(written_out) if written_out.strip() else None
         pool = max(20, top_k * 4)
@@ -292,7 +297,8 @@ class KnowledgeService:
             else asyncio.to_thread(vectors.search_dense, dense_q, tenant, scope, pool),
             asyncio.to_thread(vectors.search_sparse, sparse_q, tenant, scope, pool),
             early[1] if early is not None
-            else asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope, pool)  # type: ignore[attr-defined]
+            else asyncio.to_thread(vectors.search_vector, xl.vector_name, xl_q, tenant, scope,  # type: ignore[attr-defined]
+                                   max(pool, self.settings.knowledge_crosslingual_pool))
             if xl is not None else asyncio.sleep(0, result=[]),
             asyncio.to_thread(vectors.search_sparse, dict_q, tenant, scope, pool)
             if dict_q is not None and dict_q.indices else asyncio.sleep(0, result=[]),
@@ -303,15 +309,18 @@ class KnowledgeService:
                              if matched(groups, str(h.payload.get("text", ""))) >= need]
         s = self.settings
         language = script_of(query)
-        fused = fuse(Ranking(dense, s.knowledge_weight_dense),
-                     Ranking(xling, s.knowledge_weight_crosslingual,
-                             s.knowledge_weight_crosslingual_other, language),
-                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
-                     Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
+        rankings = (Ranking(dense, s.knowledge_weight_dense),
+                    Ranking(xling, s.knowledge_weight_crosslingual,
+                            s.knowledge_weight_crosslingual_other, language),
+                    Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
+                    Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
+        fused = fuse(*rankings)
+        named = by_names(fused, names + terms) if s.knowledge_weight_names > 0 else []
+        if named:  # the passages that contain the question's names, as one more ranking
+            fused = fuse(*rankings, Ranking(named, s.knowledge_weight_names))
         if xl is not None and self._xl_complete:
-            rule = Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
-                        s.knowledge_gate_spread)
-            gated, reason = gate_decision(fused, dense, xling, rule)
+            gated, reason = gate_decision(fused, dense, xling, gate_rule(s),
+                                          names_state(fused, names, terms))
         else:  # no cross-lingual model, or a reindex still filling it: the e5 gate
             best = max((h.score for h in dense), default=0.0)
             gated, reason = relevant_decision(
@@ -341,7 +350,8 @@ class KnowledgeService:
 
         def crosslingual() -> list[Hit]:
             vector = xl.embed_query(query)  # type: ignore[union-attr]
-            return vectors.search_vector(xl.vector_name, vector, tenant, scope, pool)  # type: ignore[union-attr]
+            return vectors.search_vector(xl.vector_name, vector, tenant, scope,  # type: ignore[union-attr]
+                                         max(pool, self.settings.knowledge_crosslingual_pool))
 
         loop = asyncio.get_running_loop()
         none: asyncio.Future[list[Hit]] = loop.create_future()
@@ -640,6 +650,14 @@ class KnowledgeService:
 async def _drop(futures: Sequence[asyncio.Future[list[Hit]]]) -> None:
     """Wait out searches whose results are not wanted (a worker thread cannot be stopped)."""
     await asyncio.gather(*futures, return_exceptions=True)
+
+
+def gate_rule(s: Settings) -> Gate:
+    """The relevance gate as configured."""
+    return Gate(s.knowledge_gate_floor, s.knowledge_gate_sure, s.knowledge_gate_peak,
+                s.knowledge_gate_spread,
+                s.knowledge_gate_named_floor if s.knowledge_gate_named_floor <= 1 else None,
+                s.knowledge_gate_unknown_sure if s.knowledge_gate_unknown_sure >= -0.999 else None)
 
 
 def _load(data: bytes, filename: str, mime: str, url: str, max_bytes: int) -> LoadedDocument:

@@ -238,6 +238,10 @@ async def test_the_gate_declines_an_unrelated_question_in_both_languages(
         assert "Parking" in await _sources(service, "员工可以把车停在哪里？")  # recall, as the bench scores it
         assert await _sources(service, "Who won the football World Cup in 1998?") == []
         assert await _sources(service, "红烧肉怎么做才好吃？") == []
+        # questions naming what no document mentions, in both languages
+        assert await _sources(service, "What will the weather be like in Paris tomorrow?") == []
+        assert await _sources(service, "明天巴黎会下雨吗？") == []
+        assert (await _sources(service, "我的VPN密码忘了怎么办？"))[0] == "VPN access"
     finally:
         await service.close()
         await store.close()
@@ -324,3 +328,77 @@ async def test_a_start_fills_the_vector_in_the_background(tmp_path: Path, embedd
         assert (await _sources(service, "How long do I have to submit travel expenses?"))[0] == "报销制度"
     finally:
         await runtime.close()
+
+
+def _hit(n: int, title: str, text: str, xl: float) -> Any:
+    from knowledge.types import Hit
+
+    return Hit(f"p{n}", xl, {"title": title, "text": text})
+
+
+def test_the_names_ranking_lifts_the_document_whose_title_holds_the_name() -> None:
+    from knowledge.search import Ranking, by_names, fuse
+
+    # one hotel rule per office, the office only in the title: the cross-lingual model ranks the
+    # Lisbon and Dublin rules above Berlin's for a question about Berlin
+    cities = ["Lisbon", "Dublin", "Warsaw", "Berlin"]
+    hits = [_hit(i, f"Travel Policy — {c} Office", f"Hotels: up to €{100 + 20 * i} a night.",
+                 0.40 - 0.01 * i) for i, c in enumerate(cities)]
+    names = [("柏林", "Berlin")]
+    base = fuse(Ranking([]), Ranking(hits, 1.0, 2.0, "zh"), Ranking([]), 5.0)
+    assert base[0].hit.payload["title"] != "Travel Policy — Berlin Office"
+    named = by_names(base, names)
+    assert [h.payload["title"] for h in named] == ["Travel Policy — Berlin Office"]
+    lifted = fuse(Ranking([]), Ranking(hits, 1.0, 2.0, "zh"), Ranking([]), 5.0,
+                  Ranking(named, 2.0))
+    assert lifted[0].hit.payload["title"] == "Travel Policy — Berlin Office"
+    assert by_names(base, [("Paris", "巴黎")]) == [] and by_names(base, []) == []
+
+
+def test_the_gate_uses_what_the_question_names() -> None:
+    from knowledge.search import Candidate, Gate, gate_decision, names_state
+
+    hits = [_hit(i, "Travel Policy — Berlin Office", "Hotels: up to €180 a night.", 0.25)
+            for i in range(3)]
+    candidates = [Candidate(h, 1.0 / (i + 1), 0.85, h.score) for i, h in enumerate(hits)]
+    dense = [_hit(i, "t", "x", 0.85) for i in range(20)]  # a flat e5 list: no peak
+    rule = Gate(floor=0.18, sure=0.45, peak=0.03, spread=0.25, named_floor=0.20,
+                unknown_sure=0.40)
+    assert names_state(candidates, []) == "none"
+    assert names_state(candidates, [("Berlin", "柏林")]) == "found"
+    assert names_state(candidates, [("Paris", "巴黎")]) == "unknown"
+    # a lower-case term counts when a passage has it, and says nothing when none does
+    assert names_state(candidates, [], [("per-night",)]) == "none"
+    assert names_state(candidates, [("Paris", "巴黎")], [("berlin",)]) == "found"
+    # no names: a cosine of 0.25 with a flat e5 list is declined
+    assert gate_decision(candidates, dense, hits, rule, "none")[0] == []
+    # the question names Berlin and the passages are Berlin's: answered
+    kept, why = gate_decision(candidates, dense, hits, rule, "found")
+    assert len(kept) == 3 and "names" in why
+    # it names Paris, which no passage mentions: declined even from a higher cosine
+    higher = [_hit(i, "Travel Policy — Berlin Office", "Hotels", 0.38) for i in range(3)]
+    assert gate_decision(candidates, dense, higher, rule, "unknown")[0] == []
+    sure = [_hit(i, "t", "x", 0.41) for i in range(3)]
+    assert gate_decision(candidates, dense, sure, rule, "unknown")[0]
+    # switched off (None), names change nothing
+    plain = Gate(floor=0.18, sure=0.45, peak=0.03, spread=0.25)
+    assert gate_decision(candidates, dense, hits, plain, "found")[0] == []
+
+
+def test_the_spread_keeps_e5s_best_passage() -> None:
+    from knowledge.search import Candidate, Gate, gate_decision
+
+    # the answer is a table of specifications: e5's clear first, the cross-lingual model's last
+    table = _hit(0, "Cinder HP-218", "Parameter: Weight; Value: 6.32 kg", 0.17)
+    prose = [_hit(i, "Cinder HP-218", f"Overview paragraph {i}", 0.45 - 0.01 * i)
+             for i in range(1, 4)]
+    xling = [*prose, table]
+    dense = [_hit(0, "Cinder HP-218", "Parameter: Weight; Value: 6.32 kg", 0.92),
+             *[_hit(i, "t", "x", 0.85) for i in range(1, 20)]]
+    candidates = [Candidate(h, 1.0, 0.92 if h.id == "p0" else 0.85, h.score) for h in xling]
+    rule = Gate(floor=0.18, sure=0.45, peak=0.03, spread=0.25, named_floor=0.20)
+    kept, _ = gate_decision(candidates, dense, xling, rule, "found")
+    assert "p0" in {c.hit.id for c in kept}
+    other = [_hit(9, "t", "x", 0.92), *dense[1:]]  # e5's best is another passage: the cut holds
+    kept, _ = gate_decision(candidates, other, xling, rule, "found")
+    assert "p0" not in {c.hit.id for c in kept} and len(kept) == 3

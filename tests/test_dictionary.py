@@ -106,3 +106,34 @@ async def test_the_dictionary_ranking_finds_the_named_document(
     finally:
         await service.close()
         await store.close()
+
+
+def test_the_names_a_question_asks_about_in_both_languages(dictionary: Dictionary) -> None:
+    assert dictionary.names("How quickly are expenses paid out in Nanjing?")[0][:2] == (
+        "Nanjing", "南京")
+    assert dictionary.names("在奥斯汀办公室丢了电脑，要在多长时间内上报？") == [("奥斯汀", "Austin")]
+    assert dictionary.names("report-worker 挂了应该找谁？") == [("report-worker",)]
+    assert dictionary.names("What is the reseller price of the Solace LG-296?") == [
+        ("Solace",), ("LG-296",)]
+    # a capital that only starts the question, plain numbers and common words are not names
+    assert dictionary.names("Where can I lock my bicycle at work after 18:00 or 7 pm?") == []
+    assert dictionary.names("公司的商业医疗保险包括牙科吗？") == []
+    assert dictionary.names("Berlin travel policy?") == [("Berlin", "柏林")]
+    assert len(dictionary.names(" ".join(f"Name{i}" for i in range(50)))) <= 6
+
+
+def test_lower_case_identifiers_are_terms(dictionary: Dictionary) -> None:
+    assert dictionary.terms("Who do I call when ledger-cache is down, or auth_worker?") == [
+        ("ledger-cache",), ("auth_worker",)]
+    assert dictionary.terms("Is 3.5 or 10,000 a term?") == []
+    assert dictionary.terms("ledger-cache 挂了找谁？") == []  # names() has it in a Chinese question
+
+
+def test_names_are_matched_in_either_spelling() -> None:
+    from knowledge.dictionary import names_matched
+
+    names = [("Nanjing", "南京"), ("LG-296",)]
+    assert names_matched(names, "南京办公室费用报销管理规定 > 第五条 付款") == 1
+    assert names_matched(names, "The nanjing office sells the LG-296.") == 2
+    assert names_matched(names, "LG-2960 and Nanjingese") == 0  # whole words only
+    assert names_matched([], "anything") == 0

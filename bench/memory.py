@@ -91,9 +91,17 @@ def load_fp32(models: Path) -> object:
     target = fp32_copy(built, Path(tempfile.mkdtemp(prefix="knowbot-mem-fp32-")) / emb.E5_DIR_NAME)
     for lean in target.glob("sentencepiece.*"):  # as before: fastembed's own tokenizer
         lean.unlink()
+    return _plain_embedder(target, "fp32 comparison")
+
+
+def _plain_embedder(target: Path, description: str) -> object:
+    """An Embedder on the e5 build in `target` with fastembed's own tokenizer and one session,
+    in batches of 32 (how Knowbot embedded before the lean tokenizer)."""
+    from knowledge import embedder as emb
+
     emb._register_custom_model(emb.E5_MODEL_NAME, dim=384, model_file=emb.MODEL_FILE,
                                additional_files=[emb.DATA_FILE], pooling="mean", normalize=True,
-                               description="fp32 comparison")
+                               description=description)
     e5 = emb.Embedder(emb.Embedder._load(emb.E5_MODEL_NAME, target.parent, None, target),
                       model_name=emb.E5_MODEL_NAME, dim=384,
                       tokenizer_path=target / emb.TOKENIZER_FILE,
@@ -113,16 +121,7 @@ def load_plain(models: Path) -> object:
     built = emb.ensure_e5_model(models / emb.E5_DIR_NAME)
     target = Path(tempfile.mkdtemp(prefix="knowbot-mem-plain-")) / emb.E5_DIR_NAME
     shutil.copytree(built, target, ignore=shutil.ignore_patterns("sentencepiece.*"))
-    emb._register_custom_model(emb.E5_MODEL_NAME, dim=384, model_file=emb.MODEL_FILE,
-                               additional_files=[emb.DATA_FILE], pooling="mean", normalize=True,
-                               description="as before")
-    e5 = emb.Embedder(emb.Embedder._load(emb.E5_MODEL_NAME, target.parent, None, target),
-                      model_name=emb.E5_MODEL_NAME, dim=384,
-                      tokenizer_path=target / emb.TOKENIZER_FILE,
-                      query_prefix=emb.E5_QUERY_PREFIX, passage_prefix=emb.E5_PASSAGE_PREFIX,
-                      max_length=emb._max_length(target))
-    e5.passage_budget = 0
-    return e5
+    return _plain_embedder(target, "as before")
 
 
 def status(field: str) -> float:

@@ -211,16 +211,12 @@ class Inbox:
         record = json.loads(row.message)
         context = json.loads(row.context).get("send", {})
         reply = Reply(GAVE_UP.format(n=attempts), kind="error")
-        conn.execute(insert(_OUTBOX).values(
+        conn.execute(_PUT_REPLY, dict(
             id=uuid.uuid4().hex, channel=row.channel, key=json.dumps(record["key"]),
             reply=json.dumps({**reply.to_record(), "sent_parts": 0}, ensure_ascii=False),
             attempts=0, next_attempt_at=now, created_at=now, last_error="",
             context=json.dumps(context, ensure_ascii=False), inbox_id=None))
         return True
-
-    def _held(self, taken: Taken) -> Any:
-        return and_(_INBOX.c.id == taken.id, _INBOX.c.lease_owner == taken.owner,
-                    _INBOX.c.attempts == taken.attempts, _INBOX.c.status == "running")
 
     @staticmethod
     def _held_params(taken: Taken) -> dict[str, Any]:
@@ -271,16 +267,18 @@ class Inbox:
 
     async def retry_later(self, taken: Taken, error: str, delay: timedelta) -> None:
         """Give an entry back after a failure outside the answer's own error boundary."""
-        stmt = update(_INBOX).where(self._held(taken)).values(
+        stmt = update(_INBOX).where(_HELD).values(
             status="queued", lease_owner="", lease_until=self.clock.now() + delay,
             last_error=error[:500])
-        await self.store.write(lambda conn: conn.execute(stmt))
+        params = self._held_params(taken)
+        await self.store.write(lambda conn: conn.execute(stmt, params))
 
     async def hand_back(self, taken: Taken) -> None:
         """Return an entry untouched (a graceful stop): the try does not count."""
-        stmt = update(_INBOX).where(self._held(taken)).values(
+        stmt = update(_INBOX).where(_HELD).values(
             status="queued", lease_owner="", lease_until=None, attempts=taken.attempts - 1)
-        await self.store.write(lambda conn: conn.execute(stmt))
+        params = self._held_params(taken)
+        await self.store.write(lambda conn: conn.execute(stmt, params))
 
     # ---- looking --------------------------------------------------------------------------
 

@@ -159,20 +159,18 @@ def gate_decision(candidates: Sequence[Candidate], dense: Sequence[Hit], xling: 
     best = xling[0].score
     top = dense[0].id if dense else None
     keep = f"; passages within {rule.spread:.2f} of it (and e5's best) are kept"
-    if names == "unknown" and rule.unknown_sure is not None:
-        if best < rule.unknown_sure:
-            return [], (f"declined: no passage mentions the names the question asks about, and "
-                        f"the best cross-lingual cosine {best:.3f} is below {rule.unknown_sure:.3f}")
-        why = (f"answered: no passage mentions the question's names, but the cross-lingual "
-               f"cosine {best:.3f} is at or above {rule.unknown_sure:.3f}")
-        return _within_spread(candidates, best, rule, top), why + keep
-    if names == "found" and rule.named_floor is not None:
-        if best < rule.named_floor:
-            return [], (f"declined: passages mention the question's names, but the best "
-                        f"cross-lingual cosine {best:.3f} is below {rule.named_floor:.3f}")
-        why = (f"answered: passages mention the question's names and the cross-lingual "
-               f"cosine {best:.3f} is at or above {rule.named_floor:.3f}")
-        return _within_spread(candidates, best, rule, top), why + keep
+    # names move the bar: up when the question names only what no passage mentions, down when
+    # the passages mention what it names
+    bar = {"unknown": rule.unknown_sure, "found": rule.named_floor}.get(names)
+    if bar is not None:
+        said = ("no passage mentions the names the question asks about" if names == "unknown"
+                else "passages mention the question's names")
+        if best < bar:
+            return [], (f"declined: {said}, and the best cross-lingual cosine {best:.3f} is "
+                        f"below {bar:.3f}")
+        return _within_spread(candidates, best, rule, top), (
+            f"answered: {said}, and the cross-lingual cosine {best:.3f} is at or above "
+            f"{bar:.3f}" + keep)
     if best < rule.floor:
         return [], (f"declined: the best cross-lingual cosine {best:.3f} is below the floor "
                     f"{rule.floor:.3f}")

@@ -71,6 +71,23 @@ def _cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """A process's CPU so far by kind of thread: the event loop (the main thread), the
+    database lane's threads (named knowbot-db-N), and the others."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {"event loop": 0.0, "database lane": 0.0, "other threads": 0.0}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+        except (OSError, IndexError):
+            continue
+        kind = ("event loop" if task.name == str(pid) else
+                "database lane" if name.startswith("knowbot-db") else "other threads")
+        found[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 def _transactions(admin_url: str, database: str) -> int:
     """Transactions committed or rolled back in the database so far (PostgreSQL's counters)."""
     import psycopg
@@ -343,7 +360,8 @@ def _ids(text: str) -> list[int]:
 
 
 def _report(results: dict[str, dict[str, list[float] | int]], rss: list[float],
-            cpu: list[float], idle: list[float], xacts: float, idle_xacts: float) -> None:
+            cpu: list[float], idle: list[float], xacts: float, idle_xacts: float,
+            by_thread: dict[str, float] | None = None) -> None:
     """Print the figures (before the teardown, which can be slow after an overload)."""
     print(f"{'channel':<9} {'ack p50':>9} {'ack p99':>9} {'sent':>6} {'delivered':>9} "
           f"{'missing':>7} {'dup':>4} {'unacked':>7}")
@@ -366,6 +384,10 @@ def _report(results: dict[str, dict[str, list[float] | int]], rss: list[float],
           f"(their CPU during the run, less what they use idle: "
           + ", ".join(f"{c:.1f} s" for c in cpu) + f"; idle {', '.join(f'{i * 100:.0f}%' for i in idle)}"
           " of a core)")
+    if by_thread:
+        print("of which, per answered message: " + ", ".join(
+            f"{kind} {seconds / max(1, answered) * 1000:.2f} ms"
+            for kind, seconds in by_thread.items()) + " (idle use not taken off)")
     print(f"database transactions per answered message: {xacts / max(1, answered):.1f} "
           f"(PostgreSQL's counters, less the {idle_xacts:.1f}/s the replicas make idle; the "
           "statistics collector may lag a little)")
@@ -404,6 +426,7 @@ async def main(args: argparse.Namespace) -> None:
                 idle = [(_cpu_seconds(p) - c) / 3 for p, c in zip(pids, idle_from)]
                 idle_xacts = (_transactions(admin_url, name) - idle_xacts_from) / 3
                 cpu_from = [_cpu_seconds(p) for p in pids]
+                threads_from = [_thread_cpu(p) for p in pids]
                 xacts_from = _transactions(admin_url, name)
                 if args.profile:
                     profilers = _profile(args.profile, pids, args.seconds)
@@ -414,7 +437,10 @@ async def main(args: argparse.Namespace) -> None:
                 cpu = [_cpu_seconds(p) - c - i * busy_for
                        for p, c, i in zip(pids, cpu_from, idle)]
                 rss = [_peak_rss_mb(p) for p in pids]
-                _report(results, rss, cpu, idle, xacts, idle_xacts)
+                by_thread = {kind: sum(_thread_cpu(p)[kind] - before[kind]
+                                       for p, before in zip(pids, threads_from))
+                             for kind in threads_from[0]} if pids else None
+                _report(results, rss, cpu, idle, xacts, idle_xacts, by_thread)
                 print(f"inbox at the end: {_inbox(url)}")
                 if profilers:
                     for proc in profilers:

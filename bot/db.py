@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -213,92 +214,138 @@ def ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError("a pooled connection was dead") from exc
 
 
-class DatabaseLane:
-    """Blocking SQLAlchemy Core work on dedicated threads, one thread hop per operation.
+def name_os_thread(name: str) -> None:
+    """Give the running thread its name in the operating system too (Linux), so `top -H` and
+    /proc/PID/task/*/comm tell the database threads from the event loop's."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
 
-    On SQLite one thread owns one connection and commits in groups: the operations queued while
-    it was busy run together under a single commit, and only then are their results handed back
-    (if one fails, the group runs again with each operation in its own savepoint, so one failing
-    does not undo another). On PostgreSQL a small
-    pool of threads runs one transaction per operation.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15] + b"\0", 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+class DatabaseLane:
+    """Blocking SQLAlchemy Core work on dedicated threads, in groups.
+
+    The event loop puts an operation on a queue (no executor, no thread hop of its own); a lane
+    thread takes what is queued, runs it as one group and hands every result back with one wake
+    of the loop. Under load a group holds many operations, so their BEGIN/COMMIT, their pool
+    checkout and their wakes are shared; alone, an operation runs as it would by itself.
+
+    Writes commit in groups: the operations queued while a thread was busy run in one
+    transaction, and only then are their results handed back. If one fails, the group is rolled
+    back and every operation runs again apart, so each gets the outcome it would have had alone:
+    an operation must be plain database work that is safe to run again after a rollback (every
+    one in Knowbot is).
+
+    - SQLite: one thread owns one connection and runs reads and writes alike; apart means each
+      operation in its own savepoint.
+    - PostgreSQL: `WRITERS` threads take groups of writes, `READERS` threads groups of reads in
+      autocommit. A group of several writes waits at most `GROUP_LOCK_TIMEOUT_MS` for a row
+      another transaction holds (another replica's group may hold it and wait for one of ours:
+      without the bound that is a deadlock PostgreSQL breaks only after a second); then it runs
+      apart, each operation in a transaction of its own without that bound.
     """
 
     MAX_GROUP = 256
+    WRITERS = 2
+    READERS = 2
+    GROUP_LOCK_TIMEOUT_MS = 200
 
     def __init__(self, url: str) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         _ensure_sqlite_dir(url)
         self.url = sync_url(url)
         self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        self._writes: "queue.SimpleQueue[tuple | None]" = queue.SimpleQueue()
         if self.is_sqlite:
             self.engine = create_engine(self.url, pool_size=1, max_overflow=0)
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            self._queue: "queue.SimpleQueue[tuple | None]" = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._serve, name="knowbot-db", daemon=True)
-            self._thread.start()
+            self._reads = self._writes  # the one connection does both, in one group
+            serve = [(self._writes, self._run_group)]
         else:
-            self.engine = create_engine(self.url, pool_size=8, max_overflow=0)
+            self.engine = create_engine(self.url, pool_size=self.WRITERS + self.READERS,
+                                        max_overflow=0)
             ping_when_idle(self.engine)
             # Reads run without BEGIN ... ROLLBACK around them (one round trip, not three):
             # each statement sees what was committed when it started.
             self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="knowbot-db")
+            self._reads = queue.SimpleQueue()
+            serve = ([(self._writes, self._run_group)] * self.WRITERS
+                     + [(self._reads, self._run_reads)] * self.READERS)
+        self._threads = [threading.Thread(target=self._serve, args=pair, daemon=True,
+                                          name=f"knowbot-db-{n}")
+                         for n, pair in enumerate(serve)]
+        for thread in self._threads:
+            thread.start()
 
-    async def _run(self, fn: "Callable[[Connection], T]", write: bool) -> "T":
+    async def _run(self, fn: "Callable[[Connection], T]", write: bool, atomic: bool = True
+                   ) -> "T":
         loop = asyncio.get_running_loop()
-        if not self.is_sqlite:
-            return await loop.run_in_executor(self._executor, self._call, fn, write)
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, future, loop))
+        (self._writes if write else self._reads).put((fn, future, loop, atomic))
         return await future
 
-    def _call(self, fn: "Callable[[Connection], T]", write: bool) -> "T":
-        try:
-            with (self.engine.begin() if write else self._reader.connect()) as conn:
-                return fn(conn)
-        except SQLAlchemyError as exc:
-            raise storage_error(exc) from exc
-
-    def _serve(self) -> None:
-        """The SQLite thread: take what is queued, run it as one group, commit once."""
+    def _serve(self, source: "queue.SimpleQueue[tuple | None]",
+               run: "Callable[[list[tuple]], list[tuple[bool, object]]]") -> None:
+        """A lane thread: take what is queued, run it as one group, hand the results back."""
+        name_os_thread(threading.current_thread().name)
         while True:
-            first = self._queue.get()
+            first = source.get()
             if first is None:
                 return
             group = [first]
             while len(group) < self.MAX_GROUP:
                 try:
-                    item = self._queue.get_nowait()
+                    item = source.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
-                    self._queue.put(None)  # finish this group, then stop
+                    source.put(None)  # finish this group, then stop
                     break
                 group.append(item)
-            self._run_group(group)
+            try:
+                outcomes = run(group)
+            except Exception as exc:  # noqa: BLE001 - never lose a caller's wait
+                outcomes = [(False, exc)] * len(group)
+            _hand_back(group, outcomes)
 
-    def _run_group(self, group: list[tuple]) -> None:
-        """Run a group under one commit; if any operation fails, run them apart instead.
-
-        The common case (nothing fails) costs no savepoints. When one operation raises, the
-        whole transaction is rolled back and every operation runs again in its own savepoint,
-        so each gets the outcome it would have had alone: an operation must be plain database
-        work that is safe to run again after a rollback (every one in Knowbot is).
-        """
+    def _run_group(self, group: list[tuple]) -> list[tuple[bool, object]]:
+        """Run a group of writes under one commit; if any operation fails, run them apart."""
+        if len(group) == 1 and not self.is_sqlite:
+            return [self._alone(group[0][0], group[0][3])]
         try:
             with self.engine.begin() as conn:
-                outcomes: list[tuple[bool, object]] = [(True, fn(conn)) for fn, _, _ in group]
+                if not self.is_sqlite:
+                    conn.exec_driver_sql(
+                        f"SET LOCAL lock_timeout = '{int(self.GROUP_LOCK_TIMEOUT_MS)}ms'")
+                return [(True, item[0](conn)) for item in group]
         except Exception:  # noqa: BLE001 - sorted out one by one below
-            outcomes = self._run_apart(group)
-        for (_fn, future, loop), (ok, value) in zip(group, outcomes):
-            loop.call_soon_threadsafe(_settle, future, ok, value)
+            if not self.is_sqlite:
+                return [self._alone(item[0], item[3]) for item in group]
+            return self._run_apart(group)
+
+    def _alone(self, fn: "Callable[[Connection], T]", atomic: bool = True
+               ) -> tuple[bool, object]:
+        """One PostgreSQL write by itself: in a transaction of its own, or in autocommit
+        when the operation said it needs none (one round trip instead of three)."""
+        try:
+            with (self.engine.begin() if atomic else self._reader.connect()) as conn:
+                return True, fn(conn)
+        except SQLAlchemyError as exc:
+            return False, storage_error(exc)
+        except Exception as exc:  # noqa: BLE001 - handed back to its caller
+            return False, exc
 
     def _run_apart(self, group: list[tuple]) -> list[tuple[bool, object]]:
+        """SQLite: the group again, each operation in its own savepoint."""
         outcomes: list[tuple[bool, object]] = []
         try:
             with self.engine.begin() as conn:
-                for fn, _future, _loop in group:
+                for fn, *_ in group:
                     try:
                         with conn.begin_nested():
                             outcomes.append((True, fn(conn)))
@@ -311,6 +358,23 @@ class DatabaseLane:
             outcomes = [(False, error)] * len(group)
         return outcomes
 
+    def _run_reads(self, group: list[tuple]) -> list[tuple[bool, object]]:
+        """PostgreSQL: a group of reads one after another on one autocommit connection."""
+        outcomes: list[tuple[bool, object]] = []
+        try:
+            with self._reader.connect() as conn:
+                for fn, *_ in group:
+                    try:
+                        outcomes.append((True, fn(conn)))
+                    except SQLAlchemyError as exc:
+                        outcomes.append((False, storage_error(exc)))
+                    except Exception as exc:  # noqa: BLE001 - handed back to its caller
+                        outcomes.append((False, exc))
+        except SQLAlchemyError as exc:  # no connection to be had
+            error = storage_error(exc)
+            outcomes += [(False, error)] * (len(group) - len(outcomes))
+        return outcomes
+
     async def read(self, fn: "Callable[[Connection], T]") -> "T":
         """Run a read on the lane.
 
@@ -320,18 +384,44 @@ class DatabaseLane:
         """
         return await self._run(fn, write=False)
 
-    async def write(self, fn: "Callable[[Connection], T]") -> "T":
-        """Run a write in one transaction on the lane."""
-        return await self._run(fn, write=True)
+    async def write(self, fn: "Callable[[Connection], T]", *, atomic: bool = True) -> "T":
+        """Run a write in one transaction on the lane (shared with the writes queued beside it).
+
+        `atomic=False` says the operation needs no transaction of its own: it makes one
+        change at most (any reads before it see what they would in a READ COMMITTED
+        transaction). On PostgreSQL such an operation, when nothing is queued beside it, runs
+        in autocommit: its change commits as it is made, without the BEGIN and COMMIT round
+        trips. Not for several changes: each would be a commit, and a WAL flush, of its own.
+        """
+        return await self._run(fn, write=True, atomic=atomic)
 
     def close(self) -> None:
         """Stop the threads and close the connections."""
-        if self.is_sqlite:
-            self._queue.put(None)
-            self._thread.join(timeout=30)
-        else:
-            self._executor.shutdown(wait=True)
+        for _ in range(self.WRITERS if not self.is_sqlite else 1):
+            self._writes.put(None)
+        if not self.is_sqlite:
+            for _ in range(self.READERS):
+                self._reads.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
         self.engine.dispose()
+
+
+def _hand_back(group: list[tuple], outcomes: list[tuple[bool, object]]) -> None:
+    """Settle a group's futures with one wake of each event loop they wait on."""
+    by_loop: dict[Any, list[tuple[Any, bool, object]]] = {}
+    for (_fn, future, loop, _atomic), (ok, value) in zip(group, outcomes):
+        by_loop.setdefault(loop, []).append((future, ok, value))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, settled)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
+
+
+def _settle_all(settled: list[tuple[Any, bool, object]]) -> None:
+    for future, ok, value in settled:
+        _settle(future, ok, value)
 
 
 def _settle(future: "asyncio.Future[object]", ok: bool, value: object) -> None:

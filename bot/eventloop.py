@@ -14,3 +14,4 @@ def loop_factory() -> Callable[[], Any] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+

@@ -34,7 +34,7 @@ from bot.logs import current as log_context, new_request_id
 from bot.models import InboxEntry, OutboxEntry
 from bot.outbox import LEASE as SEND_LEASE  # the finishing worker sends first; others after it
 from bot.outbox import StoredReply
-from bot.store import Store
+from bot.store import Store, Unit
 from bot.types import Attachment, ConversationKey, InboundMessage, Reply
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Inbox:
                    context=json.dumps(context or {}, ensure_ascii=False), status="queued",
                    attempts=0, lease_owner="", created_at=self.clock.now(), last_error="")
 
-        added = await self.store.write(lambda conn: insert_new(conn, _INBOX, row))
+        added = await self.store.write(lambda conn: insert_new(conn, _INBOX, row), atomic=False)
         for listener in (self.listeners if added else ()):
             listener()
         for counter in (self.duplicates if not added else ()):
@@ -166,7 +166,7 @@ class Inbox:
                         limit: int = 20) -> list[Taken]:
         """Lease up to `want` entries, oldest first, at most one per free conversation.
 
-        One transaction, whatever `want` is: a busy replica takes a batch per round trip.
+        One look at the candidates, whatever `want` is: a busy replica takes a batch at once.
         """
         names = list(channels)
         if not names or want < 1:
@@ -174,33 +174,42 @@ class Inbox:
         now = self.clock.now()
         params = {"names": names, "now": now, "limit": max(limit, want)}
 
-        def claim(conn: Connection) -> list[Taken]:
+        def claim(conn: Connection, room: int) -> tuple[list[Taken], list[tuple[int, int]]]:
             got: list[Taken] = []
-            for _ in range(limit):  # a given-up entry frees its conversation's next one: look again
-                gave_up = False
-                for entry_id, attempts in conn.execute(_CANDIDATES, params).all():
-                    if attempts >= self.max_attempts:
-                        if self._give_up(conn, entry_id, attempts, now):
-                            log.error("inbox entry %s failed %d times: given up", entry_id,
-                                      attempts)
-                            gave_up = True
-                        continue
-                    row = conn.execute(_TAKE, {
-                        "e_id": entry_id, "e_attempts": attempts, "now": now,
-                        "new_attempts": attempts + 1, "owner": owner,
-                        "until": now + self.lease}).first()
-                    if row is None:
-                        continue  # another worker took it first
-                    got.append(Taken(entry_id, row.channel,
-                                     message_from_record(json.loads(row.message)),
-                                     json.loads(row.context), attempts + 1, owner))
-                    if len(got) >= want:
-                        return got
-                if not gave_up:
+            spent: list[tuple[int, int]] = []  # taken too often: given up below, apart
+            for entry_id, attempts in conn.execute(_CANDIDATES, params).all():
+                if attempts >= self.max_attempts:
+                    spent.append((entry_id, attempts))
+                    continue
+                row = conn.execute(_TAKE, {
+                    "e_id": entry_id, "e_attempts": attempts, "now": now,
+                    "new_attempts": attempts + 1, "owner": owner,
+                    "until": now + self.lease}).first()
+                if row is None:
+                    continue  # another worker took it first
+                got.append(Taken(entry_id, row.channel,
+                                 message_from_record(json.loads(row.message)),
+                                 json.loads(row.context), attempts + 1, owner))
+                if len(got) >= room:
                     break
-            return got
+            return got, spent
 
-        return await self.store.write(claim)
+        taken: list[Taken] = []
+        for _ in range(limit):  # a given-up entry frees its conversation's next one: look again
+            # one transaction: one commit (on PostgreSQL one WAL flush) for the whole batch
+            got, spent = await self.store.write(
+                lambda conn, room=want - len(taken): claim(conn, room))
+            taken += got
+            gave_up = False
+            for entry_id, attempts in spent:
+                if await self.store.write(
+                        lambda conn, e=entry_id, a=attempts: self._give_up(conn, e, a, now)):
+                    log.error("inbox entry %s failed %d times: given up", entry_id, attempts)
+                    gave_up = True
+            if not gave_up or len(taken) >= want:
+                break
+            params["limit"] = max(limit, want - len(taken))
+        return taken
 
     def _give_up(self, conn: Connection, entry_id: int, attempts: int, now: datetime) -> bool:
         """Mark an entry dead and queue one message telling the person (one transaction)."""
@@ -225,20 +234,25 @@ class Inbox:
     async def renew(self, taken: Taken) -> bool:
         """Extend the lease while the answer is being made; False if it was lost."""
         params = {**self._held_params(taken), "until": self.clock.now() + self.lease}
-        return await self.store.write(lambda conn: conn.execute(_RENEW, params).rowcount == 1)
+        return await self.store.write(lambda conn: conn.execute(_RENEW, params).rowcount == 1,
+                                      atomic=False)
 
     # ---- out ------------------------------------------------------------------------------
 
-    async def finish(self, taken: Taken, reply: Reply | None) -> str | None:
-        """Mark the entry answered and put its reply in the outbox, in one transaction.
+    async def finish(self, taken: Taken, reply: Reply | None, unit: Unit | None = None
+                     ) -> str | None:
+        """Mark the entry answered and put its reply in the outbox, in one transaction, with
+        the answer's deferred writes (`unit`: the turns it remembers).
 
         Returns the outbox entry's id for the caller to send now; None when there is nothing
-        to send or the lease was lost (then whoever holds it now answers).
+        to send or the lease was lost (then whoever holds it now answers, and this try's
+        deferred writes are dropped with its reply).
         """
-        row = await self.finish_for_send(taken, reply)
+        row = await self.finish_for_send(taken, reply, unit)
         return row.id if row is not None else None
 
-    async def finish_for_send(self, taken: Taken, reply: Reply | None) -> "StoredReply | None":
+    async def finish_for_send(self, taken: Taken, reply: Reply | None,
+                              unit: Unit | None = None) -> "StoredReply | None":
         """`finish`, handing back the outbox row as written (to send without reading it again)."""
         now = self.clock.now()
         mark = {**self._held_params(taken), "now": now,
@@ -255,6 +269,8 @@ class Inbox:
         def write(conn: Connection) -> StoredReply | None:
             if conn.execute(_FINISH, mark).rowcount != 1:
                 return None
+            if unit is not None:
+                unit.run(conn)
             if reply is None:
                 return None
             conn.execute(_PUT_REPLY, asdict(row))
@@ -265,13 +281,20 @@ class Inbox:
             log.warning("inbox entry %s: lease lost before finishing; not sending", taken.id)
         return result
 
-    async def retry_later(self, taken: Taken, error: str, delay: timedelta) -> None:
-        """Give an entry back after a failure outside the answer's own error boundary."""
+    async def retry_later(self, taken: Taken, error: str, delay: timedelta,
+                          unit: Unit | None = None) -> None:
+        """Give an entry back after a failure outside the answer's own error boundary (with
+        the failed try's deferred writes: the conversation keeps what went wrong)."""
         stmt = update(_INBOX).where(_HELD).values(
             status="queued", lease_owner="", lease_until=self.clock.now() + delay,
             last_error=error[:500])
         params = self._held_params(taken)
-        await self.store.write(lambda conn: conn.execute(stmt, params))
+
+        def write(conn: Connection) -> None:
+            if conn.execute(stmt, params).rowcount == 1 and unit is not None:
+                unit.run(conn)
+
+        await self.store.write(write)
 
     async def hand_back(self, taken: Taken) -> None:
         """Return an entry untouched (a graceful stop): the try does not count."""

@@ -109,7 +109,7 @@ class StateStore:
                                                 _expiry(ttl, now), now))
             return version
 
-        return await self.store.write(write)
+        return await self.store.write(write, atomic=False)
 
     async def swap(self, namespace: str, key: str, value: Any, expect_version: int,
                    ttl: float | timedelta | None = None) -> bool:
@@ -136,7 +136,7 @@ class StateStore:
                 "b_version": expect_version})
             return done.rowcount == 1
 
-        return await self.store.write(write)
+        return await self.store.write(write, atomic=False)
 
     async def take(self, namespace: str, key: str) -> Any | None:
         """Remove the entry and return its value, once: a second caller gets None."""
@@ -153,12 +153,12 @@ class StateStore:
             entry = self._live(row, now)
             return entry.value if entry is not None else None
 
-        return await self.store.write(write)
+        return await self.store.write(write, atomic=False)
 
     async def delete(self, namespace: str, key: str) -> None:
         """Remove the entry if it exists."""
         params = _key(namespace, key)
-        await self.store.write(lambda conn: conn.execute(_DELETE, params))
+        await self.store.write(lambda conn: conn.execute(_DELETE, params), atomic=False)
 
     async def items(self, namespace: str, prefix: str = "", limit: int = 1000
                     ) -> list[tuple[str, Entry]]:

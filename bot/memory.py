@@ -84,12 +84,14 @@ class Memory:
         """Store one exchange (the question and the answer, never retrieved passages).
 
         `meta` is kept with the answer: the citations it used, its tool calls, an error.
+        Answering an inbox entry, the exchange is written with the entry's finish (see
+        `bot.store.Unit`).
         """
         await self.store.add_messages(
             key,
             [("user", question, message_tokens("user", question)),
              ("assistant", answer, message_tokens("assistant", answer))],
-            user_id=user_id, meta=[None, meta],
+            user_id=user_id, meta=[None, meta], defer=True,
         )
 
     async def forget(self, key: ConversationKey) -> int:

@@ -6,9 +6,10 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -80,6 +81,43 @@ class ConversationState:
     summarized_upto: int
 
 
+class Unit:
+    """The writes of one answer that commit with the answer itself.
+
+    A worker opens one around an inbox entry's answer (`deferred_writes`); the turns the answer
+    remembers are then written in the transaction that finishes the entry and puts its reply in
+    the outbox, not in one of their own. So the conversation keeps the exchange exactly when
+    its reply is on its way: a worker killed after the model answered but before finishing
+    leaves no turn behind for the next try to write a second time, and a lease lost to another
+    worker discards this try's turns with its reply.
+    """
+
+    def __init__(self) -> None:
+        self.writes: list[Callable[[Connection], Any]] = []
+        self.open = True
+
+    def run(self, conn: Connection) -> None:
+        """Apply the deferred writes in the caller's transaction."""
+        for write in self.writes:
+            write(conn)
+
+
+_UNIT: ContextVar[Unit | None] = ContextVar("knowbot_unit", default=None)
+
+
+@contextmanager
+def deferred_writes() -> Iterator[Unit]:
+    """Defer the deferrable writes made in this context (and the tasks it starts) to a Unit;
+    one made after the block ends, by a task that outlived it, is written at once."""
+    unit = Unit()
+    token = _UNIT.set(unit)
+    try:
+        yield unit
+    finally:
+        unit.open = False
+        _UNIT.reset(token)
+
+
 class Store:
     """Async access to Knowbot's database."""
 
@@ -118,9 +156,10 @@ class Store:
         """Run a blocking Core read on the database lane (for hot read paths elsewhere)."""
         return await self._lane.read(fn)
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run a blocking Core write in one transaction on the database lane."""
-        return await self._lane.write(fn)
+    async def write(self, fn: Callable[[Connection], T], *, atomic: bool = True) -> T:
+        """Run a blocking Core write in one transaction on the database lane (`atomic=False`:
+        its statements may each commit alone; see `DatabaseLane.write`)."""
+        return await self._lane.write(fn, atomic=atomic)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -139,13 +178,14 @@ class Store:
                    conversation_id=key.conversation_id(), status="processing",
                    received_at=self.clock.now())
 
-        return await self._lane.write(lambda conn: insert_new(conn, _INBOUND, row))
+        return await self._lane.write(lambda conn: insert_new(conn, _INBOUND, row),
+                                      atomic=False)
 
     async def finish_inbound(self, key: ConversationKey, message_id: str, status: str) -> None:
         """Mark a claimed message as done or failed."""
         params = dict(k_channel=key.channel, k_tenant=key.tenant, k_message_id=message_id,
                       status=status)
-        await self._lane.write(lambda conn: conn.execute(_FINISH, params))
+        await self._lane.write(lambda conn: conn.execute(_FINISH, params), atomic=False)
 
     async def inbound_status(self, key: ConversationKey, message_id: str) -> str | None:
         """The status of a claimed message id, or None if it was never seen."""
@@ -168,11 +208,13 @@ class Store:
 
     async def add_messages(
         self, key: ConversationKey, turns: list[tuple[str, str, int]], user_id: str = "",
-        meta: list[dict[str, Any] | None] | None = None,
+        meta: list[dict[str, Any] | None] | None = None, *, defer: bool = False,
     ) -> list[int]:
         """Append (role, content, token_count) turns to the conversation; return their ids.
 
         `meta`, one per turn, is what an answer used and did (citations, tool calls, an error).
+        With `defer`, inside `deferred_writes`, the turns are written with the answer's finish
+        instead, and no ids are returned.
         """
         now = self.clock.now()
         conv_id = key.conversation_id()
@@ -187,6 +229,10 @@ class Store:
             conn.execute(_UPSERT_CONVERSATION[conn.dialect.name], upsert)
             return [int(row[0]) for row in conn.execute(_ADD_MESSAGES, rows).all()]
 
+        unit = _UNIT.get() if defer else None
+        if unit is not None and unit.open:
+            unit.writes.append(write)
+            return []
         return await self._lane.write(write)
 
     async def recall(self, key: ConversationKey, limit: int = 200

@@ -20,6 +20,7 @@ from bot.errors import KnowbotError
 from bot.inbox import Inbox, Taken
 from bot.logs import bound
 from bot.outbox import Outbox
+from bot.store import deferred_writes
 from bot.types import Reply
 
 if TYPE_CHECKING:
@@ -110,8 +111,10 @@ class Workers:
             await self.inbox.hand_back(taken)
             return
         renewing = asyncio.create_task(self._renew(taken))
+        unit = None
         try:
-            with bound(request_id=taken.context.get("request_id")):  # from the webhook call
+            # the turns the answer remembers are written with its finish (bot.store.Unit)
+            with bound(request_id=taken.context.get("request_id")), deferred_writes() as unit:
                 reply: Reply | None = await channel.work(taken.message, taken.context)  # type: ignore[attr-defined]
         except asyncio.CancelledError:
             renewing.cancel()
@@ -121,12 +124,13 @@ class Workers:
             renewing.cancel()
             log.exception("inbox entry %s on %s failed (try %d)", taken.id, taken.channel,
                           taken.attempts)
-            await self.inbox.retry_later(taken, f"{type(exc).__name__}: {exc}", RETRY_DELAY)
+            await self.inbox.retry_later(taken, f"{type(exc).__name__}: {exc}", RETRY_DELAY,
+                                         unit)
             self.wake()
             return
         renewing.cancel()
         try:
-            stored = await self.inbox.finish_for_send(taken, reply)
+            stored = await self.inbox.finish_for_send(taken, reply, unit)
             if stored is not None:
                 await self.outbox.send_stored(stored.id, stored)
         except KnowbotError as exc:  # the lease lapses and the entry is answered again

@@ -167,3 +167,55 @@ async def test_a_batch_take_leases_the_oldest_entry_of_each_free_conversation(en
     two = await inbox.take_many("replica-2", ["test"], 2)
     assert [t.message.text for t in two] == ["chat-a 1"]
     assert [t.message.text for t in await inbox.take_many("replica-2", ["test"], 1)] == []
+
+
+async def test_the_turns_an_answer_remembers_commit_with_its_finish(env) -> None:  # type: ignore[no-untyped-def]
+    """Memory is written in the finish's transaction: none before it, none from a lost lease,
+    so a try killed after the model answered leaves no turn for the next try to repeat."""
+    from bot.memory import Memory
+    from bot.store import deferred_writes
+
+    inbox, clock = env
+    memory = Memory(inbox.store, budget=10_000, spawn=lambda coro: coro.close())
+    await inbox.put(msg(ALICE, "m1", "what is the VPN address?"))
+    lost = await inbox.take("replica-1", ["test"])
+    assert lost is not None
+    with deferred_writes() as unit:
+        await memory.remember(ALICE, "what is the VPN address?", "vpn.example.com")
+    assert len(unit.writes) == 1
+    assert (await inbox.store.recall(ALICE))[1] == []  # not yet: the reply has not been put
+    clock.advance(31)  # the first worker dies; another answers the same message
+    again = await inbox.take("replica-2", ["test"])
+    assert again is not None
+    assert await inbox.finish(lost, Reply("vpn.example.com"), unit) is None  # lease lost
+    assert (await inbox.store.recall(ALICE))[1] == []  # its turns went with its reply
+    with deferred_writes() as second:
+        await memory.remember(ALICE, "what is the VPN address?", "It is vpn.example.com.")
+    assert await inbox.finish(again, Reply("It is vpn.example.com."), second) is not None
+    turns = (await inbox.store.recall(ALICE))[1]
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "what is the VPN address?"), ("assistant", "It is vpn.example.com.")]
+    # outside a unit (the console, `knowbot ask`), and after one closed, turns go in at once
+    await memory.remember(BOB, "hello", "hi")
+    with deferred_writes() as closed:
+        pass
+    assert not closed.open
+    await memory.remember(BOB, "again", "hi again")
+    assert len((await inbox.store.recall(BOB))[1]) == 4
+
+
+async def test_a_failed_try_keeps_its_turn_when_given_back(env) -> None:  # type: ignore[no-untyped-def]
+    from bot.memory import Memory
+    from bot.store import deferred_writes
+
+    inbox, _ = env
+    await inbox.put(msg(ALICE, "m1", "summarise the report"))
+    taken = await inbox.take("replica-1", ["test"])
+    assert taken is not None
+    with deferred_writes() as unit:
+        await Memory(inbox.store, budget=10_000, spawn=lambda coro: coro.close()).remember(
+            ALICE, "summarise the report", "Sorry, something went wrong.", meta={"error": "boom"})
+    await inbox.retry_later(taken, "RuntimeError: boom", timedelta(seconds=5), unit)
+    turns = (await inbox.store.recall(ALICE))[1]
+    assert [t.content for t in turns] == ["summarise the report", "Sorry, something went wrong."]
+    assert await inbox.status("test", "team-1", "m1") == "queued"

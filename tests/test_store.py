@@ -194,3 +194,69 @@ async def test_the_database_lane_replaces_connections_that_died_while_idle(
         assert [t.content for t in turns][-2:] == ["before", "after"]
     finally:
         await store.close()
+
+
+async def test_a_burst_of_writes_shares_commits_and_lone_changes_skip_the_transaction(
+        store: Store) -> None:
+    """Writes queued together commit together (on both databases); an operation that says it
+    needs no transaction runs in autocommit on PostgreSQL when it is alone."""
+    from sqlalchemy import event
+
+    commits: list[int] = []
+    event.listen(store._lane.engine, "commit", lambda conn: commits.append(1))
+    await asyncio.gather(*(store.add_messages(KEY, [("user", f"m{i}", 1)]) for i in range(200)))
+    assert len((await store.recall(KEY))[1]) == 200
+    assert 1 <= len(commits) < 100  # 200 writes, far fewer commits
+
+    inside = await store.write(lambda conn: conn.in_transaction(), atomic=False)
+    assert inside is (store._lane.is_sqlite)  # SQLite's one connection always groups
+    assert await store.write(lambda conn: conn.in_transaction()) is True
+
+
+async def test_a_group_that_meets_a_locked_row_runs_apart_instead_of_failing(
+        db_url: str) -> None:
+    """Another transaction (another replica's group) holds a row: the group gives up waiting
+    after its bound and every operation runs alone, each getting its own outcome."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("one SQLite connection: no other transaction to meet")
+    import threading
+    import time
+
+    import psycopg
+    from sqlalchemy import insert, select, update
+
+    from bot.models import StateEntry
+
+    table = StateEntry.__table__  # type: ignore[attr-defined]
+    store = await Store.open(db_url)
+    try:
+        now = store.clock.now()
+        await store.write(lambda conn: conn.execute(insert(table).values(
+            namespace="t", key="held", value="0", updated_at=now)))
+        holder = psycopg.connect(db_url)
+        holder.execute("UPDATE state_entry SET value = 'holder' WHERE key = 'held'")  # locked
+
+        def other(conn):  # type: ignore[no-untyped-def]
+            conn.execute(insert(table).values(namespace="t", key="free", value="1",
+                                              updated_at=now))
+            return "free"
+
+        def blocked(conn):  # type: ignore[no-untyped-def]
+            conn.execute(update(table).where(table.c.key == "held").values(value="lane"))
+            return "held"
+
+        release = threading.Timer(1.0, holder.commit)
+        release.start()
+        started = time.monotonic()
+        outcomes = await asyncio.to_thread(store._lane._run_group,
+                                           [(other, None, None, True), (blocked, None, None, True)])
+        waited = time.monotonic() - started
+        release.join()
+        holder.close()
+        assert outcomes == [(True, "free"), (True, "held")]
+        assert waited >= 0.9  # the lone run of `blocked` waited for the holder, as it should
+        values = await store.read(lambda conn: dict(conn.execute(
+            select(table.c.key, table.c.value).where(table.c.namespace == "t")).all()))
+        assert values == {"held": "lane", "free": "1"}
+    finally:
+        await store.close()

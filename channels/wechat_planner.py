@@ -123,11 +123,15 @@ class Planner:
 
     # ---- the shared record of a message ----------------------------------------------
 
-    async def _change(self, name: str, change: Callable[[dict[str, Any]], bool]
-                      ) -> tuple[dict[str, Any], bool]:
-        """Apply `change` to the message's record (compare-and-swap); (record, whether changed)."""
-        for _ in range(CAS_TRIES):
-            entry = await self.state.get(self.namespace, name)
+    async def _change(self, name: str, change: Callable[[dict[str, Any]], bool],
+                      fresh: bool = False) -> tuple[dict[str, Any], bool]:
+        """Apply `change` to the message's record (compare-and-swap); (record, whether changed).
+
+        `fresh`: the record most likely does not exist yet (a message's first request), so the
+        first try writes a new one without reading first; should one exist, the next reads it.
+        """
+        for attempt in range(CAS_TRIES):
+            entry = None if fresh and attempt == 0 else await self.state.get(self.namespace, name)
             record = dict(entry.value) if entry is not None else {
                 "requests": 0, "first": self.state.clock.time(), "answer": None, "taken": False,
                 "fallback": False, "page_id": "", "page_url": None}
@@ -179,24 +183,28 @@ class Planner:
             record["requests"] += 1
             return True
 
-        record, _ = await self._change(name, count)
+        record, _ = await self._change(name, count, fresh=True)
         first = record["requests"] == 1
         if fixed is not None:
             return fixed if first else ""
-        if first:  # a new message from the user: the customer-service allowance starts again
-            await self.delivery.note_inbound(openid)
-            if enqueue is not None and not await enqueue():
-                return ""  # taken long ago (its record expired): a very late retry
-        if len(self._events) >= t.max_messages:
-            log.warning("too many WeChat requests waiting; answering one as busy")
-            return wt.BUSY_ELSEWHERE
-        last = record["requests"] >= t.requests_per_message
-        held = first and await self.delivery.has_held(openid)
-        mine = self._events.setdefault(name, asyncio.Event())
+        busy = len(self._events) >= t.max_messages
+        # Waiting starts before the message is put in the inbox, so that however soon its
+        # answer is published, the publisher (or the signal from another replica) finds this
+        # request's event: the first request need not look before it waits.
+        mine = self._events.setdefault(name, asyncio.Event()) if not busy else None
         try:
-            taken = await self._wait_for_answer(name, mine, arrived)
+            if first:  # a new message from the user: the customer-service allowance restarts
+                await self.delivery.note_inbound(openid)
+                if enqueue is not None and not await enqueue():
+                    return ""  # taken long ago (its record expired): a very late retry
+            if mine is None:
+                log.warning("too many WeChat requests waiting; answering one as busy")
+                return wt.BUSY_ELSEWHERE
+            last = record["requests"] >= t.requests_per_message
+            held = first and await self.delivery.has_held(openid)
+            taken = await self._wait_for_answer(name, mine, arrived, look_first=not first)
         finally:
-            if self._events.get(name) is mine:
+            if mine is not None and self._events.get(name) is mine:
                 self._events.pop(name, None)
         if taken is not None:
             if not taken["claimed"]:
@@ -219,19 +227,26 @@ class Planner:
         await asyncio.sleep(max(0.0, arrived + t.platform_timeout + 0.2 - self.clock()))
         return ""
 
-    async def _wait_for_answer(self, name: str, event: asyncio.Event, arrived: float
-                               ) -> dict[str, Any] | None:
-        """The record once this request took the answer (or found it taken); None: not ready."""
+    async def _wait_for_answer(self, name: str, event: asyncio.Event, arrived: float,
+                               look_first: bool = True) -> dict[str, Any] | None:
+        """The record once this request took the answer (or found it taken); None: not ready.
+
+        Without `look_first` it waits for the event (or the poll) before its first look.
+        """
+        look = look_first
         while True:
-            event.clear()  # before looking: an answer published meanwhile sets it again
-            record, claimed = await self._take(name)
-            if claimed:
-                await self._notify("taken", name)  # the publisher stops waiting for a taker
-            if claimed or record["taken"]:
-                return {**record, "claimed": claimed}
             remaining = self.timings.window - (self.clock() - arrived)
-            if remaining <= 0:
-                return None
+            if look or remaining <= 0:
+                event.clear()  # before looking: an answer published meanwhile sets it again
+                record, claimed = await self._take(name)
+                if claimed:
+                    await self._notify("taken", name)  # the publisher stops waiting for a taker
+                if claimed or record["taken"]:
+                    return {**record, "claimed": claimed}
+                remaining = self.timings.window - (self.clock() - arrived)
+                if remaining <= 0:
+                    return None
+            look = True
             try:
                 await asyncio.wait_for(event.wait(), min(remaining, self.poll))
             except TimeoutError:
@@ -319,6 +334,10 @@ class Planner:
                     await asyncio.wait_for(taken.wait(), min(left, self.poll))
                 except TimeoutError:
                     pass
+                else:
+                    if not self._closing:  # only a request that took the answer signals this
+                        record = {**record, "taken": True}
+                        break
                 taken.clear()  # before looking: a take signalled meanwhile sets it again
                 record = await self._record(name) or {**record, "fallback": True}
         finally:

@@ -67,6 +67,20 @@ async def test_concurrent_swaps_have_one_winner(store: Store) -> None:
     assert sum(wins) == 1
 
 
+async def test_writes_from_nothing_at_once_agree(store: Store) -> None:
+    """Puts of a new key at once all land, one version each; swaps from nothing: one wins."""
+    state = StateStore(store)
+    versions = await asyncio.gather(*(state.put("ns", "new", n) for n in range(6)))
+    assert sorted(versions) == [1, 2, 3, 4, 5, 6]
+    entry = await state.get("ns", "new")
+    assert entry is not None and entry.version == 6 and entry.value == versions.index(6)
+    wins = await asyncio.gather(*(state.swap("ns", "fresh", n, expect_version=0)
+                                  for n in range(6)))
+    assert sum(wins) == 1
+    entry = await state.get("ns", "fresh")
+    assert entry is not None and (entry.value, entry.version) == (wins.index(True), 1)
+
+
 async def test_expired_entries_are_gone_and_can_be_replaced(store: Store) -> None:
     clock = pinned_clock()
     state = StateStore(store, clock=clock)

@@ -109,6 +109,18 @@ def _inbox(url: str) -> str:
     return ", ".join(f"{status} {count}" for status, count in rows) or "empty"
 
 
+def _held(url: str) -> int:
+    """WeChat answers held for their person's next message (a push that could not be made,
+    or no request left to carry them): not lost, but not delivered within the run."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT value FROM state_entry WHERE namespace LIKE 'wechat:held:%'"
+                            ).fetchall()
+    return sum(len([item for item in json.loads(value) if item.get("parts")])
+               for (value,) in rows)
+
+
 def _peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -441,7 +453,8 @@ async def main(args: argparse.Namespace) -> None:
                                        for p, before in zip(pids, threads_from))
                              for kind in threads_from[0]} if pids else None
                 _report(results, rss, cpu, idle, xacts, idle_xacts, by_thread)
-                print(f"inbox at the end: {_inbox(url)}")
+                print(f"inbox at the end: {_inbox(url)}; WeChat answers held for the "
+                      f"person's next message: {_held(url)}")
                 if profilers:
                     for proc in profilers:
                         await asyncio.to_thread(proc.wait, 60)

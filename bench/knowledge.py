@@ -675,7 +675,7 @@ async def run(args: argparse.Namespace) -> None:
     embedder = TimedEmbedder(raw, watch)
     print(f"embedder {raw.model_name} (dim {raw.dim}) built/loaded in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
-    raw_xl = await asyncio.to_thread(load_crosslingual, USE_MODEL, models)
+    raw_xl = await asyncio.to_thread(lambda: load_crosslingual(USE_MODEL, models, models_dir=models))
     xl = TimedCrossLingual(raw_xl, watch)
     print(f"cross-lingual model {raw_xl.model_name} (dim {raw_xl.dim}, vector {raw_xl.vector_name}) "
           f"loaded in {time.perf_counter() - started:.1f} s")

@@ -134,7 +134,8 @@ class KnowledgeService:
                 if not self._dictionary_loaded:
                     from knowledge.dictionary import load_dictionary
 
-                    self._dictionary = await asyncio.to_thread(load_dictionary)
+                    self._dictionary = await asyncio.to_thread(
+                        load_dictionary, self.settings.resolved_models_dir)
                     self._dictionary_loaded = True
         return self._dictionary
 

@@ -13,11 +13,15 @@ The built-in e5 runs on two onnxruntime sessions of the same model file (the sec
   chunks were as fast).
 
 Its tokenizer is `knowledge/lean_tokenizer.py` (the same ids as `tokenizer.json`, a fifth of the
-memory), handed to fastembed, which still tokenizes, runs the session, pools and normalises.
+memory). With it, the built-in e5 does not go through fastembed at all: `OnnxE5` tokenizes, runs
+the session, pools and normalises as fastembed does (the same vectors, to the bit), and a server
+never imports fastembed (about 40 MB). Other models, and an e5 build without the lean tokenizer,
+load through fastembed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -201,7 +205,8 @@ class Embedder:
         release_large_buffers()
         model_dir = ensure_e5_model(models / E5_DIR_NAME)
         dim = int(json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))["dim"])
-        _register_custom_model(
+        _register_e5 = functools.partial(
+            _register_custom_model,
             E5_MODEL_NAME,
             dim=dim,
             model_file=MODEL_FILE,
@@ -214,12 +219,16 @@ class Embedder:
         lean = query_model = None
         if lean_tokenizer.available(model_dir):
             lean = lean_tokenizer.LeanTokenizer(model_dir, max_length)
-            model = cls._load(E5_MODEL_NAME, models, threads, model_dir, tokenizer=lean,
-                              session=_session(model_dir / MODEL_FILE, threads, arena=False))
-            query_model = cls._load(E5_MODEL_NAME, models, threads, model_dir, tokenizer=lean,
-                                    session=_session(model_dir / MODEL_FILE, QUERY_THREADS,
-                                                     arena=True))
+            log.info("loading embedding model %s", E5_MODEL_NAME)
+            try:
+                model = OnnxE5(_session(model_dir / MODEL_FILE, threads, arena=False)(), lean)
+                query_model = OnnxE5(_session(model_dir / MODEL_FILE, QUERY_THREADS,
+                                              arena=True)(), lean)
+            except _load_errors() as exc:
+                raise ConfigError(f"Could not load the embedding model {E5_MODEL_NAME}: "
+                                  f"{exc}") from exc
         else:  # no sentencepiece: fastembed's own tokenizer and session, as before
+            _register_e5()
             model = cls._load(E5_MODEL_NAME, models, threads, model_dir)
         return cls(
             model,
@@ -421,6 +430,40 @@ class Embedder:
                 tokenizer.no_padding()
                 self._tokenizer = tokenizer
             return self._tokenizer.encode(text, add_special_tokens=special).ids
+
+
+class OnnxE5:
+    """The built-in e5 on its onnxruntime session and the lean tokenizer, without fastembed
+    (whose import alone holds about 40 MB of a server's memory): what fastembed's
+    `TextEmbedding.embed` does for this model, step for step (the same arrays in, the same
+    float64 mean of the masked last hidden state, L2-normalised, cast back to the model's
+    dtype), so the vectors are the same to the bit (tests/test_embedding.py)."""
+
+    def __init__(self, session: Any, tokenizer: Any) -> None:
+        """`session`: an onnxruntime session of the model; `tokenizer`: a LeanTokenizer."""
+        self.session = session
+        self.tokenizer = tokenizer
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> Any:
+        """Unit vectors (numpy rows) of `texts`, in order, `batch_size` texts per model call."""
+        import numpy as np
+
+        for start in range(0, len(texts), max(1, batch_size)):
+            encoded = self.tokenizer.encode_batch(texts[start:start + max(1, batch_size)])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            feed = {"input_ids": ids}
+            if "attention_mask" in self._inputs:
+                feed["attention_mask"] = mask
+            if "token_type_ids" in self._inputs:
+                feed["token_type_ids"] = np.zeros_like(ids)
+            hidden = self.session.run(None, feed)[0]
+            summed = np.sum(hidden, axis=1, where=mask[:, :, np.newaxis].astype(bool),
+                            dtype=np.float64)
+            pooled = summed / np.maximum(np.sum(mask, axis=1, keepdims=True), 1e-9)
+            norm = np.maximum(np.linalg.norm(pooled, ord=2, axis=1, keepdims=True), 1e-12)
+            yield from (pooled / norm).astype(hidden.dtype, copy=False)
 
 
 def _session(model_file: Path, threads: int | None, *, arena: bool) -> Any:

@@ -716,6 +716,9 @@ async def run(args: argparse.Namespace) -> None:
         ingested = await ingest_all(service, edge, raw, corpus.docs, args.batching_sample, raw_xl)
         edge.recording = False
         ratio = report_ingest(ingested, watch, raw, edge, corpus.docs)
+        if args.ingest_only:
+            print(f"load average {load_average()} at the end")
+            return
 
         # ---- 2 ---------------------------------------------------------------------------
         section(f"2. recall@5 over {len(questions)} labelled questions (search_scope, top_k=5)")
@@ -920,6 +923,8 @@ def main() -> None:
     parser.add_argument("--no-qdrant", action="store_true", help="skip the local-mode latency run")
     parser.add_argument("--models", help="where the e5 model is built (default: inside the work dir)")
     parser.add_argument("--keep", help="work in this directory and keep it")
+    parser.add_argument("--ingest-only", action="store_true",
+                        help="stop after part 1 (ingest throughput, pipeline beside raw)")
     parser.add_argument("--rrf-k", type=float, default=None, help="override KNOWBOT_KNOWLEDGE_RRF_K")
     args = parser.parse_args()
     defaults = dict(scale=0.08, points=10_000, queries=60, local_queries=5, batching_sample=0) if args.quick else \

@@ -3,10 +3,13 @@
 The work is synchronous and CPU-bound; async callers run it in `asyncio.to_thread`.
 
 The built-in e5 runs on two onnxruntime sessions of the same model file (the second costs about
-12 MB), each behind its own lock, so a question is embedded while an ingest batch runs:
+12 MB), each behind its own lock, so a question is embedded while an ingest batch runs. Both
+use the weights of one read-only memory map of the data file (`shared_weights`), so the pages
+they touch are held once:
 
-- questions: one thread and onnxruntime's memory arena. A question is a dozen tokens; a second
-  thread only waits on the first (measured 15 ms p50 with one thread, 30 ms with two, under load);
+- questions: one thread, no memory arena (it was no faster, and kept about 5 MB). A question is
+  a dozen tokens; a second thread only waits on the first (measured 15 ms p50 with one thread,
+  30 ms with two, under load);
 - passages: the configured threads, no memory arena (it kept the largest batch's activations,
   about 200 MB for 32 chunks of 256 tokens, for the life of the process) and batches sized by
   `PASSAGE_BUDGET` (activations grow with batch x tokens^2; smaller batches of length-sorted
@@ -54,9 +57,10 @@ _LOCAL_MODEL_FILES = (
 _POOLINGS = ("mean", "cls", "last_token", "disabled")
 QUERY_THREADS = 1  # onnxruntime threads for a question (see the module docstring)
 # chunks per model call: at most the caller's batch size, and no more than keeps batch x
-# (tokens + 2)^2 within this budget (attention activations grow so): 32 chunks of 64 tokens,
-# 4 of 256, 1 of 512. Measured as fast as 32 at a time, with a fraction of the peak memory.
-PASSAGE_BUDGET = 4 * 258 * 258
+# (tokens + 2)^2 within this budget (activations grow so): 16 chunks of 64 tokens, 4 of 128,
+# 1 of 256 or more. The transient of a batch of 150-token chunks is about 20 MB (35 MB with
+# twice the budget, 50 MB with four times, which was measured as fast as 32 at a time).
+PASSAGE_BUDGET = 1 * 258 * 258
 
 _registry_lock = threading.Lock()
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -221,9 +225,13 @@ class Embedder:
             lean = lean_tokenizer.LeanTokenizer(model_dir, max_length)
             log.info("loading embedding model %s", E5_MODEL_NAME)
             try:
-                model = OnnxE5(_session(model_dir / MODEL_FILE, threads, arena=False)(), lean)
+                shared = shared_weights(model_dir)
+                model = OnnxE5(_session(model_dir / MODEL_FILE, threads, arena=False,
+                                        initializers=shared)(), lean)
                 query_model = OnnxE5(_session(model_dir / MODEL_FILE, QUERY_THREADS,
-                                              arena=True)(), lean)
+                                              arena=False, initializers=shared)(), lean)
+                # the sessions use these buffers in place: they must live as long as the sessions
+                model.weights = query_model.weights = shared
             except _load_errors() as exc:
                 raise ConfigError(f"Could not load the embedding model {E5_MODEL_NAME}: "
                                   f"{exc}") from exc
@@ -443,6 +451,7 @@ class OnnxE5:
         """`session`: an onnxruntime session of the model; `tokenizer`: a LeanTokenizer."""
         self.session = session
         self.tokenizer = tokenizer
+        self.weights: list[tuple[str, Any]] = []  # initializers the session uses in place
         self._inputs = {i.name for i in session.get_inputs()}
 
     def embed(self, texts: list[str], batch_size: int = 32) -> Any:
@@ -466,15 +475,40 @@ class OnnxE5:
             yield from (pooled / norm).astype(hidden.dtype, copy=False)
 
 
-def _session(model_file: Path, threads: int | None, *, arena: bool) -> Any:
+def shared_weights(model_dir: Path) -> list[tuple[str, Any]]:
+    """The e5 build's weights as onnxruntime values over one read-only memory map of its data
+    file, for both sessions: each session mapping the file on its own held the pages it touched
+    twice (the layers, and the rows of the 4-bit word table that texts met). Empty when the
+    manifest does not list them (the sessions then read the file themselves)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    listed = manifest.get("initializers") or []
+    if not listed:
+        return []
+    data = np.memmap(model_dir / DATA_FILE, dtype=np.uint8, mode="r")
+    shared = []
+    for entry in listed:
+        start, length = int(entry["offset"]), int(entry["length"])
+        array = data[start:start + length].view(np.dtype(entry["dtype"])).reshape(entry["shape"])
+        shared.append((str(entry["name"]), ort.OrtValue.ortvalue_from_numpy(array)))
+    return shared
+
+
+def _session(model_file: Path, threads: int | None, *, arena: bool,
+             initializers: Any = None) -> Any:
     """A callable making an onnxruntime CPU session as fastembed makes one (all graph
     optimisations), with `threads` intra-op threads (None: onnxruntime's default) and the
-    memory arena on or off."""
+    memory arena on or off; `initializers`: (name, OrtValue) pairs it uses in place of the
+    model file's own (see `shared_weights`)."""
 
     def make() -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        for name, value in initializers or ():
+            options.add_initializer(name, value)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = threads

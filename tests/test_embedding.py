@@ -340,6 +340,9 @@ def test_the_built_in_model_runs_without_fastembed_and_gives_its_vectors(
 
     assert isinstance(embedder._model, module.OnnxE5)
     assert isinstance(embedder._query_model, module.OnnxE5)
+    # both sessions use the weights of one memory map of the data file (compared below with
+    # sessions that read the file themselves)
+    assert embedder._model.weights and embedder._model.weights is embedder._query_model.weights
     # fastembed on the same tokenizer and sessions, as Knowbot ran it before OnnxE5
     module._register_custom_model(module.E5_MODEL_NAME, dim=384, model_file=module.MODEL_FILE,
                                   additional_files=[module.DATA_FILE], pooling="mean",

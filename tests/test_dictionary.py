@@ -151,13 +151,13 @@ def _sources() -> tuple[Path, Path]:
     return Path(str(files.joinpath(*module._RESOURCE))), Path(str(files.joinpath(*module._COMMON)))
 
 
-def test_the_file_gives_the_same_lookups_as_the_dicts(dictionary: Dictionary,
-                                                      tmp_path: Path) -> None:
+def test_the_file_gives_the_same_lookups_as_the_dicts(tmp_path: Path) -> None:
     import random
     import sys
 
     from knowledge.dictionary import DICTIONARY_FILE, dictionary_file
 
+    dictionary = Dictionary(*_sources())  # in memory, as before the file
     path = dictionary_file(*_sources(), tmp_path)
     assert path == tmp_path / DICTIONARY_FILE
     stored = Dictionary.open(path)

@@ -153,7 +153,7 @@ async def child(config: dict[str, bool], models: Path, docs: int, questions: int
     e5.share_tokenizer = not config.get("own_tokenizer")  # type: ignore[attr-defined]
     e5.embed_query("warm up")
     stages["e5 loaded"] = status("VmRSS")
-    xl = load_crosslingual(USE_MODEL, models) if config["xl"] else None
+    xl = load_crosslingual(USE_MODEL, models, models_dir=models) if config["xl"] else None
     if xl is not None:
         stages["cross-lingual loaded"] = status("VmRSS")
     with tempfile.TemporaryDirectory(prefix="knowbot-mem-") as root:

@@ -61,6 +61,19 @@ def register(app: typer.Typer, settings_loader: Any, run: Any) -> None:
         embedder = run(asyncio.to_thread(build))
         vector = embedder.embed_query("ready")  # it loads and answers
         typer.echo(f"{settings.embedding_model}: built in {target} ({len(vector)} dimensions).")
+        # the cross-lingual model's memory-mapped table and the dictionary's SQLite file live
+        # there too, so a read-only models directory has them
+        from knowledge.crosslingual import load_crosslingual
+
+        xl = load_crosslingual(settings.knowledge_crosslingual_model, settings.data_dir,
+                               models_dir=target)
+        if xl is not None:
+            typer.echo(f"{xl.model_name}: ready in {target}.")
+        if settings.knowledge_dictionary:
+            from knowledge.dictionary import load_dictionary
+
+            if load_dictionary(target) is not None:
+                typer.echo(f"dictionary: ready in {target}.")
 
     app.add_typer(models_app, name="models")
 

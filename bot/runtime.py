@@ -66,7 +66,8 @@ def build_knowledge(settings: Settings, store: Store, model: object | None = Non
     def crosslingual() -> object | None:
         from knowledge.crosslingual import load_crosslingual
 
-        return load_crosslingual(settings.knowledge_crosslingual_model, settings.data_dir)
+        return load_crosslingual(settings.knowledge_crosslingual_model, settings.data_dir,
+                                 models_dir=settings.resolved_models_dir)
 
     dim = 384 if settings.embedding_model == DEFAULT_EMBEDDING_MODEL else None
     if model is not None:

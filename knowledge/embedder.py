@@ -3,21 +3,28 @@
 The work is synchronous and CPU-bound; async callers run it in `asyncio.to_thread`.
 
 The built-in e5 runs on two onnxruntime sessions of the same model file (the second costs about
-12 MB), each behind its own lock, so a question is embedded while an ingest batch runs:
+12 MB), each behind its own lock, so a question is embedded while an ingest batch runs. Both
+use the weights of one read-only memory map of the data file (`shared_weights`), so the pages
+they touch are held once:
 
-- questions: one thread and onnxruntime's memory arena. A question is a dozen tokens; a second
-  thread only waits on the first (measured 15 ms p50 with one thread, 30 ms with two, under load);
+- questions: one thread, no memory arena (it was no faster, and kept about 5 MB). A question is
+  a dozen tokens; a second thread only waits on the first (measured 15 ms p50 with one thread,
+  30 ms with two, under load);
 - passages: the configured threads, no memory arena (it kept the largest batch's activations,
   about 200 MB for 32 chunks of 256 tokens, for the life of the process) and batches sized by
   `PASSAGE_BUDGET` (activations grow with batch x tokens^2; smaller batches of length-sorted
   chunks were as fast).
 
 Its tokenizer is `knowledge/lean_tokenizer.py` (the same ids as `tokenizer.json`, a fifth of the
-memory), handed to fastembed, which still tokenizes, runs the session, pools and normalises.
+memory). With it, the built-in e5 does not go through fastembed at all: `OnnxE5` tokenizes, runs
+the session, pools and normalises as fastembed does (the same vectors, to the bit), and a server
+never imports fastembed (about 40 MB). Other models, and an e5 build without the lean tokenizer,
+load through fastembed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -50,9 +57,10 @@ _LOCAL_MODEL_FILES = (
 _POOLINGS = ("mean", "cls", "last_token", "disabled")
 QUERY_THREADS = 1  # onnxruntime threads for a question (see the module docstring)
 # chunks per model call: at most the caller's batch size, and no more than keeps batch x
-# (tokens + 2)^2 within this budget (attention activations grow so): 32 chunks of 64 tokens,
-# 4 of 256, 1 of 512. Measured as fast as 32 at a time, with a fraction of the peak memory.
-PASSAGE_BUDGET = 4 * 258 * 258
+# (tokens + 2)^2 within this budget (activations grow so): 16 chunks of 64 tokens, 4 of 128,
+# 1 of 256 or more. The transient of a batch of 150-token chunks is about 20 MB (35 MB with
+# twice the budget, 50 MB with four times, which was measured as fast as 32 at a time).
+PASSAGE_BUDGET = 1 * 258 * 258
 
 _registry_lock = threading.Lock()
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -201,7 +209,8 @@ class Embedder:
         release_large_buffers()
         model_dir = ensure_e5_model(models / E5_DIR_NAME)
         dim = int(json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))["dim"])
-        _register_custom_model(
+        _register_e5 = functools.partial(
+            _register_custom_model,
             E5_MODEL_NAME,
             dim=dim,
             model_file=MODEL_FILE,
@@ -214,12 +223,20 @@ class Embedder:
         lean = query_model = None
         if lean_tokenizer.available(model_dir):
             lean = lean_tokenizer.LeanTokenizer(model_dir, max_length)
-            model = cls._load(E5_MODEL_NAME, models, threads, model_dir, tokenizer=lean,
-                              session=_session(model_dir / MODEL_FILE, threads, arena=False))
-            query_model = cls._load(E5_MODEL_NAME, models, threads, model_dir, tokenizer=lean,
-                                    session=_session(model_dir / MODEL_FILE, QUERY_THREADS,
-                                                     arena=True))
+            log.info("loading embedding model %s", E5_MODEL_NAME)
+            try:
+                shared = shared_weights(model_dir)
+                model = OnnxE5(_session(model_dir / MODEL_FILE, threads, arena=False,
+                                        initializers=shared)(), lean)
+                query_model = OnnxE5(_session(model_dir / MODEL_FILE, QUERY_THREADS,
+                                              arena=False, initializers=shared)(), lean)
+                # the sessions use these buffers in place: they must live as long as the sessions
+                model.weights = query_model.weights = shared
+            except _load_errors() as exc:
+                raise ConfigError(f"Could not load the embedding model {E5_MODEL_NAME}: "
+                                  f"{exc}") from exc
         else:  # no sentencepiece: fastembed's own tokenizer and session, as before
+            _register_e5()
             model = cls._load(E5_MODEL_NAME, models, threads, model_dir)
         return cls(
             model,
@@ -423,15 +440,75 @@ class Embedder:
             return self._tokenizer.encode(text, add_special_tokens=special).ids
 
 
-def _session(model_file: Path, threads: int | None, *, arena: bool) -> Any:
+class OnnxE5:
+    """The built-in e5 on its onnxruntime session and the lean tokenizer, without fastembed
+    (whose import alone holds about 40 MB of a server's memory): what fastembed's
+    `TextEmbedding.embed` does for this model, step for step (the same arrays in, the same
+    float64 mean of the masked last hidden state, L2-normalised, cast back to the model's
+    dtype), so the vectors are the same to the bit (tests/test_embedding.py)."""
+
+    def __init__(self, session: Any, tokenizer: Any) -> None:
+        """`session`: an onnxruntime session of the model; `tokenizer`: a LeanTokenizer."""
+        self.session = session
+        self.tokenizer = tokenizer
+        self.weights: list[tuple[str, Any]] = []  # initializers the session uses in place
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> Any:
+        """Unit vectors (numpy rows) of `texts`, in order, `batch_size` texts per model call."""
+        import numpy as np
+
+        for start in range(0, len(texts), max(1, batch_size)):
+            encoded = self.tokenizer.encode_batch(texts[start:start + max(1, batch_size)])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            feed = {"input_ids": ids}
+            if "attention_mask" in self._inputs:
+                feed["attention_mask"] = mask
+            if "token_type_ids" in self._inputs:
+                feed["token_type_ids"] = np.zeros_like(ids)
+            hidden = self.session.run(None, feed)[0]
+            summed = np.sum(hidden, axis=1, where=mask[:, :, np.newaxis].astype(bool),
+                            dtype=np.float64)
+            pooled = summed / np.maximum(np.sum(mask, axis=1, keepdims=True), 1e-9)
+            norm = np.maximum(np.linalg.norm(pooled, ord=2, axis=1, keepdims=True), 1e-12)
+            yield from (pooled / norm).astype(hidden.dtype, copy=False)
+
+
+def shared_weights(model_dir: Path) -> list[tuple[str, Any]]:
+    """The e5 build's weights as onnxruntime values over one read-only memory map of its data
+    file, for both sessions: each session mapping the file on its own held the pages it touched
+    twice (the layers, and the rows of the 4-bit word table that texts met). Empty when the
+    manifest does not list them (the sessions then read the file themselves)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    listed = manifest.get("initializers") or []
+    if not listed:
+        return []
+    data = np.memmap(model_dir / DATA_FILE, dtype=np.uint8, mode="r")
+    shared = []
+    for entry in listed:
+        start, length = int(entry["offset"]), int(entry["length"])
+        array = data[start:start + length].view(np.dtype(entry["dtype"])).reshape(entry["shape"])
+        shared.append((str(entry["name"]), ort.OrtValue.ortvalue_from_numpy(array)))
+    return shared
+
+
+def _session(model_file: Path, threads: int | None, *, arena: bool,
+             initializers: Any = None) -> Any:
     """A callable making an onnxruntime CPU session as fastembed makes one (all graph
     optimisations), with `threads` intra-op threads (None: onnxruntime's default) and the
-    memory arena on or off."""
+    memory arena on or off; `initializers`: (name, OrtValue) pairs it uses in place of the
+    model file's own (see `shared_weights`)."""
 
     def make() -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        for name, value in initializers or ():
+            options.add_initializer(name, value)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = threads

@@ -134,7 +134,8 @@ class KnowledgeService:
                 if not self._dictionary_loaded:
                     from knowledge.dictionary import load_dictionary
 
-                    self._dictionary = await asyncio.to_thread(load_dictionary)
+                    self._dictionary = await asyncio.to_thread(
+                        load_dictionary, self.settings.resolved_models_dir)
                     self._dictionary_loaded = True
         return self._dictionary
 
@@ -527,25 +528,30 @@ class KnowledgeService:
         for start in range(0, total, group):
             batch = chunks[start : start + group]
             texts = [c.text for c in batch]
-            dense = await asyncio.to_thread(embedder.embed_passages, texts, EMBED_BATCH)
             xl = await self.crosslingual()
+            # the two models and BM25 at once, each in a thread of its own (onnxruntime and
+            # numpy release the GIL): the cross-lingual model and BM25 use the time e5 leaves
+            jobs = [asyncio.to_thread(embedder.embed_passages, texts, EMBED_BATCH),
+                    asyncio.to_thread(lambda: [self.sparse.encode_document(t) for t in texts])]
             if xl is not None:
-                xl_vectors = await asyncio.to_thread(xl.embed_passages, texts, EMBED_BATCH)  # type: ignore[attr-defined]
-                extras = [{xl.vector_name: tuple(v)} for v in xl_vectors]  # type: ignore[attr-defined]
+                jobs.append(asyncio.to_thread(xl.embed_passages, texts, EMBED_BATCH))  # type: ignore[attr-defined]
+            dense, sparse, *xl_vectors = await asyncio.gather(*jobs)
+            if xl is not None:
+                extras = [{xl.vector_name: tuple(v)} for v in xl_vectors[0]]  # type: ignore[attr-defined]
             else:
                 extras = [{} for _ in batch]
             points = [
                 Point(
                     id=str(uuid.uuid4()),
                     dense=tuple(float(x) for x in vec),
-                    sparse=self.sparse.encode_document(chunk.text),
+                    sparse=encoded,
                     payload={"tenant": tenant, "kb": kb, "source_id": source_id,
                              "version": version, "ready": False, "title": doc.title,
                              "location": chunk.location, "text": chunk.text, "url": doc.url,
                              "ordinal": chunk.ordinal},
                     extra=extra,
                 )
-                for chunk, vec, extra in zip(batch, dense, extras)
+                for chunk, vec, encoded, extra in zip(batch, dense, sparse, extras)
             ]
             await asyncio.to_thread(vectors.upsert, points)
             if progress is not None:

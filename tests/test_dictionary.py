@@ -22,9 +22,9 @@ TENANT = "telegram:bot1"
 
 
 @pytest.fixture(scope="module")
-def use_model() -> Any:
+def use_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The real cross-lingual model (one per process)."""
-    return load_crosslingual(USE_MODEL, Path("."))
+    return load_crosslingual(USE_MODEL, tmp_path_factory.mktemp("xl-data"))
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,80 @@ def test_names_are_matched_in_either_spelling() -> None:
     assert names_matched(names, "The nanjing office sells the LG-296.") == 2
     assert names_matched(names, "LG-2960 and Nanjingese") == 0  # whole words only
     assert names_matched([], "anything") == 0
+
+
+# ---- the dictionary's SQLite file ---------------------------------------------------------------
+
+
+def _sources() -> tuple[Path, Path]:
+    import importlib.resources
+
+    from knowledge import dictionary as module
+
+    files = importlib.resources.files(module._PACKAGE)
+    return Path(str(files.joinpath(*module._RESOURCE))), Path(str(files.joinpath(*module._COMMON)))
+
+
+def test_the_file_gives_the_same_lookups_as_the_dicts(tmp_path: Path) -> None:
+    import random
+    import sys
+
+    from knowledge.dictionary import DICTIONARY_FILE, dictionary_file
+
+    dictionary = Dictionary(*_sources())  # in memory, as before the file
+    path = dictionary_file(*_sources(), tmp_path)
+    assert path == tmp_path / DICTIONARY_FILE
+    stored = Dictionary.open(path)
+    rng = random.Random(5)
+    for table in ("zh_en", "name_en", "name_zh", "en_zh"):
+        held = getattr(dictionary, table)
+        assert len(getattr(stored, table)) == len(held)
+        for key in rng.sample(sorted(held), 3000):
+            assert getattr(stored, table).get(key) == held[key], (table, key)
+        assert getattr(stored, table).get("no such key") is None
+    assert len(stored.words) == len(dictionary.words)
+    assert all(w in stored.words for w in rng.sample(sorted(dictionary.words), 3000))
+    assert "不是一个词语吧" not in stored.words
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.corpus import build
+
+    corpus = build(20251125, 0.1)
+    asked = [q.text for q in corpus.questions({("en", "en"): 40, ("zh", "zh"): 40,
+                                                ("en", "zh"): 40, ("zh", "en"): 40})]
+    asked += [q.text for q in corpus.unanswerable()] + ["在华沙办公室打印", "Lumio AB-123的保修期",
+                                                       "How long is the warranty on the Lumio AB-123?"]
+    for text in asked:
+        for method in ("to_english", "to_chinese", "names", "terms"):
+            assert getattr(stored, method)(text) == getattr(dictionary, method)(text), (method, text)
+
+
+def test_the_file_is_built_once_and_again_when_its_sources_change(tmp_path: Path) -> None:
+    import json
+    import shutil
+    import sqlite3
+
+    from knowledge.dictionary import dictionary_file
+
+    source, common = _sources()
+    path = dictionary_file(source, common, tmp_path)
+    built = path.stat().st_mtime_ns
+    assert dictionary_file(source, common, tmp_path).stat().st_mtime_ns == built  # not rebuilt
+    with sqlite3.connect(path) as db:  # as if from another version of the package
+        db.execute("UPDATE meta SET value = ? WHERE key = 'stamp'", (json.dumps({"old": 1}),))
+    db.close()
+    path = dictionary_file(source, common, tmp_path)
+    assert Dictionary.open(path).zh_en.get("办公室")
+    copy = tmp_path / "copy.txt"  # another source file: a file of its own
+    shutil.copy(source, copy)
+    assert dictionary_file(copy, common, tmp_path).stat().st_mtime_ns != built
+
+
+def test_an_unwritable_cache_keeps_the_dictionary_in_memory(tmp_path: Path, monkeypatch) -> None:
+    from knowledge import dictionary as module
+
+    blocked = tmp_path / "a-file"  # a file where the folder would be: not writable, even as root
+    blocked.write_text("")
+    monkeypatch.setattr(module, "_instance", None)
+    found = module.load_dictionary(blocked / "models")
+    assert found is not None and isinstance(found.words, set)
+    assert "warsaw" in found.to_english("在华沙办公室打印").split()

@@ -12,7 +12,7 @@ import pytest
 
 from bot.errors import ConfigError
 from knowledge import e5_convert
-from knowledge.e5_convert import MANIFEST_FILE, ensure_e5_model
+from knowledge.e5_convert import FORMAT_VERSION, MANIFEST_FILE, ensure_e5_model
 from knowledge.embedder import E5_DIR_NAME, Embedder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -328,4 +328,43 @@ def test_a_build_without_the_sentencepiece_model_is_rebuilt(model_dir: Path,
     (target / MANIFEST_FILE).write_text(json.dumps(manifest))
     ensure_e5_model(target)
     assert (target / "sentencepiece.model").is_file() and (target / "sentencepiece.json").is_file()
-    assert json.loads((target / MANIFEST_FILE).read_text())["format_version"] == 3
+    rebuilt = json.loads((target / MANIFEST_FILE).read_text())
+    assert rebuilt["format_version"] == FORMAT_VERSION
+    assert {e["name"] for e in rebuilt["initializers"]} >= {"emb.word.nibbles", "emb.word.scales"}
+
+
+def test_the_built_in_model_runs_without_fastembed_and_gives_its_vectors(
+        embedder: Embedder, model_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from knowledge import embedder as module
+
+    assert isinstance(embedder._model, module.OnnxE5)
+    assert isinstance(embedder._query_model, module.OnnxE5)
+    # both sessions use the weights of one memory map of the data file (compared below with
+    # sessions that read the file themselves)
+    assert embedder._model.weights and embedder._model.weights is embedder._query_model.weights
+    # fastembed on the same tokenizer and sessions, as Knowbot ran it before OnnxE5
+    module._register_custom_model(module.E5_MODEL_NAME, dim=384, model_file=module.MODEL_FILE,
+                                  additional_files=[module.DATA_FILE], pooling="mean",
+                                  normalize=True, description="test")
+    lean = embedder._lean
+    through = [module.Embedder._load(module.E5_MODEL_NAME, model_dir.parent, None, model_dir,
+                                     tokenizer=lean, session=module._session(
+                                         model_dir / module.MODEL_FILE, threads, arena=arena))
+               for threads, arena in ((None, False), (module.QUERY_THREADS, True))]
+    before = Embedder(through[0], model_name=module.E5_MODEL_NAME, dim=384,
+                      tokenizer_path=model_dir / "tokenizer.json", query_prefix="query: ",
+                      passage_prefix="passage: ", max_length=embedder._max_length,
+                      query_model=through[1], lean=lean)
+    texts = [*SENTENCES, *EDGE_TEXTS[:12], "VPN 密码 self-service portal " * 300]
+    assert np.array_equal(np.array(embedder.embed_passages(texts)),
+                          np.array(before.embed_passages(texts)))
+    assert all(embedder.embed_query(t) == before.embed_query(t) for t in SENTENCES)
+    code = ("import sys; from pathlib import Path; from knowledge.embedder import Embedder; "
+            f"e = Embedder.default(Path('.'), models_dir=Path({str(model_dir.parent)!r})); "
+            "e.embed_passages(['x']); e.embed_query('y'); print('fastembed' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.stdout.strip() == "False"

@@ -90,6 +90,27 @@ def by_names(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
     return [c.hit for c, n in zip(candidates, counts) if n == best][:limit]
 
 
+def named_sources(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
+                  limit: int) -> list[str]:
+    """The documents (source ids) the question's names point to, at most `limit`: those whose
+    candidates contain the most of the names (the document's title counting), then in fused
+    order. Documents that contain fewer of the names than the best one still count: a
+    question's common word taken for a name ("IP") can be missing from the answering document
+    and present in an unrelated one."""
+    if not names or limit <= 0:
+        return []
+    best: dict[str, int] = {}
+    for c in candidates:
+        source = str(c.hit.payload.get("source_id", ""))
+        if not source:
+            continue
+        n = names_matched(list(names), _name_text(c.hit))
+        if n and n > best.get(source, 0):
+            best[source] = n
+    order = {source: i for i, source in enumerate(best)}  # first appearance: fused order
+    return sorted(best, key=lambda source: (-best[source], order[source]))[:limit]
+
+
 def names_state(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
                 terms: Sequence[tuple[str, ...]] = ()) -> str:
     """"found" (some candidate contains one of the question's names or terms), "unknown" (it

@@ -116,6 +116,42 @@ def test_the_named_vector_obeys_the_scope(backend: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["edge", "server"])
+def test_every_search_narrows_to_given_sources(backend: str, tmp_path: Path) -> None:
+    """search_dense, search_vector and search_sparse with `source_ids`: only those sources'
+    ready chunks in the scope, however far down the whole scope would rank them."""
+    store = _open(backend, tmp_path)
+    try:
+        store.add_vector(XL, XDIM)
+        near, far = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]
+        points = []
+        for i in range(30):  # 30 close matches in other sources crowd the pool
+            p = _point("acme", "hr", f"vpn password reset {i}", xl=near)
+            p.payload["source_id"] = f"crowd{i}"
+            points.append(p)
+        wanted = _point("acme", "hr", "the vpn password of the handbook", xl=far)
+        wanted.payload["source_id"] = "handbook"
+        elsewhere = _point("acme", "legal", "vpn password", xl=near)
+        elsewhere.payload["source_id"] = "handbook"  # same source id, other kb: out of scope
+        unready = _point("acme", "hr", "vpn password draft", xl=near, ready=False)
+        unready.payload["source_id"] = "handbook"
+        store.upsert([*points, wanted, elsewhere, unready])
+        dense = list(wanted.dense)
+        sparse = ENCODER.encode_query("vpn password")
+        assert wanted.id not in {h.id for h in store.search_vector(XL, near, "acme", ["hr"], 5)}
+        for hits in (store.search_dense(dense, "acme", ["hr"], 5, ["handbook"]),
+                     store.search_vector(XL, near, "acme", ["hr"], 5, ["handbook"]),
+                     store.search_sparse(sparse, "acme", ["hr"], 5, ["handbook"])):
+            assert [h.id for h in hits] == [wanted.id]
+        two = store.search_sparse(sparse, "acme", ["hr"], 10, ["handbook", "crowd3"])
+        assert {h.payload["source_id"] for h in two} == {"handbook", "crowd3"}
+        assert store.search_dense(dense, "acme", ["hr"], 5, []) == []
+        assert store.search_vector(XL, near, "acme", ["hr"], 5, []) == []
+        assert store.search_sparse(sparse, "acme", ["hr"], 5, []) == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
 def test_set_vectors_skips_points_deleted_meanwhile(backend: str, tmp_path: Path) -> None:
     store = _open(backend, tmp_path)
     try:

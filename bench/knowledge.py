@@ -739,9 +739,25 @@ async def run_recall(args: argparse.Namespace) -> None:
             print(f"{label}: same-language {same:.3f} ({sum(a.hit is not None for a in mono)}/"
                   f"{len(mono)}), cross-language {cross:.3f} ({sum(a.hit is not None for a in other)}"
                   f"/{len(other)}); {decline_line(given)}")
-        print(f"search_scope p50 over the labelled questions on Edge "
-              f"{pct([a.seconds for a in edge_answers], 50):.1f} ms (at {ingested.chunks} points); "
-              f"total {time.perf_counter() - wall:.0f} s; load average {load_average()}")
+        # the cost of the named-documents ranking: the same calls with it on and off, alternated
+        # question by question so load from other processes falls on both alike
+        base = service.settings
+        off = base.model_copy(update=dict(knowledge_weight_named_sources=0.0))
+        timed: dict[str, list[float]] = {"on": [], "off": []}
+        for turn in range(2):
+            for q in questions:
+                for label, chosen in (("on", base), ("off", off))[::1 if turn % 2 == 0 else -1]:
+                    service.settings = chosen
+                    started = time.perf_counter()
+                    await service.search_scope(TENANT, list(KBS), q.text, top_k=5)
+                    timed[label].append(time.perf_counter() - started)
+        service.settings = base
+        print(f"search_scope on Edge at {ingested.chunks} points, {len(timed['on'])} calls each, "
+              f"alternated: p50 {pct(timed['on'], 50):.1f} ms with the named-documents ranking, "
+              f"{pct(timed['off'], 50):.1f} ms without (ratio "
+              f"{pct(timed['on'], 50) / pct(timed['off'], 50):.3f}); p99 {pct(timed['on'], 99):.1f} / "
+              f"{pct(timed['off'], 99):.1f} ms")
+        print(f"total {time.perf_counter() - wall:.0f} s; load average {load_average()}")
     finally:
         if local_service is not None:
             await local_service.close()

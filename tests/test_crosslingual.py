@@ -283,6 +283,59 @@ async def test_the_gate_declines_an_unrelated_question_in_both_languages(
         await store.close()
 
 
+BERLIN = ("# Travel Policy — Berlin Office\n\n"
+          + "\n\n".join(f"## {i}. {title}\n\n{text}" for i, (title, text) in enumerate([
+              ("Purpose", "This policy sets the travel rules for the Berlin office."),
+              ("Flights", "Economy class is the default for Berlin staff on every flight."),
+              ("Hotels", "Berlin staff may book hotels of up to 180 euros a night."),
+              ("Trains", "Second class rail is the default for trips under four hours."),
+              ("Approvals", "Trips abroad need the approval of a department head."),
+          ], 1)))
+
+
+class Narrowed:
+    """The real store, recording the sources of every narrowed dense search."""
+
+    def __init__(self, inner: VectorStore) -> None:
+        self.inner, self.narrowed = inner, []  # type: ignore[var-annotated]
+
+    def search_dense(self, vector: Any, tenant: str, kbs: Any, limit: int,
+                     source_ids: Any = None) -> Any:
+        if source_ids is not None:
+            self.narrowed.append(list(source_ids))
+        return self.inner.search_dense(vector, tenant, kbs, limit, source_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_e5_ranks_the_chunks_of_the_document_the_names_point_to(
+        tmp_path: Path, embedder: Any, use_model: Any) -> None:
+    settings = make_settings(tmp_path)
+    store = await Store.open(settings.resolved_database_url)
+    holder: dict[str, Narrowed] = {}
+
+    def vectors(dim: int) -> Narrowed:
+        holder["store"] = Narrowed(EdgeStore(tmp_path / "qdrant", dim))
+        return holder["store"]
+
+    service = KnowledgeService(settings, store, vectors, lambda: embedder, dim=embedder.dim,
+                               crosslingual_factory=lambda: use_model)
+    try:
+        await _ingest(service)
+        receipt = await service.ingest_bytes(TENANT, "team", BERLIN.encode(), "berlin.md",
+                                             shared=True)
+        diagnosis = (await service.diagnose_scope(TENANT, ["team"], "柏林的同事住酒店每晚最多多少钱？"))[0][1]
+        assert holder["store"].narrowed == [[receipt.source_id]]  # the one document named
+        assert "180 euros" in str(diagnosis.kept[0].hit.payload["text"])
+        holder["store"].narrowed.clear()
+        assert (await _sources(service, "Where can staff park their cars?"))[0] == "Parking"
+        assert holder["store"].narrowed == []  # a question without names: nothing narrowed
+    finally:
+        await service.close()
+        await store.close()
+
+
 async def test_the_bot_says_it_does_not_know_instead_of_citing(tmp_path: Path, embedder: Any
                                                               ) -> None:
     from conftest import start_knowledge_bot

@@ -937,6 +937,18 @@ async def run(args: argparse.Namespace) -> None:
                 want = ingested.source_ids.get(q.doc, "-")
                 answers.append(any(p.source_id == want and norm(q.fact) in norm(p.text) for p in passages)
                                if q.answerable else not passages)
+        base_settings = service.settings  # the same calls without the named-documents ranking
+        service.settings = base_settings.model_copy(update=dict(knowledge_weight_named_sources=0.0))
+        times_unnamed = []
+        try:
+            for i in range(args.queries + 5):
+                q = questions[i % len(questions)]
+                started = time.perf_counter()
+                await service.search_scope(TENANT, list(KBS), q.text, top_k=5)
+                if i >= 5:
+                    times_unnamed.append(time.perf_counter() - started)
+        finally:
+            service.settings = base_settings
         with without_dictionary(service):  # the same calls as before the dictionary ranking
             for i in range(args.queries + 5):
                 q = questions[i % len(questions)]
@@ -965,6 +977,9 @@ async def run(args: argparse.Namespace) -> None:
               f"{collapse_ms:.2f} ms; the rest (thread hops, rrf, payloads) about "
               f"{full_p50 - embed_ms - xl_ms - max(dense_ms, sparse_ms, xl_search_ms) - registry_ms - sparse_q_ms - collapse_ms:.1f}"
               " ms")
+        print(f"  the same calls without the named-documents ranking "
+              f"(knowledge_weight_named_sources=0), right after: p50 {pct(times_unnamed, 50):.1f} "
+              f"ms, p99 {pct(times_unnamed, 99):.1f} ms")
         print(f"  the same calls without the dictionary ranking (as before it), right after: p50 "
               f"{pct(times_before, 50):.1f} ms, p99 {pct(times_before, 99):.1f} ms")
         print(f"right outcome (answer found, or unanswerable declined) on EdgeStore at {total:,} "

@@ -309,14 +309,17 @@ class Narrowed:
         return getattr(self.inner, name)
 
 
+@pytest.mark.parametrize("backend", ["edge", "server"])
 async def test_e5_ranks_the_chunks_of_the_document_the_names_point_to(
-        tmp_path: Path, embedder: Any, use_model: Any) -> None:
+        backend: str, tmp_path: Path, embedder: Any, use_model: Any) -> None:
     settings = make_settings(tmp_path)
     store = await Store.open(settings.resolved_database_url)
     holder: dict[str, Narrowed] = {}
 
     def vectors(dim: int) -> Narrowed:
-        holder["store"] = Narrowed(EdgeStore(tmp_path / "qdrant", dim))
+        holder["store"] = Narrowed(
+            EdgeStore(tmp_path / "qdrant", dim) if backend == "edge"
+            else QdrantServerStore(QdrantClient(path=str(tmp_path / "qdrant-local")), dim))
         return holder["store"]
 
     service = KnowledgeService(settings, store, vectors, lambda: embedder, dim=embedder.dim,

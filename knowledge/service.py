@@ -31,6 +31,7 @@ from knowledge.search import (
     fuse,
     gate_decision,
     interleave,
+    name_counts,
     named_sources,
     names_state,
     relevant_decision,
@@ -322,10 +323,11 @@ class KnowledgeService:
                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
                     Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
         fused = fuse(*rankings)
-        named = by_names(fused, names + terms) if s.knowledge_weight_names > 0 else []
+        counts = name_counts(fused, names + terms) if s.knowledge_weight_names > 0 else []
+        named = by_names(fused, names + terms, counts=counts) if counts else []
         if named:  # the passages that contain the question's names, as one more ranking
             more = [Ranking(named, s.knowledge_weight_names)]
-            sources = named_sources(fused, names + terms, s.knowledge_named_sources)
+            sources = named_sources(fused, counts, s.knowledge_named_sources)
             if sources and s.knowledge_weight_named_sources > 0:
                 # the chunks of the documents the names point to, ranked by e5 among
                 # themselves, as one more ranking: in the whole scope the answering passage of

@@ -447,6 +447,30 @@ def test_the_names_ranking_lifts_the_document_whose_title_holds_the_name() -> No
     assert by_names(base, [("Paris", "巴黎")]) == [] and by_names(base, []) == []
 
 
+def test_the_named_documents_are_those_with_the_most_names_then_in_fused_order() -> None:
+    from knowledge.search import Candidate, name_counts, named_sources
+
+    def cand(n: int, source: str, title: str, text: str) -> Candidate:
+        hit = _hit(n, title, text, 0.3)
+        hit.payload["source_id"] = source
+        return Candidate(hit, 1.0 / (n + 1), None)
+
+    names = [("Halcyon",), ("NG-744",), ("IP",)]
+    fused = [cand(0, "price-list", "partner-price-list.csv", "Halcyon NG-744 IP camera"),
+             cand(1, "other", "Travel policy", "Nothing named here"),
+             cand(2, "ev-831", "Halcyon EV-831 说明书", "默认 IP 地址"),
+             cand(3, "faq", "Halcyon NG-744 FAQ", "Where is the serial number?"),
+             cand(4, "faq", "Halcyon NG-744 FAQ", "The default management IP is 192.168.1.2"),
+             cand(5, "sheet", "Halcyon NG-744 product sheet", "Weight 1 kg")]
+    counts = name_counts(fused, names)
+    assert counts == [3, 0, 2, 2, 3, 2]
+    # a document counts with its best passage; ties keep the fused order; none without names
+    assert named_sources(fused, counts, 5) == ["price-list", "faq", "ev-831", "sheet"]
+    assert named_sources(fused, counts, 2) == ["price-list", "faq"]
+    assert named_sources(fused, name_counts(fused, []), 5) == []
+    assert named_sources(fused, counts, 0) == []
+
+
 def test_the_gate_uses_what_the_question_names() -> None:
     from knowledge.search import Candidate, Gate, gate_decision, names_state
 

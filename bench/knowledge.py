@@ -658,6 +658,123 @@ def instrument(service: KnowledgeService, watch: Watch) -> None:
         setattr(registry, name, watch.wrap_async("registry", getattr(registry, name)))
 
 
+async def run_recall(args: argparse.Namespace) -> None:
+    """--recall-only: recall@5 and the gate figures on both backends, nothing else.
+
+    With --keep DIR the stores are built once (the corpus ingested through the service, the
+    Qdrant local-mode folder replayed from the Edge writes) and reused by later runs with the
+    same seed and scale: a ranking change is measured in about a minute instead of sixteen.
+    """
+    import json
+
+    from qdrant_client import QdrantClient
+
+    from knowledge.qdrant_store import QdrantServerStore
+
+    wall = time.perf_counter()
+    root = Path(args.keep or tempfile.mkdtemp(prefix="knowbot-kbench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    models = Path(args.models) if args.models else root / "models"
+    corpus: Corpus = build(args.seed, args.scale)
+    questions = corpus.questions(QUICK_QUOTAS if args.quick else QUOTAS) + corpus.unanswerable()
+    print(f"recall only: seed {args.seed}, scale {args.scale}: {len(corpus.docs)} documents, "
+          f"{len(questions)} labelled questions; load average {load_average()}; work dir {root}")
+    watch = Watch()
+    raw = await asyncio.to_thread(Embedder.default, models)
+    raw_xl = await asyncio.to_thread(load_crosslingual, USE_MODEL, models)
+    embedder, xl = TimedEmbedder(raw, watch), TimedCrossLingual(raw_xl, watch)
+    overrides = dict(knowledge_rrf_k=args.rrf_k) if args.rrf_k else {}
+    settings = Settings(data_dir=root / "data", database_url=None, qdrant_url=None, **overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    made = root / "recall.json"
+    key = {"seed": args.seed, "scale": args.scale}
+    kept = json.loads(made.read_text()) if made.exists() else None
+    if kept is not None and kept["key"] != key:
+        raise SystemExit(f"{root} holds a store for {kept['key']}, not {key}: use another --keep")
+    db = await Store.open(settings.resolved_database_url)
+    holder: dict[str, RecordingStore] = {}
+
+    def edge_factory(dim: int) -> RecordingStore:
+        holder["edge"] = RecordingStore(EdgeStore(settings.data_dir / "qdrant", dim), watch)
+        return holder["edge"]
+
+    service = KnowledgeService(settings, db, edge_factory, lambda: embedder, dim=raw.dim,
+                               crosslingual_factory=lambda: xl)
+    local_service = None
+    try:
+        await service.vectors()
+        edge = holder["edge"]
+        if kept is None:
+            started = time.perf_counter()
+            ingested = Ingested()
+            for doc in corpus.docs:
+                receipt = await service.ingest_bytes(TENANT, doc.kb, doc.data, doc.filename,
+                                                     shared=True)
+                ingested.source_ids[doc.filename] = receipt.source_id
+                ingested.titles[doc.filename] = receipt.title
+                ingested.chunks += receipt.chunks
+            local = QdrantServerStore(QdrantClient(path=str(root / "qdrant-local")), raw.dim)
+            local.add_vector(raw_xl.vector_name, raw_xl.dim)
+            for name, a, kw in edge.log:
+                getattr(local, name)(*a, **kw)
+            kept = {"key": key, "source_ids": ingested.source_ids, "titles": ingested.titles,
+                    "chunks": ingested.chunks}
+            made.write_text(json.dumps(kept))
+            print(f"built the stores ({ingested.chunks} chunks) in "
+                  f"{time.perf_counter() - started:.0f} s; later runs with --keep {root} reuse them")
+        else:
+            local = QdrantServerStore(QdrantClient(path=str(root / "qdrant-local")), raw.dim)
+            local.add_vector(raw_xl.vector_name, raw_xl.dim)
+        edge.recording = False
+        ingested = Ingested(chunks=kept["chunks"], source_ids=kept["source_ids"],
+                            titles=kept["titles"])
+        watch.reset()
+        edge_answers = await ask_all(service, questions, ingested.source_ids)
+        await report_recall(f"EdgeStore, {ingested.chunks} chunks", service, edge, raw,
+                            edge_answers, ingested.source_ids, ingested.titles)
+        local_service = KnowledgeService(settings, db, lambda dim: local, lambda: embedder,
+                                         dim=raw.dim, crosslingual_factory=lambda: xl)
+        local_answers = await ask_all(local_service, questions, ingested.source_ids)
+        await report_recall("QdrantServerStore (local mode)", local_service, local, raw,
+                            local_answers, ingested.source_ids, ingested.titles)
+        same_run = [(a.hit, a.declined) for a in edge_answers] == \
+            [(a.hit, a.declined) for a in local_answers]
+        print(f"the two backends give the same ranks and declines: {same_run}")
+        for label, given in (("EdgeStore", edge_answers), ("QdrantServerStore", local_answers)):
+            same, cross = split_recall(given)
+            mono = [a for a in given if a.question.answerable and a.question.lang == a.question.doc_lang]
+            other = [a for a in given if a.question.answerable and a.question.lang != a.question.doc_lang]
+            print(f"{label}: same-language {same:.3f} ({sum(a.hit is not None for a in mono)}/"
+                  f"{len(mono)}), cross-language {cross:.3f} ({sum(a.hit is not None for a in other)}"
+                  f"/{len(other)}); {decline_line(given)}")
+        # the cost of the named-documents ranking: the same calls with it on and off, alternated
+        # question by question so load from other processes falls on both alike
+        base = service.settings
+        off = base.model_copy(update=dict(knowledge_weight_named_sources=0.0))
+        timed: dict[str, list[float]] = {"on": [], "off": []}
+        for turn in range(2):
+            for q in questions:
+                for label, chosen in (("on", base), ("off", off))[::1 if turn % 2 == 0 else -1]:
+                    service.settings = chosen
+                    started = time.perf_counter()
+                    await service.search_scope(TENANT, list(KBS), q.text, top_k=5)
+                    timed[label].append(time.perf_counter() - started)
+        service.settings = base
+        print(f"search_scope on Edge at {ingested.chunks} points, {len(timed['on'])} calls each, "
+              f"alternated: p50 {pct(timed['on'], 50):.1f} ms with the named-documents ranking, "
+              f"{pct(timed['off'], 50):.1f} ms without (ratio "
+              f"{pct(timed['on'], 50) / pct(timed['off'], 50):.3f}); p99 {pct(timed['on'], 99):.1f} / "
+              f"{pct(timed['off'], 99):.1f} ms")
+        print(f"total {time.perf_counter() - wall:.0f} s; load average {load_average()}")
+    finally:
+        if local_service is not None:
+            await local_service.close()
+        await service.close()
+        await db.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 async def run(args: argparse.Namespace) -> None:
     """Build the corpus, then measure ingest, recall and latency, printing as it goes."""
     wall = time.perf_counter()
@@ -831,6 +948,18 @@ async def run(args: argparse.Namespace) -> None:
                 want = ingested.source_ids.get(q.doc, "-")
                 answers.append(any(p.source_id == want and norm(q.fact) in norm(p.text) for p in passages)
                                if q.answerable else not passages)
+        base_settings = service.settings  # the same calls without the named-documents ranking
+        service.settings = base_settings.model_copy(update=dict(knowledge_weight_named_sources=0.0))
+        times_unnamed = []
+        try:
+            for i in range(args.queries + 5):
+                q = questions[i % len(questions)]
+                started = time.perf_counter()
+                await service.search_scope(TENANT, list(KBS), q.text, top_k=5)
+                if i >= 5:
+                    times_unnamed.append(time.perf_counter() - started)
+        finally:
+            service.settings = base_settings
         with without_dictionary(service):  # the same calls as before the dictionary ranking
             for i in range(args.queries + 5):
                 q = questions[i % len(questions)]
@@ -859,6 +988,9 @@ async def run(args: argparse.Namespace) -> None:
               f"{collapse_ms:.2f} ms; the rest (thread hops, rrf, payloads) about "
               f"{full_p50 - embed_ms - xl_ms - max(dense_ms, sparse_ms, xl_search_ms) - registry_ms - sparse_q_ms - collapse_ms:.1f}"
               " ms")
+        print(f"  the same calls without the named-documents ranking "
+              f"(knowledge_weight_named_sources=0), right after: p50 {pct(times_unnamed, 50):.1f} "
+              f"ms, p99 {pct(times_unnamed, 99):.1f} ms")
         print(f"  the same calls without the dictionary ranking (as before it), right after: p50 "
               f"{pct(times_before, 50):.1f} ms, p99 {pct(times_before, 99):.1f} ms")
         print(f"right outcome (answer found, or unanswerable declined) on EdgeStore at {total:,} "
@@ -934,13 +1066,16 @@ def main() -> None:
     parser.add_argument("--ingest-only", action="store_true",
                         help="stop after part 1 (ingest throughput, pipeline beside raw)")
     parser.add_argument("--rrf-k", type=float, default=None, help="override KNOWBOT_KNOWLEDGE_RRF_K")
+    parser.add_argument("--recall-only", action="store_true",
+                        help="only recall@5 and the gate on both backends; with --keep DIR the "
+                        "stores are built once and reused by later runs")
     args = parser.parse_args()
     defaults = dict(scale=0.08, points=10_000, queries=60, local_queries=5, batching_sample=0) if args.quick else \
         dict(scale=1.0, points=100_000, queries=300, local_queries=10, batching_sample=4)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    asyncio.run(run(args))
+    asyncio.run(run_recall(args) if args.recall_only else run(args))
 
 
 if __name__ == "__main__":

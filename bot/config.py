@@ -268,6 +268,20 @@ class Settings(BaseSettings):
         "Berlin), the document title counting as part of each passage. Needs "
         "knowledge_dictionary; 0 switches it off.",
     )
+    knowledge_named_sources: int = Field(
+        5, ge=0, le=20,
+        description="Documents the names ranking points to (those whose passages contain the "
+        "most of the question's names, then in fused order) whose every chunk e5 ranks "
+        "against the question, as one more ranking; 0 switches it off.",
+    )
+    knowledge_named_sources_pool: int = Field(
+        20, ge=1, le=200,
+        description="Chunks of those documents that ranking takes (e5's best).",
+    )
+    knowledge_weight_named_sources: float = Field(
+        4.0, ge=0,
+        description="RRF weight of the ranking of those documents' chunks; 0 switches it off.",
+    )
     knowledge_crosslingual_pool: int = Field(
         100, ge=1, le=500,
         description="Passages the cross-lingual ranking fetches (the other rankings fetch 4x "

@@ -62,6 +62,7 @@ MAX_WORD = 8  # characters of the longest headword tried when segmenting
 GLOSSES_PER_WORD = 3  # English glosses kept per Chinese word
 WORDS_PER_GLOSS = 4  # a gloss longer than this many words is an explanation, not a translation
 HEADWORDS_PER_WORD = 4  # Chinese words kept per English word
+NAME_SPELLINGS = 6  # Chinese spellings kept per name (see _spellings)
 MAX_QUESTION = 1000  # characters translated; the rest of a longer question is ignored
 MAX_NAMES = 6  # names taken from one question
 _TERM = re.compile(r"(?<![\w-])[a-z0-9]+(?:[-_.][a-z0-9]+)+(?![\w-])")
@@ -200,8 +201,7 @@ class Dictionary:
         # whole glosses before words of longer glosses, then the more basic word (HSK); a name
         # ("Office of ...") only when nothing else has it
         self.name_zh: dict[str, tuple[str, ...]] = {
-            name: tuple(w for _, w in sorted(entries)[:HEADWORDS_PER_WORD])
-            for name, entries in names_zh.items()}
+            name: _spellings(entries) for name, entries in names_zh.items()}
         self.en_zh: dict[str, tuple[str, ...]] = {}
         for gloss, entries in inverse.items():
             entries.sort()
@@ -424,6 +424,21 @@ def names_matched(names: list[tuple[str, ...]], text: str) -> int:
                 found += 1
                 break
     return found
+
+
+def _spellings(entries: list[tuple[int, str]]) -> tuple[str, ...]:
+    """The Chinese spellings of a name worth matching, the more basic (HSK) first, then the
+    shorter: one that contains a kept one adds nothing to a substring match (苏州市 after 苏州),
+    so it is skipped and the next distinct one kept instead, at most NAME_SPELLINGS. CC-CEDICT
+    has several places for some romanisations (Suzhou: 宿州, 肃州, 苏州), and which one a
+    document means is not known until it is matched."""
+    kept: list[str] = []
+    for _, word in sorted(entries, key=lambda e: (e[0], len(e[1]), e[1])):
+        if not any(k in word for k in kept):
+            kept.append(word)
+            if len(kept) >= NAME_SPELLINGS:
+                break
+    return tuple(kept)
 
 
 def _clean(gloss: str) -> str:

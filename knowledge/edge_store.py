@@ -82,10 +82,14 @@ def _owner(tenant: str, kb: str, source_id: str | None = None,
     return conditions
 
 
-def _scope(tenant: str, kbs: Sequence[str]) -> Filter:
-    """The filter of every search: ready, this tenant, one of these knowledge bases."""
-    return Filter(must=[_is("ready", _TRUE), _is("tenant", tenant),
-                        FieldCondition("kb", match=MatchAny(list(kbs)))])
+def _scope(tenant: str, kbs: Sequence[str], source_ids: Sequence[str] | None = None) -> Filter:
+    """The filter of every search: ready, this tenant, one of these knowledge bases (and, if
+    given, one of these sources)."""
+    must = [_is("ready", _TRUE), _is("tenant", tenant),
+            FieldCondition("kb", match=MatchAny(list(kbs)))]
+    if source_ids is not None:
+        must.append(FieldCondition("source_id", match=MatchAny(list(source_ids))))
+    return Filter(must=must)
 
 
 def check_vector_name(name: str) -> None:
@@ -249,29 +253,30 @@ class EdgeStore(VectorStore):
         self._write(UpdateOperation.delete_points_by_filter(selected))
 
     def search_dense(self, vector: Sequence[float], tenant: str, kbs: Sequence[str],
-                     limit: int) -> list[Hit]:
+                     limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Nearest ready points by cosine, within the tenant's listed knowledge bases."""
         if len(vector) != self.dim:
             raise ValueError(f"query vector has {len(vector)} dimensions, the store has {self.dim}")
-        if not kbs or limit <= 0:
+        if not kbs or limit <= 0 or source_ids == []:
             return []
         query = Query.Nearest([float(x) for x in vector], using=DENSE)
-        return self._query(query, tenant, kbs, limit)
+        return self._query(query, tenant, kbs, limit, source_ids)
 
     def search_sparse(self, vector: SparseVector, tenant: str, kbs: Sequence[str],
-                      limit: int) -> list[Hit]:
+                      limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Best ready points by BM25 (IDF applied by the engine), within the scope."""
-        if not kbs or limit <= 0 or not vector.indices:
+        if not kbs or limit <= 0 or not vector.indices or source_ids == []:
             return []
         sparse = EdgeSparseVector(list(vector.indices), list(vector.values))
-        return self._query(Query.Nearest(sparse, using=SPARSE), tenant, kbs, limit)
+        return self._query(Query.Nearest(sparse, using=SPARSE), tenant, kbs, limit, source_ids)
 
     def search_vector(self, name: str, vector: Sequence[float], tenant: str, kbs: Sequence[str],
-                      limit: int) -> list[Hit]:
+                      limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Nearest ready points by cosine on a named vector, within the scope."""
-        if not named_query_ok(self.extra, name, vector, kbs, limit):
+        if not named_query_ok(self.extra, name, vector, kbs, limit) or source_ids == []:
             return []
-        return self._query(Query.Nearest([float(x) for x in vector], using=name), tenant, kbs, limit)
+        return self._query(Query.Nearest([float(x) for x in vector], using=name), tenant, kbs,
+                           limit, source_ids)
 
     def missing_vector(self, name: str, limit: int) -> list[tuple[str, str]]:
         """Up to `limit` points lacking the named vector, as (point id, chunk text)."""
@@ -320,9 +325,10 @@ class EdgeStore(VectorStore):
             if update:
                 self._call(self._shard.update, UpdateOperation.update_vectors(update))
 
-    def _query(self, query: Query, tenant: str, kbs: Sequence[str], limit: int) -> list[Hit]:
+    def _query(self, query: Query, tenant: str, kbs: Sequence[str], limit: int,
+               source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Run one scoped query and turn the scored points into hits."""
-        request = QueryRequest(limit=limit, query=query, filter=_scope(tenant, kbs),
+        request = QueryRequest(limit=limit, query=query, filter=_scope(tenant, kbs, source_ids),
                                with_payload=True)
         found = self._call(self._shard.query, request)
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {}))

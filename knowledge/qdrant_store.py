@@ -67,12 +67,18 @@ def _owner(tenant: str, kb: str, source_id: str | None = None,
     return conditions
 
 
-def _scope(tenant: str, kbs: Sequence[str]) -> models.Filter:
-    """The filter of every search: ready, this tenant, one of these knowledge bases."""
-    return models.Filter(must=[
+def _scope(tenant: str, kbs: Sequence[str], source_ids: Sequence[str] | None = None
+           ) -> models.Filter:
+    """The filter of every search: ready, this tenant, one of these knowledge bases (and, if
+    given, one of these sources)."""
+    must: list[models.Condition] = [
         _is("ready", True), _is("tenant", tenant),
         models.FieldCondition(key="kb", match=models.MatchAny(any=list(kbs))),
-    ])
+    ]
+    if source_ids is not None:
+        must.append(models.FieldCondition(key="source_id",
+                                          match=models.MatchAny(any=list(source_ids))))
+    return models.Filter(must=must)
 
 
 def _is_local(client: QdrantClient) -> bool:
@@ -224,28 +230,28 @@ class QdrantServerStore(VectorStore):
                    points_selector=models.FilterSelector(filter=selected), wait=True)
 
     def search_dense(self, vector: Sequence[float], tenant: str, kbs: Sequence[str],
-                     limit: int) -> list[Hit]:
+                     limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Nearest ready points by cosine, within the tenant's listed knowledge bases."""
         if len(vector) != self.dim:
             raise ValueError(f"query vector has {len(vector)} dimensions, the store has {self.dim}")
-        if not kbs or limit <= 0:
+        if not kbs or limit <= 0 or source_ids == []:
             return []
-        return self._query([float(x) for x in vector], DENSE, tenant, kbs, limit)
+        return self._query([float(x) for x in vector], DENSE, tenant, kbs, limit, source_ids)
 
     def search_sparse(self, vector: SparseVector, tenant: str, kbs: Sequence[str],
-                      limit: int) -> list[Hit]:
+                      limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Best ready points by BM25 (IDF applied by the engine), within the scope."""
-        if not kbs or limit <= 0 or not vector.indices:
+        if not kbs or limit <= 0 or not vector.indices or source_ids == []:
             return []
         query = models.SparseVector(indices=list(vector.indices), values=list(vector.values))
-        return self._query(query, SPARSE, tenant, kbs, limit)
+        return self._query(query, SPARSE, tenant, kbs, limit, source_ids)
 
     def search_vector(self, name: str, vector: Sequence[float], tenant: str, kbs: Sequence[str],
-                      limit: int) -> list[Hit]:
+                      limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Nearest ready points by cosine on a named vector, within the scope."""
-        if not named_query_ok(self.extra, name, vector, kbs, limit):
+        if not named_query_ok(self.extra, name, vector, kbs, limit) or source_ids == []:
             return []
-        return self._query([float(x) for x in vector], name, tenant, kbs, limit)
+        return self._query([float(x) for x in vector], name, tenant, kbs, limit, source_ids)
 
     def _lacking(self, name: str) -> models.Filter:
         """Points without the named vector."""
@@ -305,10 +311,11 @@ class QdrantServerStore(VectorStore):
                     raise
 
     def _query(self, query: Any, using: str, tenant: str, kbs: Sequence[str],
-               limit: int) -> list[Hit]:
+               limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Run one scoped query and turn the scored points into hits."""
         response = self._call(self.client.query_points, self.collection, query=query,
-                              using=using, query_filter=_scope(tenant, kbs), limit=limit,
+                              using=using, query_filter=_scope(tenant, kbs, source_ids),
+                              limit=limit,
                               with_payload=True)
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {}))
                 for p in response.points]

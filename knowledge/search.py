@@ -71,8 +71,15 @@ def fuse(dense: Ranking, xling: Ranking, sparse: Ranking, k: float,
     return [Candidate(hits[i], scores[i], cosine.get(i), xcosine.get(i)) for i in ordered]
 
 
+def name_counts(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]]) -> list[int]:
+    """How many of the question's names each candidate contains (its title counting)."""
+    wanted = list(names)
+    return [names_matched(wanted, _name_text(c.hit)) for c in candidates] if wanted else \
+        [0] * len(candidates)
+
+
 def by_names(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
-             limit: int = 20) -> list[Hit]:
+             limit: int = 20, counts: Sequence[int] | None = None) -> list[Hit]:
     """A ranking of the candidates that contain the most of the question's names (in either
     language: knowledge/dictionary.py `names`), in their fused order; empty when none does.
 
@@ -83,11 +90,30 @@ def by_names(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
     """
     if not names:
         return []
-    counts = [names_matched(list(names), _name_text(c.hit)) for c in candidates]
+    if counts is None:  # `name_counts`, when the caller has them already
+        counts = name_counts(candidates, names)
     best = max(counts, default=0)
     if not best:
         return []
     return [c.hit for c, n in zip(candidates, counts) if n == best][:limit]
+
+
+def named_sources(candidates: Sequence[Candidate], counts: Sequence[int],
+                  limit: int) -> list[str]:
+    """The documents (source ids) the question's names point to, at most `limit`: those whose
+    candidates contain the most of the names (the document's title counting), then in fused
+    order. Documents that contain fewer of the names than the best one still count: a
+    question's common word taken for a name ("IP") can be missing from the answering document
+    and present in an unrelated one. `counts`: `name_counts` of the candidates."""
+    if limit <= 0:
+        return []
+    best: dict[str, int] = {}
+    for c, n in zip(candidates, counts):
+        source = str(c.hit.payload.get("source_id", ""))
+        if source and n and n > best.get(source, 0):
+            best[source] = n
+    order = {source: i for i, source in enumerate(best)}  # first appearance: fused order
+    return sorted(best, key=lambda source: (-best[source], order[source]))[:limit]
 
 
 def names_state(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],

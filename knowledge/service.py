@@ -31,6 +31,8 @@ from knowledge.search import (
     fuse,
     gate_decision,
     interleave,
+    name_counts,
+    named_sources,
     names_state,
     relevant_decision,
 )
@@ -216,7 +218,8 @@ class KnowledgeService:
             return []
         dense_q: Sequence[float] | None = None
         xl_q: Sequence[float] | None = None
-        early: tuple[asyncio.Future[list[Hit]], asyncio.Future[list[Hit]]] | None = None
+        early: tuple[asyncio.Future[tuple[Sequence[float] | None, list[Hit]]],
+                     asyncio.Future[tuple[Sequence[float] | None, list[Hit]]]] | None = None
         if self._embedder is None:
             languages = await self.registry.languages(tenant, list(kbs))
         elif self._vectors is not None:
@@ -261,7 +264,8 @@ class KnowledgeService:
     async def diagnose(self, tenant: str, kbs: Sequence[str], query: str, top_k: int = 5,
                        dense_q: Sequence[float] | None = None, others: Sequence[str] = (),
                        xl_q: Sequence[float] | None = None, *,
-                       early: tuple[Awaitable[list[Hit]], Awaitable[list[Hit]]] | None = None
+                       early: tuple[Awaitable[tuple[Sequence[float] | None, list[Hit]]],
+                                    Awaitable[tuple[Sequence[float] | None, list[Hit]]]] | None = None
                        ) -> "Diagnosis":
         """One search, with everything behind it: each ranking's scores and the gate's decision.
 
@@ -271,7 +275,9 @@ class KnowledgeService:
         writes the question out in the first of them).
         `kept` is what the search answers with (the gate, current versions, near-duplicates
         collapsed); `shown` is the best `top_k` before the gate, for the retrieval bench.
-        `early`: the e5 and cross-lingual hits, already under way (see `_embed_and_search`).
+        `early`: the e5 and cross-lingual searches, already under way (see `_embed_and_search`).
+        When the names ranking points to documents, their chunks are ranked too
+        (`_search_within`).
         """
         embedder = await self.embedder()
         xl = await self.crosslingual()
@@ -304,6 +310,8 @@ class KnowledgeService:
             asyncio.to_thread(vectors.search_sparse, dict_q, tenant, scope, pool)
             if dict_q is not None and dict_q.indices else asyncio.sleep(0, result=[]),
         )
+        if early is not None:  # the early searches hand back the question's vector too
+            (dense_q, dense), (xl_q, xling) = dense, xling  # type: ignore[misc]
         if by_dictionary:  # one shared word ("staff") is not a match: two, or all there are
             need = min(MIN_MATCHED, len(groups))
             by_dictionary = [h for h in by_dictionary
@@ -316,9 +324,19 @@ class KnowledgeService:
                     Ranking(sparse, s.knowledge_weight_bm25), s.knowledge_rrf_k,
                     Ranking(by_dictionary, 0.0, s.knowledge_weight_dictionary, language))
         fused = fuse(*rankings)
-        named = by_names(fused, names + terms) if s.knowledge_weight_names > 0 else []
+        counts = name_counts(fused, names + terms) if s.knowledge_weight_names > 0 else []
+        named = by_names(fused, names + terms, counts=counts) if counts else []
         if named:  # the passages that contain the question's names, as one more ranking
-            fused = fuse(*rankings, Ranking(named, s.knowledge_weight_names))
+            more = [Ranking(named, s.knowledge_weight_names)]
+            sources = named_sources(fused, counts, s.knowledge_named_sources)
+            if sources and s.knowledge_weight_named_sources > 0:
+                # the chunks of the documents the names point to, ranked by e5 among
+                # themselves, as one more ranking: in the whole scope the answering passage of
+                # a document in the other language often ranks below the pool
+                inside = await self._search_within(vectors, tenant, scope, sources, dense_q)
+                if inside:
+                    more.append(Ranking(inside, s.knowledge_weight_named_sources))
+            fused = fuse(*rankings, *more)
         if xl is not None and self._xl_complete:
             gated, reason = gate_decision(fused, dense, xling, gate_rule(s),
                                           names_state(fused, names, terms))
@@ -338,25 +356,41 @@ class KnowledgeService:
         return Diagnosis(kept=kept, shown=shown, bm25={h.id: h.score for h in sparse},
                          reason=reason)
 
+    async def _search_within(self, vectors: VectorStore, tenant: str, scope: list[str],
+                             sources: list[str], dense_q: Sequence[float] | None) -> list[Hit]:
+        """The chunks of `sources` ranked against the question by e5 alone.
+
+        Narrowed to the few documents the question's names point to, e5 ranks the answering
+        passage first or second where it ranks it 30th to beyond 100 in the whole scope (what
+        crowds it out there is other documents' passages). The cross-lingual model and BM25
+        ranked narrowed like this were measured too and did worse (bench/knowledge.py)."""
+        if dense_q is None or not len(dense_q) or not sources:
+            return []
+        return await asyncio.to_thread(vectors.search_dense, dense_q, tenant, scope,
+                                       self.settings.knowledge_named_sources_pool, sources)
+
     def _embed_and_search(self, tenant: str, kbs: Sequence[str], query: str, top_k: int
-                          ) -> tuple[asyncio.Future[list[Hit]], asyncio.Future[list[Hit]]]:
+                          ) -> tuple[asyncio.Future[tuple[Sequence[float] | None, list[Hit]]],
+                                     asyncio.Future[tuple[Sequence[float] | None, list[Hit]]]]:
         """Start the e5 and the cross-lingual searches of `query`, each embedding the question
-        and querying the store in one worker thread; `diagnose` takes them as `early`."""
+        and querying the store in one worker thread; `diagnose` takes them as `early`. Each
+        hands back the question's vector and the hits."""
         embedder, xl, vectors = self._embedder, self._xl if self._xl_loaded else None, self._vectors
         scope, pool = list(kbs), max(20, top_k * 4)
 
-        def dense() -> list[Hit]:
+        def dense() -> tuple[Sequence[float], list[Hit]]:
             vector = embedder.embed_query(query)  # type: ignore[union-attr]
-            return vectors.search_dense(vector, tenant, scope, pool)  # type: ignore[union-attr]
+            return vector, vectors.search_dense(vector, tenant, scope, pool)  # type: ignore[union-attr]
 
-        def crosslingual() -> list[Hit]:
+        def crosslingual() -> tuple[Sequence[float], list[Hit]]:
             vector = xl.embed_query(query)  # type: ignore[union-attr]
-            return vectors.search_vector(xl.vector_name, vector, tenant, scope,  # type: ignore[union-attr]
-                                         max(pool, self.settings.knowledge_crosslingual_pool))
+            return vector, vectors.search_vector(  # type: ignore[union-attr]
+                xl.vector_name, vector, tenant, scope,  # type: ignore[union-attr]
+                max(pool, self.settings.knowledge_crosslingual_pool))
 
         loop = asyncio.get_running_loop()
-        none: asyncio.Future[list[Hit]] = loop.create_future()
-        none.set_result([])
+        none: asyncio.Future[tuple[Sequence[float] | None, list[Hit]]] = loop.create_future()
+        none.set_result((None, []))
         return (asyncio.ensure_future(asyncio.to_thread(dense)),
                 asyncio.ensure_future(asyncio.to_thread(crosslingual)) if xl is not None else none)
 
@@ -653,7 +687,7 @@ class KnowledgeService:
         return removed
 
 
-async def _drop(futures: Sequence[asyncio.Future[list[Hit]]]) -> None:
+async def _drop(futures: Sequence[Awaitable[object]]) -> None:
     """Wait out searches whose results are not wanted (a worker thread cannot be stopped)."""
     await asyncio.gather(*futures, return_exceptions=True)
 

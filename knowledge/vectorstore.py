@@ -60,12 +60,12 @@ class VectorStore(Protocol):
         ...
 
     def search_dense(self, vector: Sequence[float], tenant: str, kbs: Sequence[str],
-                     limit: int) -> list[Hit]:
+                     limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Nearest ready points by cosine, within the tenant's listed knowledge bases."""
         ...
 
     def search_sparse(self, vector: SparseVector, tenant: str, kbs: Sequence[str],
-                      limit: int) -> list[Hit]:
+                      limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
         """Best ready points by BM25 (IDF applied by the engine), within the scope."""
         ...
 
@@ -74,8 +74,11 @@ class VectorStore(Protocol):
         ...
 
     def search_vector(self, name: str, vector: Sequence[float], tenant: str, kbs: Sequence[str],
-                      limit: int) -> list[Hit]:
-        """Nearest ready points by cosine on a named vector, within the scope."""
+                      limit: int, source_ids: Sequence[str] | None = None) -> list[Hit]:
+        """Nearest ready points by cosine on a named vector, within the scope.
+
+        In all three searches `source_ids`, when given, narrows the scope to those sources
+        (the search ranks every chunk of a document the names ranking picked out)."""
         ...
 
     def missing_vector(self, name: str, limit: int) -> list[tuple[str, str]]:

@@ -116,6 +116,42 @@ def test_the_named_vector_obeys_the_scope(backend: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["edge", "server"])
+def test_every_search_narrows_to_given_sources(backend: str, tmp_path: Path) -> None:
+    """search_dense, search_vector and search_sparse with `source_ids`: only those sources'
+    ready chunks in the scope, however far down the whole scope would rank them."""
+    store = _open(backend, tmp_path)
+    try:
+        store.add_vector(XL, XDIM)
+        near, far = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]
+        points = []
+        for i in range(30):  # 30 close matches in other sources crowd the pool
+            p = _point("acme", "hr", f"vpn password reset {i}", xl=near)
+            p.payload["source_id"] = f"crowd{i}"
+            points.append(p)
+        wanted = _point("acme", "hr", "the vpn password of the handbook", xl=far)
+        wanted.payload["source_id"] = "handbook"
+        elsewhere = _point("acme", "legal", "vpn password", xl=near)
+        elsewhere.payload["source_id"] = "handbook"  # same source id, other kb: out of scope
+        unready = _point("acme", "hr", "vpn password draft", xl=near, ready=False)
+        unready.payload["source_id"] = "handbook"
+        store.upsert([*points, wanted, elsewhere, unready])
+        dense = list(wanted.dense)
+        sparse = ENCODER.encode_query("vpn password")
+        assert wanted.id not in {h.id for h in store.search_vector(XL, near, "acme", ["hr"], 5)}
+        for hits in (store.search_dense(dense, "acme", ["hr"], 5, ["handbook"]),
+                     store.search_vector(XL, near, "acme", ["hr"], 5, ["handbook"]),
+                     store.search_sparse(sparse, "acme", ["hr"], 5, ["handbook"])):
+            assert [h.id for h in hits] == [wanted.id]
+        two = store.search_sparse(sparse, "acme", ["hr"], 10, ["handbook", "crowd3"])
+        assert {h.payload["source_id"] for h in two} == {"handbook", "crowd3"}
+        assert store.search_dense(dense, "acme", ["hr"], 5, []) == []
+        assert store.search_vector(XL, near, "acme", ["hr"], 5, []) == []
+        assert store.search_sparse(sparse, "acme", ["hr"], 5, []) == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
 def test_set_vectors_skips_points_deleted_meanwhile(backend: str, tmp_path: Path) -> None:
     store = _open(backend, tmp_path)
     try:
@@ -247,6 +283,62 @@ async def test_the_gate_declines_an_unrelated_question_in_both_languages(
         await store.close()
 
 
+BERLIN = ("# Travel Policy — Berlin Office\n\n"
+          + "\n\n".join(f"## {i}. {title}\n\n{text}" for i, (title, text) in enumerate([
+              ("Purpose", "This policy sets the travel rules for the Berlin office."),
+              ("Flights", "Economy class is the default for Berlin staff on every flight."),
+              ("Hotels", "Berlin staff may book hotels of up to 180 euros a night."),
+              ("Trains", "Second class rail is the default for trips under four hours."),
+              ("Approvals", "Trips abroad need the approval of a department head."),
+          ], 1)))
+
+
+class Narrowed:
+    """The real store, recording the sources of every narrowed dense search."""
+
+    def __init__(self, inner: VectorStore) -> None:
+        self.inner, self.narrowed = inner, []  # type: ignore[var-annotated]
+
+    def search_dense(self, vector: Any, tenant: str, kbs: Any, limit: int,
+                     source_ids: Any = None) -> Any:
+        if source_ids is not None:
+            self.narrowed.append(list(source_ids))
+        return self.inner.search_dense(vector, tenant, kbs, limit, source_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+async def test_e5_ranks_the_chunks_of_the_document_the_names_point_to(
+        backend: str, tmp_path: Path, embedder: Any, use_model: Any) -> None:
+    settings = make_settings(tmp_path)
+    store = await Store.open(settings.resolved_database_url)
+    holder: dict[str, Narrowed] = {}
+
+    def vectors(dim: int) -> Narrowed:
+        holder["store"] = Narrowed(
+            EdgeStore(tmp_path / "qdrant", dim) if backend == "edge"
+            else QdrantServerStore(QdrantClient(path=str(tmp_path / "qdrant-local")), dim))
+        return holder["store"]
+
+    service = KnowledgeService(settings, store, vectors, lambda: embedder, dim=embedder.dim,
+                               crosslingual_factory=lambda: use_model)
+    try:
+        await _ingest(service)
+        receipt = await service.ingest_bytes(TENANT, "team", BERLIN.encode(), "berlin.md",
+                                             shared=True)
+        diagnosis = (await service.diagnose_scope(TENANT, ["team"], "柏林的同事住酒店每晚最多多少钱？"))[0][1]
+        assert holder["store"].narrowed == [[receipt.source_id]]  # the one document named
+        assert "180 euros" in str(diagnosis.kept[0].hit.payload["text"])
+        holder["store"].narrowed.clear()
+        assert (await _sources(service, "Where can staff park their cars?"))[0] == "Parking"
+        assert holder["store"].narrowed == []  # a question without names: nothing narrowed
+    finally:
+        await service.close()
+        await store.close()
+
+
 async def test_the_bot_says_it_does_not_know_instead_of_citing(tmp_path: Path, embedder: Any
                                                               ) -> None:
     from conftest import start_knowledge_bot
@@ -353,6 +445,30 @@ def test_the_names_ranking_lifts_the_document_whose_title_holds_the_name() -> No
                   Ranking(named, 2.0))
     assert lifted[0].hit.payload["title"] == "Travel Policy — Berlin Office"
     assert by_names(base, [("Paris", "巴黎")]) == [] and by_names(base, []) == []
+
+
+def test_the_named_documents_are_those_with_the_most_names_then_in_fused_order() -> None:
+    from knowledge.search import Candidate, name_counts, named_sources
+
+    def cand(n: int, source: str, title: str, text: str) -> Candidate:
+        hit = _hit(n, title, text, 0.3)
+        hit.payload["source_id"] = source
+        return Candidate(hit, 1.0 / (n + 1), None)
+
+    names = [("Halcyon",), ("NG-744",), ("IP",)]
+    fused = [cand(0, "price-list", "partner-price-list.csv", "Halcyon NG-744 IP camera"),
+             cand(1, "other", "Travel policy", "Nothing named here"),
+             cand(2, "ev-831", "Halcyon EV-831 说明书", "默认 IP 地址"),
+             cand(3, "faq", "Halcyon NG-744 FAQ", "Where is the serial number?"),
+             cand(4, "faq", "Halcyon NG-744 FAQ", "The default management IP is 192.168.1.2"),
+             cand(5, "sheet", "Halcyon NG-744 product sheet", "Weight 1 kg")]
+    counts = name_counts(fused, names)
+    assert counts == [3, 0, 2, 2, 3, 2]
+    # a document counts with its best passage; ties keep the fused order; none without names
+    assert named_sources(fused, counts, 5) == ["price-list", "faq", "ev-831", "sheet"]
+    assert named_sources(fused, counts, 2) == ["price-list", "faq"]
+    assert named_sources(fused, name_counts(fused, []), 5) == []
+    assert named_sources(fused, counts, 0) == []
 
 
 def test_the_gate_uses_what_the_question_names() -> None:

@@ -122,6 +122,18 @@ def test_the_names_a_question_asks_about_in_both_languages(dictionary: Dictionar
     assert len(dictionary.names(" ".join(f"Name{i}" for i in range(50)))) <= 6
 
 
+def test_a_name_keeps_every_distinct_chinese_spelling(dictionary: Dictionary) -> None:
+    # CC-CEDICT romanises three places as Suzhou (宿州, 肃州, 苏州): a document may mean any of
+    # them, so all stay, and 苏州市 adds nothing a substring match of 苏州 does not find
+    from knowledge.dictionary import NAME_SPELLINGS, names_matched
+
+    (suzhou,) = dictionary.names("What is the hotel limit for the Suzhou office?")
+    assert suzhou[0] == "Suzhou" and {"宿州", "肃州", "苏州"} <= set(suzhou[1:])
+    assert "苏州市" not in suzhou and len(suzhou) <= NAME_SPELLINGS + 1
+    assert names_matched([suzhou], "苏州办公室差旅管理办法") == 1
+    assert dictionary.names("Shanghai office")[0][:2] == ("Shanghai", "上海")
+
+
 def test_lower_case_identifiers_are_terms(dictionary: Dictionary) -> None:
     assert dictionary.terms("Who do I call when ledger-cache is down, or auth_worker?") == [
         ("ledger-cache",), ("auth_worker",)]

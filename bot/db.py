@@ -334,11 +334,12 @@ class DatabaseLane:
         when the operation said it needs none (one round trip instead of three)."""
         try:
             with (self.engine.begin() if atomic else self._reader.connect()) as conn:
-                return True, fn(conn)
-        except SQLAlchemyError as exc:
+                outcome = _attempt(fn, conn)
+                if not outcome[0] and conn.in_transaction():
+                    conn.rollback()  # not committed on the way out
+                return outcome
+        except SQLAlchemyError as exc:  # the connection or the commit failed
             return False, storage_error(exc)
-        except Exception as exc:  # noqa: BLE001 - handed back to its caller
-            return False, exc
 
     def _run_apart(self, group: list[tuple]) -> list[tuple[bool, object]]:
         """SQLite: the group again, each operation in its own savepoint."""
@@ -346,13 +347,10 @@ class DatabaseLane:
         try:
             with self.engine.begin() as conn:
                 for fn, *_ in group:
-                    try:
-                        with conn.begin_nested():
-                            outcomes.append((True, fn(conn)))
-                    except SQLAlchemyError as exc:
-                        outcomes.append((False, storage_error(exc)))
-                    except Exception as exc:  # noqa: BLE001 - handed back to its caller
-                        outcomes.append((False, exc))
+                    savepoint = conn.begin_nested()
+                    outcome = _attempt(fn, conn)
+                    (savepoint.commit if outcome[0] else savepoint.rollback)()
+                    outcomes.append(outcome)
         except SQLAlchemyError as exc:  # the commit itself failed: every operation failed
             error = storage_error(exc)
             outcomes = [(False, error)] * len(group)
@@ -363,13 +361,7 @@ class DatabaseLane:
         outcomes: list[tuple[bool, object]] = []
         try:
             with self._reader.connect() as conn:
-                for fn, *_ in group:
-                    try:
-                        outcomes.append((True, fn(conn)))
-                    except SQLAlchemyError as exc:
-                        outcomes.append((False, storage_error(exc)))
-                    except Exception as exc:  # noqa: BLE001 - handed back to its caller
-                        outcomes.append((False, exc))
+                outcomes.extend(_attempt(fn, conn) for fn, *_ in group)
         except SQLAlchemyError as exc:  # no connection to be had
             error = storage_error(exc)
             outcomes += [(False, error)] * (len(group) - len(outcomes))
@@ -405,6 +397,16 @@ class DatabaseLane:
         for thread in self._threads:
             thread.join(timeout=30)
         self.engine.dispose()
+
+
+def _attempt(fn: "Callable[[Connection], T]", conn: Connection) -> tuple[bool, object]:
+    """Run one operation: (True, its result), or (False, the error to hand its caller)."""
+    try:
+        return True, fn(conn)
+    except SQLAlchemyError as exc:
+        return False, storage_error(exc)
+    except Exception as exc:  # noqa: BLE001 - handed back to its caller
+        return False, exc
 
 
 def _hand_back(group: list[tuple], outcomes: list[tuple[bool, object]]) -> None:

@@ -563,17 +563,17 @@ class KnowledgeService:
             batch = chunks[start : start + group]
             texts = [c.text for c in batch]
             xl = await self.crosslingual()
-            # the two models and BM25 at once, each in a thread of its own (onnxruntime and
-            # numpy release the GIL): the cross-lingual model and BM25 use the time e5 leaves
-            jobs = [asyncio.to_thread(embedder.embed_passages, texts, EMBED_BATCH),
-                    asyncio.to_thread(lambda: [self.sparse.encode_document(t) for t in texts])]
+            # One after the other, each off the event loop. At the same time they were slower:
+            # e5 already keeps the cores busy, and the cross-lingual model beside it took five
+            # times its own time (bench/knowledge.py, pipeline 0.72 of raw against 0.76).
+            dense = await asyncio.to_thread(embedder.embed_passages, texts, EMBED_BATCH)
             if xl is not None:
-                jobs.append(asyncio.to_thread(xl.embed_passages, texts, EMBED_BATCH))  # type: ignore[attr-defined]
-            dense, sparse, *xl_vectors = await asyncio.gather(*jobs)
-            if xl is not None:
-                extras = [{xl.vector_name: tuple(v)} for v in xl_vectors[0]]  # type: ignore[attr-defined]
+                xl_vectors = await asyncio.to_thread(xl.embed_passages, texts, EMBED_BATCH)  # type: ignore[attr-defined]
+                extras = [{xl.vector_name: tuple(v)} for v in xl_vectors]  # type: ignore[attr-defined]
             else:
                 extras = [{} for _ in batch]
+            sparse = await asyncio.to_thread(
+                lambda: [self.sparse.encode_document(t) for t in texts])
             points = [
                 Point(
                     id=str(uuid.uuid4()),

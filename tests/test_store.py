@@ -245,7 +245,12 @@ async def test_a_group_that_meets_a_locked_row_runs_apart_instead_of_failing(
             conn.execute(update(table).where(table.c.key == "held").values(value="lane"))
             return "held"
 
-        release = threading.Timer(1.0, holder.commit)
+        def commit_later() -> None:
+            # time.sleep, not threading.Timer: under faketime a timed wait may never time out
+            time.sleep(1.0)
+            holder.commit()
+
+        release = threading.Thread(target=commit_later, daemon=True)
         release.start()
         started = time.monotonic()
         outcomes = await asyncio.to_thread(store._lane._run_group,

@@ -114,6 +114,9 @@ class SlackChannel:
         self.installations: StateInstallationStore | None = None
         self.commands = SlashCommands(self)
         self.http: httpx.AsyncClient | None = None
+        # One aiohttp session for every Web API call while running: without one, slack_sdk
+        # opens a session, a connection (and a TLS handshake) for each call and closes it.
+        self._session: aiohttp.ClientSession | None = None
         self._socket: Any = None
         self._connecting: asyncio.Task[None] | None = None
         self._admins: dict[tuple[str, str], tuple[float, bool]] = {}
@@ -199,12 +202,17 @@ class SlackChannel:
         """Open the download client, and connect to Socket Mode when an app token is set."""
         self.http = httpx.AsyncClient(timeout=self.settings.ingest_fetch_timeout,
                                       follow_redirects=True, max_redirects=3)
+        # the session slack_sdk would make per call, made once (its timeout is the clients')
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.client.timeout))
+        for client in self._web_clients():
+            client.session = self._session
         if self.settings.slack_app_token is not None and self.bolt is not None:
             from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 
             self._socket = AsyncSocketModeHandler(
                 self.bolt, self.settings.slack_app_token.get_secret_value(),
-                web_client=AsyncWebClient(base_url=self.api_base,
+                web_client=AsyncWebClient(base_url=self.api_base, session=self._session,
                                           retry_handlers=self.client.retry_handlers))
             self._connecting = asyncio.create_task(self._connect(self._socket),
                                                    name="knowbot:slack:socket")
@@ -244,6 +252,20 @@ class SlackChannel:
         if self.http is not None:
             await self.http.aclose()
             self.http = None
+        if self._session is not None:
+            for client in self._web_clients():
+                client.session = None  # a call after the stop makes its own session again
+            await self._session.close()
+            self._session = None
+
+    def _web_clients(self) -> list[AsyncWebClient]:
+        """The Web API clients this channel calls through: its own, and Bolt's (the same
+        one with OAuth; with one bot token, Bolt's own client holding that token)."""
+        clients = [self.client]
+        bolt_client = self.bolt.client if self.bolt is not None else None
+        if isinstance(bolt_client, AsyncWebClient) and bolt_client is not self.client:
+            clients.append(bolt_client)
+        return clients
 
     # ---- tokens and people -------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ class Call:
     token: str | None
     params: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
+    peer: Any = None  # the client's (host, port): one per TCP connection
 
 
 @dataclass
@@ -214,7 +215,8 @@ class FakeSlack:
         params = await self._params(request)
         auth = request.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else params.pop("token", None)
-        self.calls.append(Call(method, token, params))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.calls.append(Call(method, token, params, peer=peer))
         await self._notify()
         limited = self._limited(method)
         if limited is not None:

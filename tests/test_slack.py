@@ -189,6 +189,9 @@ async def test_mention_in_a_thread_reads_the_thread_first(tmp_path: Path, embedd
             await bot.post_event(bot.envelope("T1", later))
             await slack.wait_for("chat.postMessage", 2)
             assert len(slack.called("conversations.replies")) == 1
+            # every Web API call went over one kept-alive connection, not one each
+            assert len(slack.calls) >= 4
+            assert len({call.peer for call in slack.calls}) == 1, [c.peer for c in slack.calls]
 
 
 async def test_dm_answered_in_thread_and_noise_ignored(tmp_path: Path, embedder: object,

@@ -18,6 +18,7 @@ entry, one update matches and the other moves on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -25,8 +26,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import (Connection, and_, bindparam, exists, false, func, insert, or_, select,
-                        update)
+from sqlalchemy import (Connection, and_, bindparam, exists, false, func, insert, literal,
+                        literal_column, or_, select, update)
 
 from bot.clock import Clock
 from bot.db import insert_new
@@ -46,20 +47,37 @@ OPEN = ("queued", "running", "answered")  # an entry in one of these holds its c
 TAKEABLE = ("queued", "running")  # running ones only once their lease has lapsed
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 3
-# The take's statements, built once (each call binds channel names, now and the entry).
+
+
+def _one_of(column: Any, statuses: tuple[str, ...]) -> Any:
+    """`column IN ('a', 'b')` written into the SQL: a plain `in_` of a list is an "expanding"
+    parameter that SQLAlchemy renders again at every execution (on the take's statement,
+    run at every wake of every replica, that was most of its cost on the client)."""
+    assert all(s.isidentifier() for s in statuses)
+    return column.in_([literal_column(f"'{s}'") for s in statuses])
+
+
+# The take's statements, built once (each call binds now and the entry; `_candidates` is
+# built once per set of channel names).
 _EARLIER = _INBOX.alias("earlier")
 _LAPSED = or_(_INBOX.c.lease_until.is_(None), _INBOX.c.lease_until <= bindparam("now"))
-_CANDIDATES = (
-    select(_INBOX.c.id, _INBOX.c.attempts)
-    .where(_INBOX.c.status.in_(TAKEABLE), _INBOX.c.channel.in_(bindparam("names", expanding=True)),
-           _LAPSED,
-           ~exists().where(_EARLIER.c.conversation_id == _INBOX.c.conversation_id,
-                           _EARLIER.c.id < _INBOX.c.id, _EARLIER.c.status.in_(OPEN)))
-    .order_by(_INBOX.c.id).limit(bindparam("limit"))
-)
+
+
+@functools.lru_cache(maxsize=32)
+def _candidates(names: tuple[str, ...]) -> Any:
+    return (
+        select(_INBOX.c.id, _INBOX.c.attempts)
+        .where(_one_of(_INBOX.c.status, TAKEABLE),
+               _INBOX.c.channel.in_([literal(name) for name in names]), _LAPSED,
+               ~exists().where(_EARLIER.c.conversation_id == _INBOX.c.conversation_id,
+                               _EARLIER.c.id < _INBOX.c.id, _one_of(_EARLIER.c.status, OPEN)))
+        .order_by(_INBOX.c.id).limit(bindparam("limit"))
+    )
+
+
 _STILL_TAKEABLE = and_(_INBOX.c.id == bindparam("e_id"),
                        _INBOX.c.attempts == bindparam("e_attempts"),
-                       _INBOX.c.status.in_(TAKEABLE), _LAPSED)
+                       _one_of(_INBOX.c.status, TAKEABLE), _LAPSED)
 _TAKE = (update(_INBOX).where(_STILL_TAKEABLE)
          .values(status="running", attempts=bindparam("new_attempts"),
                  lease_owner=bindparam("owner"), lease_until=bindparam("until"))
@@ -168,16 +186,17 @@ class Inbox:
 
         One look at the candidates, whatever `want` is: a busy replica takes a batch at once.
         """
-        names = list(channels)
+        names = tuple(sorted(set(channels)))
         if not names or want < 1:
             return []
         now = self.clock.now()
-        params = {"names": names, "now": now, "limit": max(limit, want)}
+        candidates = _candidates(names)
+        params = {"now": now, "limit": max(limit, want)}
 
         def claim(conn: Connection, room: int) -> tuple[list[Taken], list[tuple[int, int]]]:
             got: list[Taken] = []
             spent: list[tuple[int, int]] = []  # taken too often: given up below, apart
-            for entry_id, attempts in conn.execute(_CANDIDATES, params).all():
+            for entry_id, attempts in conn.execute(candidates, params).all():
                 if attempts >= self.max_attempts:
                     spent.append((entry_id, attempts))
                     continue
@@ -315,7 +334,7 @@ class Inbox:
     async def backlog(self) -> tuple[int, float]:
         """How many entries are unfinished, and the oldest one's age in seconds (0 if none)."""
         query = select(func.count(), func.min(_INBOX.c.created_at)).where(
-            _INBOX.c.status.in_(OPEN))
+            _one_of(_INBOX.c.status, OPEN))
         count, oldest = await self.store.read(lambda conn: conn.execute(query).one())
         oldest = _aware(oldest)
         age = (self.clock.now() - oldest).total_seconds() if oldest is not None else 0.0

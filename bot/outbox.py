@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, literal_column, select, update
 
 from bot.clock import Clock
 from bot.errors import ChannelSendError, KnowbotError
@@ -39,7 +39,15 @@ _INBOX = InboxEntry.__table__  # type: ignore[attr-defined]
 # Forgetting a sent reply, built once: it runs for every answer.
 _REMOVE = delete(_OUTBOX).where(_OUTBOX.c.id == bindparam("r_id"))
 _ANSWER_DONE = (update(_INBOX).where(_INBOX.c.id == bindparam("r_inbox"),
-                                     _INBOX.c.status == "answered").values(status="done"))
+                                     _INBOX.c.status == "answered").values(status="done")
+                .returning(_INBOX.c.conversation_id))
+# The conversation's next message, if one waits for this answer to leave (it is taken then).
+_NEXT_WAITING = (select(_INBOX.c.id)
+                 .where(_INBOX.c.conversation_id == bindparam("n_conversation"),
+                        _INBOX.c.id > bindparam("r_inbox"),
+                        _INBOX.c.status.in_([literal_column("'queued'"),
+                                             literal_column("'running'")]))
+                 .limit(1))
 
 # While the outbox retries a reply, the index of its first part not yet sent: a channel that
 # splits replies into several messages skips the ones before it.
@@ -96,6 +104,8 @@ class Outbox:
         self._channels = channels
         self.clock = clock or store.clock
         self.interval = interval
+        # told when a reply has left and its conversation's next message waits to be taken
+        self.freed: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def deliver(self, channel: "Channel", key: ConversationKey, reply: Reply) -> bool:
@@ -260,12 +270,17 @@ class Outbox:
 
     async def _remove(self, entry_id: str, inbox_id: int | None = None) -> None:
         """Forget a sent (or dropped) reply; the inbox entry it answers is done with it."""
-        def write(conn: Connection) -> None:
+        def write(conn: Connection) -> bool:
             conn.execute(_REMOVE, {"r_id": entry_id})
-            if inbox_id is not None:
-                conn.execute(_ANSWER_DONE, {"r_inbox": inbox_id})
+            if inbox_id is None:
+                return False
+            conversation = conn.execute(_ANSWER_DONE, {"r_inbox": inbox_id}).scalar()
+            return conversation is not None and conn.execute(_NEXT_WAITING, {
+                "n_conversation": conversation, "r_inbox": inbox_id}).first() is not None
 
-        await self.store.write(write)
+        if await self.store.write(write):
+            for listener in self.freed:
+                listener()
 
     def start(self) -> None:
         """Run the retry loop in the background."""

@@ -50,7 +50,8 @@ class Workers:
         self._tasks: dict[asyncio.Task[None], Taken] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        inbox.listeners.append(self.wake)
+        inbox.listeners.append(self.wake)  # a message put on this replica
+        outbox.freed.append(self.wake)  # a reply left and its conversation's next one waits
 
     @property
     def in_flight(self) -> int:
@@ -132,10 +133,13 @@ class Workers:
         try:
             stored = await self.inbox.finish_for_send(taken, reply, unit)
             if stored is not None:
+                # once the reply has left, the outbox wakes us if the conversation's next
+                # message waits (`Outbox.freed`); a take after every answer mostly found nothing
                 await self.outbox.send_stored(stored.id, stored)
+                return
         except KnowbotError as exc:  # the lease lapses and the entry is answered again
             log.warning("inbox entry %s: could not finish or send: %s", taken.id, exc)
-        self.wake()  # the conversation's next message can be taken now
+        self.wake()  # nothing to send (or it failed): the next message may be takeable now
 
     async def _renew(self, taken: Taken) -> None:
         every = max(0.05, self.inbox.lease.total_seconds() / 3)

@@ -147,8 +147,11 @@ async def _run_traffic(replicas: list[Replica], telegram: FakeBotAPI, slack: Fak
             if question in asked[:n]:
                 repeated.append(answers[asked.index(question)][1])
     # The one window that can repeat a message: it reached the platform, and the replica was
-    # killed before it could write that down. Only sends in flight at the kill may repeat.
-    assert len(repeated) <= 5, repeated
+    # killed before it could write that down. Only sends in flight at the kill may repeat. The
+    # kill falls inside the burst of first answers (the model gives them all 1 s after their
+    # messages), so a dozen sends can be on the wire at once: the count is bounded loosely, and
+    # the times below say each repeat is one of those.
+    assert len(repeated) <= CONVERSATIONS * 15 // 100, repeated
     assert all(killed_at - 2.0 <= at <= dead_at + 0.5 for at in repeated), (killed_at, repeated)
     # the second question was answered with the first in the conversation's memory
     seconds = 0

@@ -40,12 +40,44 @@ class SlowChannel:
                 await part_sent(1)
 
 
-async def _workers(tmp_path, channel: SlowChannel) -> tuple[Workers, Inbox, Store]:  # type: ignore[no-untyped-def]
+async def _workers(tmp_path, channel: SlowChannel, poll: float = 0.05  # type: ignore[no-untyped-def]
+                   ) -> tuple[Workers, Inbox, Store]:
     store = await Store.open(f"sqlite:///{tmp_path / 'k.db'}")
     inbox = Inbox(store)
     workers = Workers(inbox, Outbox(store, lambda: [channel]), lambda: [channel],  # type: ignore[list-item]
-                      concurrency=4, poll=0.05)
+                      concurrency=4, poll=poll)
     return workers, inbox, store
+
+
+async def test_the_next_message_is_taken_when_the_reply_before_it_leaves(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No poll to fall back on: the sent reply itself wakes the workers for the conversation's
+    next message, and an answer with no message after it does not look again."""
+    channel = SlowChannel(delay=0.05)
+    workers, inbox, store = await _workers(tmp_path, channel, poll=60.0)
+    takes: list[int] = []
+    take_many = inbox.take_many
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        found = await take_many(*args, **kwargs)
+        takes.append(len(found))
+        return found
+
+    inbox.take_many = counted  # type: ignore[method-assign]
+    try:
+        workers.start()
+        for n in range(3):
+            await inbox.put(InboundMessage(key=ALICE, message_id=f"a{n}", text=f"alice {n}"))
+        assert await workers.wait_idle(10) == 0  # 60 s of poll would not have made it
+        assert channel.started == ["alice 0", "alice 1", "alice 2"]
+        assert sum(takes) == 3
+        looks = len(takes)
+        await inbox.put(InboundMessage(key=BOB, message_id="b0", text="bob 0"))
+        assert await workers.wait_idle(10) == 0
+        await asyncio.sleep(0.1)
+        assert len(takes) == looks + 1  # one take for Bob's put; his answer woke nobody
+    finally:
+        await workers.stop()
+        await store.close()
 
 
 async def test_a_conversation_is_answered_in_order_while_others_run_beside_it(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -71,6 +71,8 @@ def create_app(
             runtime.outbox.start()
             runtime.workers.start()
         await runtime.start_scheduler()
+        for started in getattr(app.state, "on_started", ()):
+            started()
         try:
             yield
         finally:

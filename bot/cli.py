@@ -127,6 +127,10 @@ async def _serve(settings: Settings, web: Any, server: Any) -> None:
 
     # uvicorn re-raises SIGTERM once it has shut down, so clean up when the app stops
     web.state.on_stopped = [cleanup]
+    from bot.heap import freeze_startup_objects
+
+    # everything loaded by now lives as long as the process: keep the collector off it
+    web.state.on_started = [freeze_startup_objects]
     try:
         await server.serve()
     finally:

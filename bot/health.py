@@ -81,10 +81,10 @@ class Readiness:
         client = getattr(self.runtime.limiter, "redis", None)
         if client is None:
             if self._redis is None:
-                from redis.asyncio import Redis
+                from bot.redisconn import redis_client
 
-                self._redis = Redis.from_url(self.runtime.settings.redis_url or "",
-                                             socket_connect_timeout=self.deadline)
+                self._redis = redis_client(self.runtime.settings.redis_url or "",
+                                           socket_connect_timeout=self.deadline)
             client = self._redis
         await client.ping()
         return "PONG"

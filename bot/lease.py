@@ -51,9 +51,9 @@ class RedisLease:
 
     def __init__(self, url: str, owner: str, seconds: float = LEASE_SECONDS,
                  key: str = "knowbot:scheduler:leader") -> None:
-        from redis.asyncio import Redis
+        from bot.redisconn import redis_client
 
-        self.redis = Redis.from_url(url)
+        self.redis = redis_client(url)
         self.owner = owner
         self.ms = int(seconds * 1000)
         self.key = key

@@ -52,9 +52,9 @@ class RedisRateLimiter:
     """A fixed window of `limit` messages per `window` seconds, per subject, shared in Redis."""
 
     def __init__(self, url: str, limit: int, window: int = 60, prefix: str = "knowbot:rl:") -> None:
-        import redis.asyncio as redis
+        from bot.redisconn import redis_client
 
-        self.redis = redis.from_url(url)
+        self.redis = redis_client(url)
         self.limit = limit
         self.window = window
         self.prefix = prefix

@@ -49,9 +49,9 @@ class Signals:
         """Subscribe to the other replicas' signals (no-op without Redis)."""
         if self.redis_url is None or self._task is not None:
             return
-        from redis.asyncio import Redis
+        from bot.redisconn import redis_client
 
-        self._redis = Redis.from_url(self.redis_url)
+        self._redis = redis_client(self.redis_url)
         self._task = asyncio.create_task(self._listen_forever(), name="knowbot:signals")
         try:
             await asyncio.wait_for(self._subscribed.wait(), timeout)

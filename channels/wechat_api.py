@@ -47,16 +47,34 @@ class TokenManager:
         self.poll = poll
         self.clock = clock or state.clock.time  # Unix seconds on the runtime's clock
         self._lock = asyncio.Lock()
+        # The token as last read or fetched here, with its expiry: every answer that may be
+        # pushed asks for it, and one database read each, one caller at a time behind the
+        # lock, made hundreds of callers at once wait seconds for what they all share.
+        self._known: tuple[str, float] | None = None
+
+    def _still_good(self) -> str | None:
+        if self._known is not None and self._known[1] - self.refresh_ahead > self.clock():
+            return self._known[0]
+        return None
 
     async def token(self) -> str:
-        """A valid access token: the stored one, or a fresh one if it is near expiry."""
+        """A valid access token: the one known here or stored, or a fresh one if it is near
+        expiry (another replica's refresh is seen here when this one's copy nears expiry, or
+        when WeChat refuses it: `invalidate`)."""
+        known = self._still_good()
+        if known is not None:
+            return known
         async with self._lock:
             deadline = time.monotonic() + self.claim_seconds + 5
             while time.monotonic() < deadline:
+                known = self._still_good()  # read or refreshed by the caller before this one
+                if known is not None:
+                    return known
                 entry = await self.state.get(TOKEN_NS, self.app_id)
                 value: dict[str, Any] = entry.value if entry is not None else {}
                 now = self.clock()
                 if value.get("token") and value.get("expires_at", 0) - self.refresh_ahead > now:
+                    self._known = (str(value["token"]), float(value["expires_at"]))
                     return str(value["token"])
                 if value.get("claimed_until", 0) > now:  # another replica is refreshing
                     await asyncio.sleep(self.poll)
@@ -76,8 +94,9 @@ class TokenManager:
             await self.state.put(TOKEN_NS, self.app_id,
                                  {k: v for k, v in previous.items() if k != "claimed_until"})
             raise
-        await self.state.put(TOKEN_NS, self.app_id,
-                             {"token": token, "expires_at": self.clock() + expires_in})
+        expires_at = self.clock() + expires_in
+        await self.state.put(TOKEN_NS, self.app_id, {"token": token, "expires_at": expires_at})
+        self._known = (token, expires_at)
         log.info("WeChat access token refreshed for %s (valid %d s)", self.app_id, expires_in)
         return token
 
@@ -98,6 +117,8 @@ class TokenManager:
 
     async def invalidate(self, token: str) -> None:
         """Mark `token` as no longer good (WeChat said so), unless it was replaced already."""
+        if self._known is not None and self._known[0] == token:
+            self._known = None
         entry = await self.state.get(TOKEN_NS, self.app_id)
         if entry is not None and entry.value.get("token") == token:
             await self.state.swap(TOKEN_NS, self.app_id, {"token": None, "expires_at": 0},

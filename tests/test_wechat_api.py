@@ -79,3 +79,32 @@ async def test_send_errors_say_whether_a_retry_helps(tmp_path) -> None:  # type:
             assert refused.value.retryable is False and api.token_hits == 1
         finally:
             await store.close()
+
+
+async def test_hundreds_asking_at_once_share_one_read_of_the_stored_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every answer that may be pushed asks for the token: once known here, it is handed out
+    without a database read each (those, one at a time behind the lock, took seconds)."""
+    api = FakeWeChatAPI()
+    async with serve(api.app()) as base, httpx.AsyncClient() as http:
+        store = await Store.open(f"sqlite:///{tmp_path / 'k.db'}")
+        try:
+            state = StateStore(store)
+            first = await TokenManager(state, http, api.app_id, api.secret,
+                                       api_base=base).token()  # another replica fetched it
+            reads = 0
+            get = state.get
+
+            async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+                nonlocal reads
+                reads += 1
+                return await get(*args, **kwargs)
+
+            state.get = counted  # type: ignore[method-assign]
+            here = TokenManager(state, http, api.app_id, api.secret, api_base=base)
+            tokens = await asyncio.gather(*(here.token() for _ in range(300)))
+            assert set(tokens) == {first} and api.token_hits == 1
+            assert reads == 1
+            await here.invalidate(first)  # WeChat refused it: read (and refresh) again
+            assert await here.token() != first and api.token_hits == 2
+        finally:
+            await store.close()

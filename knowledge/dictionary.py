@@ -86,8 +86,9 @@ _ZH_STOP = frozenset("""
 """.split())  # noqa: SIM905
 
 
-DICTIONARY_FILE = "cedict-v1.sqlite"  # in the cache folder; the version is the file's layout
-_TABLES = ("words", "zh_en", "name_en", "name_zh", "en_zh")  # the Dictionary's lookup tables
+DICTIONARY_FILE = "cedict-v2.sqlite"  # in the cache folder; the version is the file's layout
+# the Dictionary's lookup tables
+_TABLES = ("words", "zh_en", "name_en", "name_zh", "en_zh", "en_whole")
 LOOKUPS_CACHED = 4096  # lookups of one table kept in memory (least recently used dropped)
 _JOIN = "\t"  # between the headwords of one name_zh / en_zh entry (a headword has no tab)
 
@@ -183,7 +184,9 @@ class Dictionary:
                     if name and len(word) >= 2:
                         self.name_en.setdefault(word, name.group(0))
                         names_zh[name.group(0).lower()].append((rank.get(word, rare), word))
-                glosses = [g for g in (_clean(x) for x in raw) if g]
+                cleaned = [_gloss(x) for x in raw]
+                glosses = [g for g, _ in cleaned if g]
+                exact = [e for g, e in cleaned if g]
                 self.words.add(word)
                 if not glosses:
                     continue
@@ -192,8 +195,10 @@ class Dictionary:
                 if len(word) < 2:
                     continue  # a single character means too many things to stand for a word
                 common = rank.get(word, rare)
-                for position, gloss in enumerate(glosses[:4]):
-                    inverse[gloss].append((False, proper, common, position, word))
+                for position, (gloss, whole) in enumerate(zip(glosses[:4], exact)):
+                    # a gloss that lost words to the stop list ("in those days" -> "days") is
+                    # not a translation of what is left: it ranks as part of a longer gloss
+                    inverse[gloss].append((not whole, proper, common, position, word))
                     parts = gloss.split()
                     if 1 < len(parts) <= 3:  # "apply reimbursement": also under "reimbursement"
                         for part in parts:
@@ -203,10 +208,13 @@ class Dictionary:
         self.name_zh: dict[str, tuple[str, ...]] = {
             name: _spellings(entries) for name, entries in names_zh.items()}
         self.en_zh: dict[str, tuple[str, ...]] = {}
+        self.en_whole: set[str] = set()  # the keys of en_zh some word has as a whole gloss
         for gloss, entries in inverse.items():
             entries.sort()
-            if not entries[0][0] and not entries[0][1]:  # a common word has it as a gloss
-                entries = [e for e in entries if not e[1]]
+            if not entries[0][0]:
+                self.en_whole.add(gloss)
+                if not entries[0][1]:  # a common word has it as a gloss
+                    entries = [e for e in entries if not e[1]]
             self.en_zh[gloss] = tuple(e[-1] for e in entries[:HEADWORDS_PER_WORD])
 
     @classmethod
@@ -232,7 +240,7 @@ class Dictionary:
                     db.execute(f"CREATE TABLE {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL) "
                                "WITHOUT ROWID")
                     values: Any = getattr(self, table)
-                    rows = ((k, "") for k in values) if table == "words" else (
+                    rows = ((k, "") for k in values) if table in ("words", "en_whole") else (
                         (k, _JOIN.join(v) if isinstance(v, tuple) else v)
                         for k, v in values.items())
                     db.executemany(f"INSERT INTO {table} VALUES (?, ?)", rows)  # noqa: S608
@@ -352,7 +360,13 @@ class Dictionary:
         return [(t,) for t in dict.fromkeys(found)][:MAX_NAMES]
 
     def _lookup(self, phrase: str) -> tuple[str, ...]:
-        for form in _forms(phrase):
+        """The Chinese words of an English word or phrase: those of the first of its forms
+        (`_forms`) that some word has as a whole gloss ("employees" -> employee: 员工, 雇员),
+        else of the first form found inside longer glosses ("employees" alone is only in "lay
+        off employees" and the like)."""
+        forms = _forms(phrase)
+        whole = _having(self.en_whole, set(forms))
+        for form in [f for f in forms if f in whole] + forms:
             found = self.en_zh.get(form)
             if found:
                 return found
@@ -396,7 +410,9 @@ def coverage(groups: list[list[str]], text: str) -> float:
     if not groups:
         return 0.0
     low = text.lower()
-    latin = set(_WORDS.findall(low))
+    words = _WORDS.findall(low)
+    # and the parts of hyphenated words, as BM25 splits them: "call" in "on-call"
+    latin = set(words) | {p for w in words if "-" in w for p in w.split("-") if p}
     found = 0
     for group in groups:
         for word in group:
@@ -443,15 +459,23 @@ def _spellings(entries: list[tuple[int, str]]) -> tuple[str, ...]:
 
 def _clean(gloss: str) -> str:
     """A gloss as plain lower-case words, or "" for one that is not a translation."""
+    return _gloss(gloss)[0]
+
+
+def _gloss(gloss: str) -> tuple[str, bool]:
+    """A gloss as plain lower-case words ("" for one that is not a translation), and whether
+    they are all of it: False when stop words were dropped from it ("in those days" -> "days";
+    a leading "to" and remarks in brackets do not count)."""
     low = gloss.strip().lower()
     if not low or _SKIP_GLOSS.search(low):
-        return ""
+        return "", False
     low = _PARENS.sub(" ", low)
     low = low.removeprefix("to ")
-    words = [w for w in _WORDS.findall(low) if w not in _EN_STOP]
+    found = _WORDS.findall(low)
+    words = [w for w in found if w not in _EN_STOP]
     if not words or len(words) > WORDS_PER_GLOSS:
-        return ""
-    return " ".join(words)
+        return "", False
+    return " ".join(words), len(words) == len(found)
 
 
 def _forms(word: str) -> list[str]:

@@ -65,6 +65,8 @@ HEADWORDS_PER_WORD = 4  # Chinese words kept per English word
 NAME_SPELLINGS = 6  # Chinese spellings kept per name (see _spellings)
 MAX_QUESTION = 1000  # characters translated; the rest of a longer question is ignored
 MAX_NAMES = 6  # names taken from one question
+# suffixes that make a unit of an organisation of the word before them: 财务部, 人事处, 增长组
+UNIT_SUFFIXES = frozenset(("部", "处", "科", "组"))
 _TERM = re.compile(r"(?<![\w-])[a-z0-9]+(?:[-_.][a-z0-9]+)+(?![\w-])")
 _NAME_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9](?:[A-Za-z0-9'’-]*[A-Za-z0-9])?")
 
@@ -328,10 +330,15 @@ class Dictionary:
         first_latin = True
         for token in _NAME_TOKEN.findall(text[:MAX_QUESTION]):
             if _CJK_RUN.fullmatch(token):
-                for word in self._segment(token):
+                words = self._segment(token)
+                for k, word in enumerate(words):
                     english = self.name_en.get(word)
                     if english is not None and word not in _ZH_STOP:
                         add((word, english))
+                        continue
+                    unit = self._unit(words, k)
+                    if unit:
+                        add(unit)
                 continue
             starts = first_latin
             first_latin = False
@@ -358,6 +365,20 @@ class Dictionary:
         found = [t for t in _TERM.findall(text[:MAX_QUESTION])
                  if not t.replace(".", "").replace(",", "").isdigit()]
         return [(t,) for t in dict.fromkeys(found)][:MAX_NAMES]
+
+    def _unit(self, words: list[str], k: int) -> tuple[str, ...]:
+        """The name of a unit of an organisation that `words[k]` starts, with its English
+        words, or (): a content word the dictionary knows followed by a unit's suffix (部,
+        处, 科, 组), which the dictionary does not know as a whole (销售部 -> 销售 + 部: the
+        Sales department; its forms 销售部, sell, market, sales)."""
+        word = words[k]
+        if k + 1 >= len(words) or words[k + 1] not in UNIT_SUFFIXES or len(word) < 2 \
+                or word in _ZH_STOP:
+            return ()
+        gloss = self.zh_en.get(word)
+        if not gloss:
+            return ()
+        return (word + words[k + 1], *dict.fromkeys(gloss.split()))
 
     def _lookup(self, phrase: str) -> tuple[str, ...]:
         """The Chinese words of an English word or phrase: those of the first of its forms

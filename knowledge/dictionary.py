@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import itertools
 import json
 import logging
 import os
@@ -210,14 +211,16 @@ class Dictionary:
         self.name_zh: dict[str, tuple[str, ...]] = {
             name: _spellings(entries) for name, entries in names_zh.items()}
         self.en_zh: dict[str, tuple[str, ...]] = {}
-        self.en_whole: set[str] = set()  # the keys of en_zh some word has as a whole gloss
+        # the keys of en_zh some word has as a whole gloss: how many of its words have
+        self.en_whole: dict[str, str] = {}
         for gloss, entries in inverse.items():
             entries.sort()
-            if not entries[0][0]:
-                self.en_whole.add(gloss)
-                if not entries[0][1]:  # a common word has it as a gloss
-                    entries = [e for e in entries if not e[1]]
-            self.en_zh[gloss] = tuple(e[-1] for e in entries[:HEADWORDS_PER_WORD])
+            if not entries[0][0] and not entries[0][1]:  # a common word has it as a gloss
+                entries = [e for e in entries if not e[1]]
+            kept = entries[:HEADWORDS_PER_WORD]
+            if not kept[0][0]:
+                self.en_whole[gloss] = str(sum(not e[0] for e in kept))
+            self.en_zh[gloss] = tuple(e[-1] for e in kept)
 
     @classmethod
     def open(cls, path: Path) -> Dictionary:
@@ -242,7 +245,7 @@ class Dictionary:
                     db.execute(f"CREATE TABLE {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL) "
                                "WITHOUT ROWID")
                     values: Any = getattr(self, table)
-                    rows = ((k, "") for k in values) if table in ("words", "en_whole") else (
+                    rows = ((k, "") for k in values) if table == "words" else (
                         (k, _JOIN.join(v) if isinstance(v, tuple) else v)
                         for k, v in values.items())
                     db.executemany(f"INSERT INTO {table} VALUES (?, ?)", rows)  # noqa: S608
@@ -381,13 +384,18 @@ class Dictionary:
         return (word + words[k + 1], *dict.fromkeys(gloss.split()))
 
     def _lookup(self, phrase: str) -> tuple[str, ...]:
-        """The Chinese words of an English word or phrase: those of the first of its forms
-        (`_forms`) that some word has as a whole gloss ("employees" -> employee: 员工, 雇员),
-        else of the first form found inside longer glosses ("employees" alone is only in "lay
-        off employees" and the like)."""
+        """The Chinese words of an English word or phrase: those of its forms (`_forms`) that
+        some word has as a whole gloss ("employees" -> employee: 员工, 雇员; "expenses" and
+        "expense": 开支, 费用, ...), else of the first form found inside longer glosses
+        ("employees" alone is only in "lay off employees" and the like)."""
         forms = _forms(phrase)
-        whole = _having(self.en_whole, set(forms))
-        for form in [f for f in forms if f in whole] + forms:
+        whole = [f for f in forms if self.en_whole.get(f)]
+        if whole:  # in turns when several forms are whole glosses ("expenses", "expense"), then
+            # the first one's words of longer glosses
+            rows = [self.en_zh[f][:int(self.en_whole[f])] for f in whole]
+            merged = [w for row in itertools.zip_longest(*rows) for w in row if w]
+            return tuple(dict.fromkeys(merged + list(self.en_zh[whole[0]])))[:HEADWORDS_PER_WORD]
+        for form in forms:
             found = self.en_zh.get(form)
             if found:
                 return found

@@ -68,6 +68,7 @@ MAX_QUESTION = 1000  # characters translated; the rest of a longer question is i
 MAX_NAMES = 6  # names taken from one question
 # suffixes that make a unit of an organisation of the word before them: 财务部, 人事处, 增长组
 UNIT_SUFFIXES = frozenset(("部", "处", "科", "组"))
+_NUMERALS = frozenset("零一二两三四五六七八九十百千万几")  # 三部 (three of them) is no unit
 _TERM = re.compile(r"(?<![\w-])[a-z0-9]+(?:[-_.][a-z0-9]+)+(?![\w-])")
 _NAME_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9](?:[A-Za-z0-9'’-]*[A-Za-z0-9])?")
 
@@ -373,8 +374,13 @@ class Dictionary:
         """The name of a unit of an organisation that `words[k]` starts, with its English
         words, or (): a content word the dictionary knows followed by a unit's suffix (部,
         处, 科, 组), which the dictionary does not know as a whole (销售部 -> 销售 + 部: the
-        Sales department; its forms 销售部, sell, market, sales)."""
+        Sales department; its forms 销售部, sell, market, sales). Two characters no word covers
+        before the suffix are a unit too, in Chinese alone (法务部 -> 法 务 部)."""
         word = words[k]
+        if k + 2 < len(words) and len(word) == len(words[k + 1]) == 1 \
+                and words[k + 2] in UNIT_SUFFIXES \
+                and not {word, words[k + 1]} & (_ZH_STOP | _NUMERALS):
+            return (word + words[k + 1] + words[k + 2],)
         if k + 1 >= len(words) or words[k + 1] not in UNIT_SUFFIXES or len(word) < 2 \
                 or word in _ZH_STOP:
             return ()

@@ -111,6 +111,11 @@ def test_a_unit_of_the_organisation_is_a_name(dictionary: Dictionary) -> None:
     assert "personnel" in dictionary.to_english("人事部在几楼？").split()
     assert dictionary.names("公司的商业医疗保险包括牙科吗？") == []
     assert dictionary.names("推荐几部好看的科幻电影") == []
+    # 法务 is no headword (法 + 务): two characters no word covers, then the suffix, are a unit
+    # too, spelled in Chinese alone; not after a numeral (前三部: the first three)
+    assert dictionary.names("法务部新员工要在多少天内学完信息安全课程？") == [("法务部",)]
+    assert names_matched(dictionary.names("法务部的全员会"), "法务部员工手册 > 会议安排") == 1
+    assert dictionary.names("前三部电影") == []
 
 
 def test_a_long_question_is_cut(dictionary: Dictionary) -> None:

@@ -501,6 +501,10 @@ def test_the_named_documents_are_those_with_the_most_names_then_in_fused_order()
     assert named_sources(fused, counts, 2) == ["price-list", "faq"]
     assert named_sources(fused, name_counts(fused, []), 5) == []
     assert named_sources(fused, counts, 0) == []
+    # with the names, documents whose title holds more of them come first: the FAQ and the
+    # product sheet are about the NG-744, the price list only lists it
+    assert named_sources(fused, counts, 5, names) == ["faq", "sheet", "ev-831", "price-list"]
+    assert named_sources(fused, counts, 2, names) == ["faq", "sheet"]
 
 
 def test_the_gate_uses_what_the_question_names() -> None:

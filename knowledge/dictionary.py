@@ -90,7 +90,7 @@ _ZH_STOP = frozenset("""
 """.split())  # noqa: SIM905
 
 
-DICTIONARY_FILE = "cedict-v2.sqlite"  # in the cache folder; the version is the file's layout
+DICTIONARY_FILE = "cedict-v3.sqlite"  # in the cache folder; the version is the file's layout
 # the Dictionary's lookup tables
 _TABLES = ("words", "zh_en", "name_en", "name_zh", "en_zh", "en_whole")
 LOOKUPS_CACHED = 4096  # lookups of one table kept in memory (least recently used dropped)

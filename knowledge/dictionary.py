@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import itertools
 import json
 import logging
 import os
@@ -65,6 +66,9 @@ HEADWORDS_PER_WORD = 4  # Chinese words kept per English word
 NAME_SPELLINGS = 6  # Chinese spellings kept per name (see _spellings)
 MAX_QUESTION = 1000  # characters translated; the rest of a longer question is ignored
 MAX_NAMES = 6  # names taken from one question
+# suffixes that make a unit of an organisation of the word before them: 财务部, 人事处, 增长组
+UNIT_SUFFIXES = frozenset(("部", "处", "科", "组"))
+_NUMERALS = frozenset("零一二两三四五六七八九十百千万几")  # 三部 (three of them) is no unit
 _TERM = re.compile(r"(?<![\w-])[a-z0-9]+(?:[-_.][a-z0-9]+)+(?![\w-])")
 _NAME_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9](?:[A-Za-z0-9'’-]*[A-Za-z0-9])?")
 
@@ -86,8 +90,9 @@ _ZH_STOP = frozenset("""
 """.split())  # noqa: SIM905
 
 
-DICTIONARY_FILE = "cedict-v1.sqlite"  # in the cache folder; the version is the file's layout
-_TABLES = ("words", "zh_en", "name_en", "name_zh", "en_zh")  # the Dictionary's lookup tables
+DICTIONARY_FILE = "cedict-v3.sqlite"  # in the cache folder; the version is the file's layout
+# the Dictionary's lookup tables
+_TABLES = ("words", "zh_en", "name_en", "name_zh", "en_zh", "en_whole")
 LOOKUPS_CACHED = 4096  # lookups of one table kept in memory (least recently used dropped)
 _JOIN = "\t"  # between the headwords of one name_zh / en_zh entry (a headword has no tab)
 
@@ -183,7 +188,9 @@ class Dictionary:
                     if name and len(word) >= 2:
                         self.name_en.setdefault(word, name.group(0))
                         names_zh[name.group(0).lower()].append((rank.get(word, rare), word))
-                glosses = [g for g in (_clean(x) for x in raw) if g]
+                cleaned = [_gloss(x) for x in raw]
+                glosses = [g for g, _ in cleaned if g]
+                exact = [e for g, e in cleaned if g]
                 self.words.add(word)
                 if not glosses:
                     continue
@@ -192,8 +199,10 @@ class Dictionary:
                 if len(word) < 2:
                     continue  # a single character means too many things to stand for a word
                 common = rank.get(word, rare)
-                for position, gloss in enumerate(glosses[:4]):
-                    inverse[gloss].append((False, proper, common, position, word))
+                for position, (gloss, whole) in enumerate(zip(glosses[:4], exact)):
+                    # a gloss that lost words to the stop list ("in those days" -> "days") is
+                    # not a translation of what is left: it ranks as part of a longer gloss
+                    inverse[gloss].append((not whole, proper, common, position, word))
                     parts = gloss.split()
                     if 1 < len(parts) <= 3:  # "apply reimbursement": also under "reimbursement"
                         for part in parts:
@@ -203,11 +212,16 @@ class Dictionary:
         self.name_zh: dict[str, tuple[str, ...]] = {
             name: _spellings(entries) for name, entries in names_zh.items()}
         self.en_zh: dict[str, tuple[str, ...]] = {}
+        # the keys of en_zh some word has as a whole gloss: how many of its words have
+        self.en_whole: dict[str, str] = {}
         for gloss, entries in inverse.items():
             entries.sort()
             if not entries[0][0] and not entries[0][1]:  # a common word has it as a gloss
                 entries = [e for e in entries if not e[1]]
-            self.en_zh[gloss] = tuple(e[-1] for e in entries[:HEADWORDS_PER_WORD])
+            kept = entries[:HEADWORDS_PER_WORD]
+            if not kept[0][0]:
+                self.en_whole[gloss] = str(sum(not e[0] for e in kept))
+            self.en_zh[gloss] = tuple(e[-1] for e in kept)
 
     @classmethod
     def open(cls, path: Path) -> Dictionary:
@@ -320,10 +334,15 @@ class Dictionary:
         first_latin = True
         for token in _NAME_TOKEN.findall(text[:MAX_QUESTION]):
             if _CJK_RUN.fullmatch(token):
-                for word in self._segment(token):
+                words = self._segment(token)
+                for k, word in enumerate(words):
                     english = self.name_en.get(word)
                     if english is not None and word not in _ZH_STOP:
                         add((word, english))
+                        continue
+                    unit = self._unit(words, k)
+                    if unit:
+                        add(unit)
                 continue
             starts = first_latin
             first_latin = False
@@ -351,8 +370,38 @@ class Dictionary:
                  if not t.replace(".", "").replace(",", "").isdigit()]
         return [(t,) for t in dict.fromkeys(found)][:MAX_NAMES]
 
+    def _unit(self, words: list[str], k: int) -> tuple[str, ...]:
+        """The name of a unit of an organisation that `words[k]` starts, with its English
+        words, or (): a content word the dictionary knows followed by a unit's suffix (部,
+        处, 科, 组), which the dictionary does not know as a whole (销售部 -> 销售 + 部: the
+        Sales department; its forms 销售部, sell, market, sales). Two characters no word covers
+        before the suffix are a unit too, in Chinese alone (法务部 -> 法 务 部)."""
+        word = words[k]
+        if k + 2 < len(words) and len(word) == len(words[k + 1]) == 1 \
+                and words[k + 2] in UNIT_SUFFIXES \
+                and not {word, words[k + 1]} & (_ZH_STOP | _NUMERALS):
+            return (word + words[k + 1] + words[k + 2],)
+        if k + 1 >= len(words) or words[k + 1] not in UNIT_SUFFIXES or len(word) < 2 \
+                or word in _ZH_STOP:
+            return ()
+        gloss = self.zh_en.get(word)
+        if not gloss:
+            return ()
+        return (word + words[k + 1], *dict.fromkeys(gloss.split()))
+
     def _lookup(self, phrase: str) -> tuple[str, ...]:
-        for form in _forms(phrase):
+        """The Chinese words of an English word or phrase: those of its forms (`_forms`) that
+        some word has as a whole gloss ("employees" -> employee: 员工, 雇员; "expenses" and
+        "expense": 开支, 费用, ...), else of the first form found inside longer glosses
+        ("employees" alone is only in "lay off employees" and the like)."""
+        forms = _forms(phrase)
+        whole = [f for f in forms if self.en_whole.get(f)]
+        if whole:  # in turns when several forms are whole glosses ("expenses", "expense"), then
+            # the first one's words of longer glosses
+            rows = [self.en_zh[f][:int(self.en_whole[f])] for f in whole]
+            merged = [w for row in itertools.zip_longest(*rows) for w in row if w]
+            return tuple(dict.fromkeys(merged + list(self.en_zh[whole[0]])))[:HEADWORDS_PER_WORD]
+        for form in forms:
             found = self.en_zh.get(form)
             if found:
                 return found
@@ -396,7 +445,9 @@ def coverage(groups: list[list[str]], text: str) -> float:
     if not groups:
         return 0.0
     low = text.lower()
-    latin = set(_WORDS.findall(low))
+    words = _WORDS.findall(low)
+    # and the parts of hyphenated words, as BM25 splits them: "call" in "on-call"
+    latin = set(words) | {p for w in words if "-" in w for p in w.split("-") if p}
     found = 0
     for group in groups:
         for word in group:
@@ -443,15 +494,23 @@ def _spellings(entries: list[tuple[int, str]]) -> tuple[str, ...]:
 
 def _clean(gloss: str) -> str:
     """A gloss as plain lower-case words, or "" for one that is not a translation."""
+    return _gloss(gloss)[0]
+
+
+def _gloss(gloss: str) -> tuple[str, bool]:
+    """A gloss as plain lower-case words ("" for one that is not a translation), and whether
+    they are all of it: False when stop words were dropped from it ("in those days" -> "days";
+    a leading "to" and remarks in brackets do not count)."""
     low = gloss.strip().lower()
     if not low or _SKIP_GLOSS.search(low):
-        return ""
+        return "", False
     low = _PARENS.sub(" ", low)
     low = low.removeprefix("to ")
-    words = [w for w in _WORDS.findall(low) if w not in _EN_STOP]
+    found = _WORDS.findall(low)
+    words = [w for w in found if w not in _EN_STOP]
     if not words or len(words) > WORDS_PER_GLOSS:
-        return ""
-    return " ".join(words)
+        return "", False
+    return " ".join(words), len(words) == len(found)
 
 
 def _forms(word: str) -> list[str]:

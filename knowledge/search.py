@@ -99,21 +99,29 @@ def by_names(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],
 
 
 def named_sources(candidates: Sequence[Candidate], counts: Sequence[int],
-                  limit: int) -> list[str]:
-    """The documents (source ids) the question's names point to, at most `limit`: those whose
-    candidates contain the most of the names (the document's title counting), then in fused
-    order. Documents that contain fewer of the names than the best one still count: a
-    question's common word taken for a name ("IP") can be missing from the answering document
-    and present in an unrelated one. `counts`: `name_counts` of the candidates."""
+                  limit: int, names: Sequence[tuple[str, ...]] = ()) -> list[str]:
+    """The documents (source ids) the question's names point to, at most `limit`: with `names`
+    given, those whose title holds the most of them first (a document titled with a name is
+    about it; a passage of another may mention it in passing: "市场部 wants a demo video" in
+    every Chinese handbook), then those whose candidates contain the most of the names (the
+    title counting), then in fused order. Documents that contain fewer of the names than the
+    best one still count: a question's common word taken for a name ("IP") can be missing from
+    the answering document and present in an unrelated one. `counts`: `name_counts` of the
+    candidates."""
     if limit <= 0:
         return []
     best: dict[str, int] = {}
+    titled: dict[str, int] = {}
+    wanted = list(names)
     for c, n in zip(candidates, counts):
         source = str(c.hit.payload.get("source_id", ""))
         if source and n and n > best.get(source, 0):
             best[source] = n
+            if wanted and source not in titled:
+                titled[source] = names_matched(wanted, str(c.hit.payload.get("title", "")))
     order = {source: i for i, source in enumerate(best)}  # first appearance: fused order
-    return sorted(best, key=lambda source: (-best[source], order[source]))[:limit]
+    return sorted(best, key=lambda source: (-titled.get(source, 0), -best[source],
+                                            order[source]))[:limit]
 
 
 def names_state(candidates: Sequence[Candidate], names: Sequence[tuple[str, ...]],

@@ -328,7 +328,7 @@ class KnowledgeService:
         named = by_names(fused, names + terms, counts=counts) if counts else []
         if named:  # the passages that contain the question's names, as one more ranking
             more = [Ranking(named, s.knowledge_weight_names)]
-            sources = named_sources(fused, counts, s.knowledge_named_sources)
+            sources = named_sources(fused, counts, s.knowledge_named_sources, names + terms)
             if sources and s.knowledge_weight_named_sources > 0:
                 # the chunks of the documents the names point to, ranked by e5 among
                 # themselves, as one more ranking: in the whole scope the answering passage of

@@ -339,6 +339,38 @@ async def test_e5_ranks_the_chunks_of_the_document_the_names_point_to(
         await store.close()
 
 
+def _handbook(name: str, day: str) -> str:
+    return (f"# {name} Handbook\n\n## Meetings\n\nThe {name} all-hands meeting takes place "
+            f"every {day} at 10:00; the agenda goes out the day before. Team leads may set "
+            "stricter rules.\n\n## Tools\n\nLogs are shipped to the central log store and "
+            "kept for 14 days. New joiners confirm during onboarding that they have read this "
+            "handbook.")
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+async def test_a_department_asked_for_in_chinese_is_found_in_its_english_handbook(
+        backend: str, tmp_path: Path, embedder: Any, use_model: Any) -> None:
+    # 销售部 is no headword: the dictionary splits it (销售 + 部), and the unit it names is a
+    # name whose English spelling ("Sales") picks one handbook of several that differ in it
+    settings = make_settings(tmp_path)
+    store = await Store.open(settings.resolved_database_url)
+    service = _service(settings, store, backend, tmp_path, embedder, use_model)
+    try:
+        await _ingest(service)
+        for name, day in (("Sales", "Monday"), ("Engineering", "Tuesday"),
+                          ("People", "Wednesday"), ("Design", "Thursday")):
+            await service.ingest_bytes(TENANT, "team", _handbook(name, day).encode(),
+                                       f"handbook-{name.lower()}.md", shared=True)
+        diagnosis = (await service.diagnose_scope(TENANT, ["team"], "销售部的全员会是什么时候开？"))[0][1]
+        assert diagnosis.kept, diagnosis.reason
+        top = diagnosis.kept[0].hit.payload
+        assert top["title"] == "Sales Handbook" and "every Monday" in str(top["text"])
+        assert "passages mention the question's names" in diagnosis.reason
+    finally:
+        await service.close()
+        await store.close()
+
+
 async def test_the_bot_says_it_does_not_know_instead_of_citing(tmp_path: Path, embedder: Any
                                                               ) -> None:
     from conftest import start_knowledge_bot
@@ -469,6 +501,10 @@ def test_the_named_documents_are_those_with_the_most_names_then_in_fused_order()
     assert named_sources(fused, counts, 2) == ["price-list", "faq"]
     assert named_sources(fused, name_counts(fused, []), 5) == []
     assert named_sources(fused, counts, 0) == []
+    # with the names, documents whose title holds more of them come first: the FAQ and the
+    # product sheet are about the NG-744, the price list only lists it
+    assert named_sources(fused, counts, 5, names) == ["faq", "sheet", "ev-831", "price-list"]
+    assert named_sources(fused, counts, 2, names) == ["faq", "sheet"]
 
 
 def test_the_gate_uses_what_the_question_names() -> None:

@@ -62,6 +62,62 @@ def test_english_names_find_their_chinese_names(dictionary: Dictionary) -> None:
     assert "报销" in dictionary.translate("reimbursement", "zh").split()
 
 
+def test_an_english_word_takes_the_words_its_base_form_translates(dictionary: Dictionary) -> None:
+    # "employees" is a whole gloss of no word, only part of "lay off employees" (裁员) and the
+    # like; its base form "employee" is the whole gloss of 员工 and 雇员
+    chinese = dictionary.to_chinese("Berlin employees").split()
+    assert "员工" in chinese and "裁员" not in chinese
+    assert dictionary.to_chinese("employees") == dictionary.to_chinese("employee")
+    assert "批准" in dictionary.to_chinese("approved").split()
+    # both "expenses" (开支) and "expense" (费用) are whole glosses: their words in turns
+    expenses = dictionary.to_chinese("expenses").split()
+    assert expenses[:2] == ["开支", "费用"]
+
+
+def test_a_gloss_that_lost_stop_words_is_not_a_whole_translation() -> None:
+    from knowledge.dictionary import _gloss
+
+    assert _gloss("in those days") == ("days", False)
+    assert _gloss("to approve") == ("approve", True)  # the infinitive's "to" is no loss
+    assert _gloss("home (schooling etc)") == ("home", True)  # nor a remark in brackets
+    assert _gloss("lay off employees") == ("lay off employees", True)
+    assert _gloss("variant of 員工") == ("", False)
+
+
+def test_the_coverage_sees_the_parts_of_hyphenated_words() -> None:
+    from knowledge.dictionary import matched
+
+    groups = [["report-worker"], ["try", "find", "call"]]
+    text = "The primary on-call engineer for report-worker is Emma Nguyen."
+    assert matched(groups, text) == 2  # "call" is a word of "on-call", as BM25 splits it
+    assert matched(groups, "report-worker has a recall queue") == 1  # not inside a word
+    assert matched(groups, "report-worker: callers page the team") == 2  # a word start
+
+
+def test_a_unit_of_the_organisation_is_a_name(dictionary: Dictionary) -> None:
+    from knowledge.dictionary import names_matched
+
+    # 销售部 is no headword: 销售 (sell, market, sales) + 部 (department); the unit is the
+    # Sales department, a name its English documents spell with 销售's words
+    sales = dictionary.names("销售部的全员会是什么时候开？")
+    assert sales == [("销售部", "sell", "market", "sales")]
+    assert names_matched(sales, "Sales Handbook > Meetings") == 1
+    assert names_matched(sales, "运营部员工手册") == 0
+    assert names_matched(dictionary.names("运营部的全员会是什么时候开？"), "运营部员工手册") == 1
+    assert dictionary.names("增长组周会纪要")[0][0] == "增长组"
+    # a word the dictionary has whole is translated whole (人事部: personnel office), and a
+    # classifier after a number word (几部 电影) is no unit
+    assert dictionary.names("人事部在几楼？") == []
+    assert "personnel" in dictionary.to_english("人事部在几楼？").split()
+    assert dictionary.names("公司的商业医疗保险包括牙科吗？") == []
+    assert dictionary.names("推荐几部好看的科幻电影") == []
+    # 法务 is no headword (法 + 务): two characters no word covers, then the suffix, are a unit
+    # too, spelled in Chinese alone; not after a numeral (前三部: the first three)
+    assert dictionary.names("法务部新员工要在多少天内学完信息安全课程？") == [("法务部",)]
+    assert names_matched(dictionary.names("法务部的全员会"), "法务部员工手册 > 会议安排") == 1
+    assert dictionary.names("前三部电影") == []
+
+
 def test_a_long_question_is_cut(dictionary: Dictionary) -> None:
     assert len(dictionary.to_english("柏林" * 5000).split()) <= 500
 
@@ -181,6 +237,10 @@ def test_the_file_gives_the_same_lookups_as_the_dicts(tmp_path: Path) -> None:
             assert getattr(stored, table).get(key) == held[key], (table, key)
         assert getattr(stored, table).get("no such key") is None
     assert len(stored.words) == len(dictionary.words)
+    held = dictionary.en_whole
+    assert len(stored.en_whole) == len(held)
+    assert all(stored.en_whole.get(w) == held[w] for w in rng.sample(sorted(held), 3000))
+    assert "employees" not in stored.en_whole and "employee" in stored.en_whole
     assert all(w in stored.words for w in rng.sample(sorted(dictionary.words), 3000))
     assert "不是一个词语吧" not in stored.words
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -193,15 +193,23 @@ class Planner:
         # request's event: the first request need not look before it waits.
         mine = self._events.setdefault(name, asyncio.Event()) if not busy else None
         try:
-            if first:  # a new message from the user: the customer-service allowance restarts
-                await self.delivery.note_inbound(openid)
-                if enqueue is not None and not await enqueue():
+            held = False
+            if first:
+                # A new message from the user: the customer-service allowance restarts, the
+                # message goes in the inbox, and we look for answers held for this person, at
+                # once: three independent round trips that share one database-lane group
+                # instead of following each other (the passive reply waits for them).
+                steps = [self.delivery.note_inbound(openid), self.delivery.has_held(openid)]
+                if enqueue is not None:
+                    steps.append(enqueue())
+                done = await asyncio.gather(*steps)
+                held = bool(done[1])
+                if enqueue is not None and not done[2]:
                     return ""  # taken long ago (its record expired): a very late retry
             if mine is None:
                 log.warning("too many WeChat requests waiting; answering one as busy")
                 return wt.BUSY_ELSEWHERE
             last = record["requests"] >= t.requests_per_message
-            held = first and await self.delivery.has_held(openid)
             taken = await self._wait_for_answer(name, mine, arrived, look_first=not first)
         finally:
             if mine is not None and self._events.get(name) is mine:

@@ -72,11 +72,19 @@ async def test_one_conversation_at_a_time_in_order_others_in_parallel(env) -> No
     # answered but not sent yet: the conversation still waits, so answers arrive in order
     assert await inbox.take("replica-2", ["test"]) is None
     sender = Outbox(inbox.store, lambda: [Recorder()])  # type: ignore[list-item]
+    freed: list[str] = []
+    sender.freed.append(lambda: freed.append("woken"))
     assert await sender.send_stored(outbox_id)
     assert await inbox.status("test", "team-1", "a0") == "done"
+    assert freed == ["woken"]  # the sent reply freed Alice's next message: workers are woken
+    assert await outbox_rows(inbox) == []
     nxt = await inbox.take("replica-2", ["test"])
     assert nxt is not None and nxt.message.text == "question 1"
     assert await inbox.take("replica-1", ["other-channel"]) is None  # only channels run here
+    bobs = await inbox.finish(second, Reply("answer to Bob"))
+    assert bobs is not None and await sender.send_stored(bobs)
+    assert await inbox.status("test", "team-1", "b0") == "done"
+    assert freed == ["woken"]  # nothing of Bob's waits: nobody is woken
 
 
 async def test_a_dead_workers_lease_lapses_and_another_answers(env) -> None:  # type: ignore[no-untyped-def]

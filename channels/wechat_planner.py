@@ -217,6 +217,16 @@ class Planner:
         if taken is not None:
             if not taken["claimed"]:
                 return ""  # answered already: a late retry gets no second answer
+            if self.clock() - arrived >= t.platform_timeout:
+                # Taken only after WeChat gave up on this request (a replica that lagged under
+                # load): a reply now would be dropped, and the retry that came meanwhile found
+                # the answer taken. Deliver it as the publisher would: push, or hold it.
+                log.warning("a WeChat answer was taken %.1f s after its request arrived; "
+                            "following up instead of replying", self.clock() - arrived)
+                self._spawn(self.delivery.follow_up(
+                    openid, list(taken["answer"]["parts"]), taken.get("page_url"),
+                    bool(taken.get("promised"))))
+                return ""
             return await self._passive_answer(openid, taken, held)
         if held:
             handed = await self._handover(openid)

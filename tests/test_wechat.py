@@ -187,6 +187,37 @@ async def test_slow_answer_is_delivered_on_the_retry(tmp_path: Path, model: Fake
         assert bot.api.sent == []
 
 
+async def test_an_answer_taken_after_wechat_gave_up_is_held_not_lost(tmp_path: Path,
+                                                                     model: FakeOpenAI) -> None:
+    """A replica that lags under load takes the answer for a request only after WeChat's
+    timeout: that reply would be dropped, and the retry meanwhile found the answer taken. The
+    answer is held for the person's next message instead of lost."""
+    async with wechat_bot(tmp_path, model=model) as bot:
+        model.script(reply("Lagged answer."), reply("Second answer."))
+        planner = bot.channel.planner
+        take = planner._take
+        lagged: list[bool] = []
+
+        async def lagging_take(*args: Any, **kwargs: Any) -> Any:
+            found = await take(*args, **kwargs)
+            if found[1] and not lagged:  # the first claim comes back after WeChat's timeout
+                lagged.append(True)
+                await asyncio.sleep(FAST.platform_timeout + 0.2)
+            return found
+
+        planner._take = lagging_take  # type: ignore[method-assign]
+        exchange = await bot.wx.text(USER, "a question")
+        assert exchange.statuses == [None, 200] and not exchange.content  # "success"
+        assert lagged
+        for _ in range(100):
+            if await planner.delivery.has_held(USER):
+                break
+            await asyncio.sleep(0.05)
+        nxt = await bot.wx.text(USER, "and another")
+        assert nxt.content is not None and nxt.content.startswith("Lagged answer.")
+        assert "Second answer." in nxt.content
+
+
 async def test_seven_second_answer_on_the_retry_in_real_time(tmp_path: Path,
                                                              model: FakeOpenAI) -> None:
     async with wechat_bot(tmp_path, model=model, timings=Timings()) as bot:

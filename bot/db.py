@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, literal_column
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -175,6 +175,15 @@ def insert_new(conn: Connection, table: Table, row: dict[str, Any]) -> bool:
     concurrent insert of the same key waits for the other transaction instead of failing it.
     """
     return conn.execute(_insert_new_statement(table, conn.dialect.name), row).first() is not None
+
+
+def one_of(column: Any, values: tuple[str, ...]) -> Any:
+    """`column IN ('a', 'b')` with the values written into the SQL. A plain `in_` of a list is
+    an "expanding" parameter that SQLAlchemy renders again at every execution; on statements
+    run for every message (the inbox's take, the outbox's remove) that was most of their cost
+    on the client. For fixed identifiers only (statuses), never for what a user sent."""
+    assert all(v.isidentifier() for v in values)
+    return column.in_([literal_column(f"'{v}'") for v in values])
 
 
 def storage_error(exc: SQLAlchemyError) -> StorageError:

@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import (Connection, and_, bindparam, exists, false, func, insert, literal,
-                        literal_column, or_, select, update)
+from sqlalchemy import (Connection, and_, bindparam, exists, false, func, insert, literal, or_,
+                        select, update)
 
 from bot.clock import Clock
-from bot.db import insert_new
+from bot.db import insert_new, one_of
 from bot.logs import current as log_context, new_request_id
 from bot.models import InboxEntry, OutboxEntry
 from bot.outbox import LEASE as SEND_LEASE  # the finishing worker sends first; others after it
@@ -49,14 +49,6 @@ LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 3
 
 
-def _one_of(column: Any, statuses: tuple[str, ...]) -> Any:
-    """`column IN ('a', 'b')` written into the SQL: a plain `in_` of a list is an "expanding"
-    parameter that SQLAlchemy renders again at every execution (on the take's statement,
-    run at every wake of every replica, that was most of its cost on the client)."""
-    assert all(s.isidentifier() for s in statuses)
-    return column.in_([literal_column(f"'{s}'") for s in statuses])
-
-
 # The take's statements, built once (each call binds now and the entry; `_candidates` is
 # built once per set of channel names).
 _EARLIER = _INBOX.alias("earlier")
@@ -67,17 +59,17 @@ _LAPSED = or_(_INBOX.c.lease_until.is_(None), _INBOX.c.lease_until <= bindparam(
 def _candidates(names: tuple[str, ...]) -> Any:
     return (
         select(_INBOX.c.id, _INBOX.c.attempts)
-        .where(_one_of(_INBOX.c.status, TAKEABLE),
+        .where(one_of(_INBOX.c.status, TAKEABLE),
                _INBOX.c.channel.in_([literal(name) for name in names]), _LAPSED,
                ~exists().where(_EARLIER.c.conversation_id == _INBOX.c.conversation_id,
-                               _EARLIER.c.id < _INBOX.c.id, _one_of(_EARLIER.c.status, OPEN)))
+                               _EARLIER.c.id < _INBOX.c.id, one_of(_EARLIER.c.status, OPEN)))
         .order_by(_INBOX.c.id).limit(bindparam("limit"))
     )
 
 
 _STILL_TAKEABLE = and_(_INBOX.c.id == bindparam("e_id"),
                        _INBOX.c.attempts == bindparam("e_attempts"),
-                       _one_of(_INBOX.c.status, TAKEABLE), _LAPSED)
+                       one_of(_INBOX.c.status, TAKEABLE), _LAPSED)
 _TAKE = (update(_INBOX).where(_STILL_TAKEABLE)
          .values(status="running", attempts=bindparam("new_attempts"),
                  lease_owner=bindparam("owner"), lease_until=bindparam("until"))
@@ -334,7 +326,7 @@ class Inbox:
     async def backlog(self) -> tuple[int, float]:
         """How many entries are unfinished, and the oldest one's age in seconds (0 if none)."""
         query = select(func.count(), func.min(_INBOX.c.created_at)).where(
-            _one_of(_INBOX.c.status, OPEN))
+            one_of(_INBOX.c.status, OPEN))
         count, oldest = await self.store.read(lambda conn: conn.execute(query).one())
         oldest = _aware(oldest)
         age = (self.clock.now() - oldest).total_seconds() if oldest is not None else 0.0

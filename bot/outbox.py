@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from sqlalchemy import (Connection, bindparam, delete, exists, insert, literal_column, select,
-                        update)
+from sqlalchemy import Connection, bindparam, delete, exists, insert, select, update
 
 from bot.clock import Clock
+from bot.db import one_of
 from bot.errors import ChannelSendError, KnowbotError
 from bot.models import InboxEntry, OutboxEntry
 from bot.store import Store
@@ -43,10 +43,10 @@ _ANSWER_DONE = (update(_INBOX).where(_INBOX.c.id == bindparam("r_inbox"),
                                      _INBOX.c.status == "answered").values(status="done")
                 .returning(_INBOX.c.conversation_id))
 # The conversation's next message, if one waits for this answer to leave (it is taken then).
-_WAITING = [literal_column("'queued'"), literal_column("'running'")]
+_WAITING = ("queued", "running")  # the inbox's TAKEABLE (bot.inbox imports this module)
 _NEXT_WAITING = (select(_INBOX.c.id)
                  .where(_INBOX.c.conversation_id == bindparam("n_conversation"),
-                        _INBOX.c.id > bindparam("r_inbox"), _INBOX.c.status.in_(_WAITING))
+                        _INBOX.c.id > bindparam("r_inbox"), one_of(_INBOX.c.status, _WAITING))
                  .limit(1))
 # On PostgreSQL all of it in one statement, run in autocommit: one round trip, not five
 # (BEGIN, the delete, the update, the look, COMMIT). A data-modifying WITH runs whether or not
@@ -57,7 +57,7 @@ _REMOVE_AND_DONE = (
     .where(_INBOX.c.id == bindparam("r_inbox"), _INBOX.c.status == "answered")
     .values(status="done")
     .returning(exists().where(_LATER.c.conversation_id == _INBOX.c.conversation_id,
-                              _LATER.c.id > _INBOX.c.id, _LATER.c.status.in_(_WAITING)))
+                              _LATER.c.id > _INBOX.c.id, one_of(_LATER.c.status, _WAITING)))
 )
 
 # While the outbox retries a reply, the index of its first part not yet sent: a channel that

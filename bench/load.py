@@ -88,6 +88,35 @@ def _thread_cpu(pid: int) -> dict[str, float]:
     return found
 
 
+def _machine_cpu(replicas: list[int], platforms: int | None) -> dict[str, float]:
+    """CPU seconds so far of everything on the machine, by who used it: the replicas, the
+    platforms' process (the fake platforms and the model), this load generator, PostgreSQL,
+    Redis, and everything else (other work on a shared machine); with the machine's total busy
+    time from /proc/stat. So a run shows whether the rate it asked for fits the machine at all."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = dict.fromkeys(("replicas", "platforms and model", "load generator", "PostgreSQL",
+                           "Redis", "everything else", "machine busy"), 0.0)
+    mine = {os.getpid(): "load generator", **{p: "replicas" for p in replicas}}
+    if platforms:
+        mine[platforms] = "platforms and model"
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (proc / "comm").read_text().strip()
+        except (OSError, IndexError):
+            continue
+        pid = int(proc.name)
+        kind = mine.get(pid) or ("PostgreSQL" if name in ("postgres", "postmaster") else
+                                 "Redis" if name.startswith("redis-server") else "everything else")
+        found[kind] += (int(fields[11]) + int(fields[12])) / tick
+    try:
+        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        found["machine busy"] = (sum(map(int, cpu)) - int(cpu[3]) - int(cpu[4])) / tick
+    except (OSError, IndexError, ValueError):
+        found["machine busy"] = float("nan")
+    return found
+
+
 def _transactions(admin_url: str, database: str) -> int:
     """Transactions committed or rolled back in the database so far (PostgreSQL's counters)."""
     import psycopg
@@ -186,6 +215,10 @@ class RemotePlatforms:
         self.control = ""
         self.wechat = _PushedWeChat()
         self.client = httpx.AsyncClient(timeout=30)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def __enter__(self) -> "RemotePlatforms":
         self._proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -373,7 +406,8 @@ def _ids(text: str) -> list[int]:
 
 def _report(results: dict[str, dict[str, list[float] | int]], rss: list[float],
             cpu: list[float], idle: list[float], xacts: float, idle_xacts: float,
-            by_thread: dict[str, float] | None = None) -> None:
+            by_thread: dict[str, float] | None = None,
+            machine: dict[str, float] | None = None, seconds: float = 0.0) -> None:
     """Print the figures (before the teardown, which can be slow after an overload)."""
     print(f"{'channel':<9} {'ack p50':>9} {'ack p99':>9} {'sent':>6} {'delivered':>9} "
           f"{'missing':>7} {'dup':>4} {'unacked':>7}")
@@ -400,6 +434,13 @@ def _report(results: dict[str, dict[str, list[float] | int]], rss: list[float],
         print("of which, per answered message: " + ", ".join(
             f"{kind} {seconds / max(1, answered) * 1000:.2f} ms"
             for kind, seconds in by_thread.items()) + " (idle use not taken off)")
+    if machine and seconds > 0:
+        cores = os.cpu_count() or 1
+        print(f"the machine during the run ({cores} cores x {seconds:.0f} s): busy "
+              f"{machine['machine busy'] / seconds / cores * 100:.0f}%; per answered message "
+              + ", ".join(f"{kind} {used / max(1, answered) * 1000:.2f} ms"
+                          for kind, used in machine.items() if kind != "machine busy")
+              + " (exited processes are not counted in 'everything else')")
     print(f"database transactions per answered message: {xacts / max(1, answered):.1f} "
           f"(PostgreSQL's counters, less the {idle_xacts:.1f}/s the replicas make idle; the "
           "statistics collector may lag a little)")
@@ -440,11 +481,14 @@ async def main(args: argparse.Namespace) -> None:
                 cpu_from = [_cpu_seconds(p) for p in pids]
                 threads_from = [_thread_cpu(p) for p in pids]
                 xacts_from = _transactions(admin_url, name)
+                machine_from = _machine_cpu(pids, platforms.pid)
                 if args.profile:
                     profilers = _profile(args.profile, pids, args.seconds)
                 drive_from = time.perf_counter()
                 results = await _drive(args, replicas, platforms)
                 busy_for = time.perf_counter() - drive_from
+                machine = {kind: used - machine_from[kind]
+                           for kind, used in _machine_cpu(pids, platforms.pid).items()}
                 xacts = _transactions(admin_url, name) - xacts_from - idle_xacts * busy_for
                 cpu = [_cpu_seconds(p) - c - i * busy_for
                        for p, c, i in zip(pids, cpu_from, idle)]
@@ -452,7 +496,8 @@ async def main(args: argparse.Namespace) -> None:
                 by_thread = {kind: sum(_thread_cpu(p)[kind] - before[kind]
                                        for p, before in zip(pids, threads_from))
                              for kind in threads_from[0]} if pids else None
-                _report(results, rss, cpu, idle, xacts, idle_xacts, by_thread)
+                _report(results, rss, cpu, idle, xacts, idle_xacts, by_thread, machine,
+                        busy_for)
                 print(f"inbox at the end: {_inbox(url)}; WeChat answers held for the "
                       f"person's next message: {_held(url)}")
                 if profilers:

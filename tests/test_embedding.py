@@ -345,6 +345,10 @@ def test_the_built_in_model_runs_without_fastembed_and_gives_its_vectors(
     # both sessions use the weights of one memory map of the data file (compared below with
     # sessions that read the file themselves)
     assert embedder._model.weights and embedder._model.weights is embedder._query_model.weights
+    # the sessions run encoder.onnx on word embeddings looked up outside (the table unmapped)
+    assert embedder._model.words is not None and embedder._model.words is embedder._query_model.words
+    assert module.WORDS_INPUT in embedder._model._inputs
+    assert not set(embedder._model.words.names) & {n for n, _ in embedder._model.weights}
     # fastembed on the same tokenizer and sessions, as Knowbot ran it before OnnxE5
     module._register_custom_model(module.E5_MODEL_NAME, dim=384, model_file=module.MODEL_FILE,
                                   additional_files=[module.DATA_FILE], pooling="mean",

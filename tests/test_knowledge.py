@@ -403,3 +403,42 @@ async def test_kb_command_lists_searches_and_deletes(tmp_path: Path, embedder: E
     assert refused is not None and "Only the admins" in refused.text
     assert deleted is not None and "Deleted “VPN”" in deleted.text
     assert "empty" in empty.text
+
+
+async def test_every_point_has_its_own_chunks_vectors(tmp_path: Path, embedder: Embedder) -> None:
+    """Ingest runs the cross-lingual model, BM25 and e5 in its own order, some at once: each
+    point must still carry the e5, cross-lingual and BM25 vectors of its own chunk's text."""
+    import numpy as np
+
+    from knowledge.edge_store import EdgeStore
+
+    written = []
+
+    class Recording(EdgeStore):
+        def upsert(self, points):  # type: ignore[no-untyped-def]
+            written.extend(points)
+            super().upsert(points)
+
+    settings = make_settings(tmp_path)
+    store = await Store.open(settings.resolved_database_url)
+    xl = load_crosslingual(USE_MODEL, tmp_path)
+    service = KnowledgeService(settings, store, lambda dim: Recording(tmp_path / "qdrant", dim),
+                               lambda: embedder, dim=embedder.dim, crosslingual_factory=lambda: xl)
+    text = "\n\n".join(
+        [f"Section {i}: the office in city {i} opens at {7 + i % 3} am; "
+         + " ".join(f"desk {i}-{j} faces room {j * 7 % 13}." for j in range(8 + 12 * (i % 4)))
+         for i in range(12)] + ["出差住宿标准为一线城市每晚不超过六百元。" * 3, "Short."])
+    try:
+        receipt = await service.ingest_bytes("acme", "kb", text.encode(), "mixed.txt")
+    finally:
+        await service.close()
+        await store.close()
+    texts = [str(p.payload["text"]) for p in written]
+    assert receipt.chunks == len(written) >= 8 and len(set(texts)) == len(texts)
+    dense = np.asarray([p.dense for p in written])
+    alone = np.asarray([embedder.embed_passages([t])[0] for t in texts])
+    assert np.einsum("ij,ij->i", dense, alone).min() > 0.99999
+    crossed = np.asarray([p.extra[xl.vector_name] for p in written])
+    xl_alone = np.asarray([xl.embed_passages([t])[0] for t in texts])
+    assert np.einsum("ij,ij->i", crossed, xl_alone).min() > 0.99999
+    assert [p.sparse for p in written] == [service.sparse.encode_document(t) for t in texts]

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import resource
@@ -62,11 +60,6 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", l
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -117,8 +110,8 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     from wechatpy.crypto import WeChatCrypto
     from wechatpy.replies import TextReply
 
-    from load import RemotePlatforms
-    from replicas import SIGNING_SECRET, SLACK_TOKEN, TG_TOKEN, slack_event
+    from load import RemotePlatforms, _cpu_seconds
+    from replicas import SIGNING_SECRET, SLACK_TOKEN, TG_TOKEN, slack_event, slack_headers
 
     figures: dict[str, float] = {}
     n, c = args.calls, args.concurrency
@@ -143,7 +136,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
                     await r.read()
 
             figures["HTTP in (uvicorn + FastAPI, server side)"] = await _per_call(
-                n, c, hook, cpu=lambda: _proc_cpu(server.pid))
+                n, c, hook, cpu=lambda: _cpu_seconds(server.pid))
     finally:
         server.terminate()
         server.wait(10)
@@ -156,10 +149,8 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     figures["Telegram in: aiogram Update"] = _per_call_sync(
         n, lambda _: Update.model_validate_json(update))
     verifier = SignatureVerifier(SIGNING_SECRET)
-    stamp = str(int(time.time()))
-    signature = "v0=" + hmac.new(SIGNING_SECRET.encode(), f"v0:{stamp}:".encode() + body,
-                                 hashlib.sha256).hexdigest()
-    headers = {"x-slack-request-timestamp": stamp, "x-slack-signature": signature}
+    headers = slack_headers(body.decode())
+    stamp = headers["X-Slack-Request-Timestamp"]
 
     def slack_in(_: int) -> Any:
         assert verifier.is_valid_request(body, headers)

@@ -62,11 +62,17 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _stat_cpu(stat: Path) -> float:
+    """User + system CPU seconds from a /proc `stat` file (a process's or a thread's); raises
+    OSError, IndexError or ValueError when it is gone or unreadable."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU a process has used so far (from /proc)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu(Path(f"/proc/{pid}/stat"))
     except (OSError, IndexError, ValueError):
         return float("nan")
 
@@ -74,17 +80,16 @@ def _cpu_seconds(pid: int) -> float:
 def _thread_cpu(pid: int) -> dict[str, float]:
     """A process's CPU so far by kind of thread: the event loop (the main thread), the
     database lane's threads (named knowbot-db-N), and the others."""
-    tick = os.sysconf("SC_CLK_TCK")
     found = {"event loop": 0.0, "database lane": 0.0, "other threads": 0.0}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            used = _stat_cpu(task / "stat")
             name = (task / "comm").read_text().strip()
-        except (OSError, IndexError):
+        except (OSError, IndexError, ValueError):
             continue
         kind = ("event loop" if task.name == str(pid) else
                 "database lane" if name.startswith("knowbot-db") else "other threads")
-        found[kind] += (int(fields[11]) + int(fields[12])) / tick
+        found[kind] += used
     return found
 
 
@@ -101,14 +106,14 @@ def _machine_cpu(replicas: list[int], platforms: int | None) -> dict[str, float]
         mine[platforms] = "platforms and model"
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            used = _stat_cpu(proc / "stat")
             name = (proc / "comm").read_text().strip()
-        except (OSError, IndexError):
+        except (OSError, IndexError, ValueError):
             continue
         pid = int(proc.name)
         kind = mine.get(pid) or ("PostgreSQL" if name in ("postgres", "postmaster") else
                                  "Redis" if name.startswith("redis-server") else "everything else")
-        found[kind] += (int(fields[11]) + int(fields[12])) / tick
+        found[kind] += used
     try:
         cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         found["machine busy"] = (sum(map(int, cpu)) - int(cpu[3]) - int(cpu[4])) / tick

@@ -54,14 +54,14 @@ MAX_ATTEMPTS = 3
 # built once per set of channel names).
 _EARLIER = _INBOX.alias("earlier")
 _LAPSED = or_(_INBOX.c.lease_until.is_(None), _INBOX.c.lease_until <= bindparam("now"))
+_TAKEABLE_NOW = and_(one_of(_INBOX.c.status, TAKEABLE), _LAPSED)  # binds now
 
 
 @functools.lru_cache(maxsize=32)
 def _candidates(names: tuple[str, ...]) -> Any:
     return (
         select(_INBOX.c.id, _INBOX.c.attempts)
-        .where(one_of(_INBOX.c.status, TAKEABLE),
-               _INBOX.c.channel.in_([literal(name) for name in names]), _LAPSED,
+        .where(_TAKEABLE_NOW, _INBOX.c.channel.in_([literal(name) for name in names]),
                ~exists().where(_EARLIER.c.conversation_id == _INBOX.c.conversation_id,
                                _EARLIER.c.id < _INBOX.c.id, one_of(_EARLIER.c.status, OPEN)))
         .order_by(_INBOX.c.id).limit(bindparam("limit"))
@@ -69,8 +69,7 @@ def _candidates(names: tuple[str, ...]) -> Any:
 
 
 _STILL_TAKEABLE = and_(_INBOX.c.id == bindparam("e_id"),
-                       _INBOX.c.attempts == bindparam("e_attempts"),
-                       one_of(_INBOX.c.status, TAKEABLE), _LAPSED)
+                       _INBOX.c.attempts == bindparam("e_attempts"), _TAKEABLE_NOW)
 _TAKE = (update(_INBOX).where(_STILL_TAKEABLE)
          .values(status="running", attempts=bindparam("new_attempts"),
                  lease_owner=bindparam("owner"), lease_until=bindparam("until"))
@@ -90,7 +89,7 @@ def _take_in_one(names: tuple[str, ...]) -> Any:
               .order_by(found.c.id).limit(bindparam("room")).cte("chosen"))
     leased = (update(_INBOX)
               .where(_INBOX.c.id == chosen.c.id, _INBOX.c.attempts == chosen.c.attempts,
-                     one_of(_INBOX.c.status, TAKEABLE), _LAPSED)
+                     _TAKEABLE_NOW)
               .values(status="running", attempts=_INBOX.c.attempts + 1,
                       lease_owner=bindparam("owner"), lease_until=bindparam("until"))
               .returning(_INBOX.c.id, _INBOX.c.attempts, _INBOX.c.channel, _INBOX.c.message,
